@@ -113,12 +113,10 @@ class CrossbarSpec:
   def to_string(self) -> str:
     """Short form for command lines: `128x128` plus the non-default fields, comma separated."""
     parts = [f"{self.rows}x{self.cols}"]
-    defaults = CrossbarSpec(rows=self.rows, cols=self.cols, weight_bits=self.weight_bits)
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      if field.name in ("rows", "cols", "layer_replicas") or value == getattr(defaults, field.name):
-        continue
-      if field.name in ("kin", "kout") and value is None:
+      implied = self.weight_bits if field.name == "cell_bits" else field.default
+      if field.name in ("rows", "cols", "layer_replicas") or value == implied:
         continue
       parts.append(f"{field.name}={str(value).lower() if isinstance(value, bool) else value}")
     if self.layer_replicas:
@@ -139,7 +137,10 @@ class CrossbarSpec:
       key, sep, value = part.partition("=")
       if not sep:
         raise ValueError(f"crossbar {text!r}: {part!r} is not of the form field=value.")
-      config[key.strip()] = _parse_value(key.strip(), value.strip())
+      key = key.strip()
+      if key not in {f.name for f in dataclasses.fields(cls)}:
+        raise ValueError(f"crossbar {text!r}: unknown field {key!r}.")
+      config[key] = _parse_value(key, value.strip())
     return cls.from_dict(config)
 
 
