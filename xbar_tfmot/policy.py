@@ -150,14 +150,16 @@ def _spread_global(geometries, fixed: Mapping[str, int | None], free, reduction:
         f"between {len(free)} and {free_dense}. Lower the targets or leave fewer layers dense.")
   shares = [left * g.dense_crossbars / free_dense for g in free]
   budgets = [max(1, min(g.dense_crossbars, math.floor(s))) for g, s in zip(free, shares)]
-  # Largest remainder first; ties by model order. Each step moves the sum one crossbar nearer.
+  # Largest remainder first (ties by model order), one crossbar per layer per pass; more
+  # passes only when clipping to [1, dense] moved the sum.
   order = sorted(range(len(free)), key=lambda i: (-(shares[i] - math.floor(shares[i])), i))
-  while sum(budgets) != left:
-    step = 1 if sum(budgets) < left else -1
+  missing = left - sum(budgets)
+  while missing:
+    step = 1 if missing > 0 else -1
     for i in order if step > 0 else reversed(order):
-      if 1 <= budgets[i] + step <= free[i].dense_crossbars:
+      if missing and 1 <= budgets[i] + step <= free[i].dense_crossbars:
         budgets[i] += step
-        break
+        missing -= step
   return {g.name: b for g, b in zip(free, budgets)}
 
 

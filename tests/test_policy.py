@@ -1,0 +1,120 @@
+"""Per-layer targets, layers left dense, and the global budget mode."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from xbar_tfmot.geometry import LayerGeometry
+from xbar_tfmot.policy import CrossbarPolicy
+from xbar_tfmot.projection import crossbar_budget
+from xbar_tfmot.spec import CrossbarSpec
+
+SPEC = CrossbarSpec(rows=36, cols=8)
+
+
+def geometries():
+  """Dense crossbars: conv1 2, conv2 16, fc1 120, fc2 4 (the digits CNN of the e2e tests)."""
+  return [
+      LayerGeometry("conv1", "Conv2D", (3, 3, 1, 16), SPEC),
+      LayerGeometry("conv2", "Conv2D", (3, 3, 16, 32), SPEC),
+      LayerGeometry("fc1", "Dense", (512, 64), SPEC),
+      LayerGeometry("fc2", "Dense", (64, 10), SPEC),
+  ]
+
+
+def test_default_leaves_first_conv_dense_and_prunes_the_rest():
+  plan = CrossbarPolicy().plan(geometries(), 0.7)
+  assert plan == {"conv1": None, "conv2": crossbar_budget(16, 0.7),
+                  "fc1": crossbar_budget(120, 0.7), "fc2": crossbar_budget(4, 0.7)}
+  assert CrossbarPolicy().plan(geometries(), 0.7, default_leave_dense=False)["conv1"] == 1
+
+
+def test_targets_by_name_and_regex_first_match_wins():
+  policy = CrossbarPolicy(targets={"fc2": 0.0, r"fc\d": 0.5, "conv.*": 0.9}, leave_dense=())
+  plan = policy.plan(geometries(), 0.7)
+  assert plan == {"conv1": crossbar_budget(2, 0.9), "conv2": crossbar_budget(16, 0.9),
+                  "fc1": 60, "fc2": 4}
+
+
+def test_leave_dense_by_regex():
+  plan = CrossbarPolicy(leave_dense=[r"fc\d"]).plan(geometries(), 0.5)
+  assert plan == {"conv1": 1, "conv2": 8, "fc1": None, "fc2": None}
+
+
+@pytest.mark.parametrize("policy,message", [
+    (CrossbarPolicy(targets={"fc3": 0.5}), "matches no mapped layer"),
+    (CrossbarPolicy(leave_dense=["nope"]), "matches no mapped layer"),
+    (CrossbarPolicy(targets={"conv1": 0.5}), "also left dense"),
+])
+def test_plan_errors(policy, message):
+  with pytest.raises(ValueError, match=message):
+    policy.plan(geometries(), 0.5)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"targets": {"fc1": 1.0}}, "targets"),
+    ({"targets": {"fc1": -0.2}}, "targets"),
+    ({"targets": {"(": 0.2}}, "regex"),
+    ({"leave_dense": [3]}, "leave_dense"),
+    ({"mode": "model"}, "mode"),
+])
+def test_bad_policy_arguments(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    CrossbarPolicy(**kwargs)
+
+
+def test_bad_schedule_reduction_is_rejected_by_plan():
+  with pytest.raises(ValueError, match="final_reduction"):
+    CrossbarPolicy().plan(geometries(), 1.0)
+
+
+def test_global_mode_meets_the_model_wide_target_exactly():
+  plan = CrossbarPolicy(mode="global").plan(geometries(), 0.7)
+  total_dense = 2 + 16 + 120 + 4
+  assert plan["conv1"] is None
+  assert 2 + plan["conv2"] + plan["fc1"] + plan["fc2"] == crossbar_budget(total_dense, 0.7)
+
+
+def test_global_mode_keeps_explicit_targets_and_spreads_the_rest():
+  policy = CrossbarPolicy(targets={"fc2": 0.0}, leave_dense=(), mode="global")
+  plan = policy.plan(geometries(), 0.5)
+  assert plan["fc2"] == 4
+  assert sum(plan.values()) == crossbar_budget(142, 0.5)
+
+
+def test_global_mode_infeasible_target_is_explained():
+  policy = CrossbarPolicy(leave_dense=["fc1"], mode="global")
+  with pytest.raises(ValueError, match="leaving"):
+    policy.plan(geometries(), 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=6),
+       st.floats(0.0, 0.95))
+def test_global_budgets_sum_exactly_and_stay_proportional(shapes, reduction):
+  geos = [LayerGeometry(f"fc{i}", "Dense", (36 * a, 8 * b), SPEC) for i, (a, b) in enumerate(shapes)]
+  dense = [g.dense_crossbars for g in geos]
+  total = crossbar_budget(sum(dense), reduction)
+  if total < len(geos):
+    with pytest.raises(ValueError):
+      CrossbarPolicy(leave_dense=(), mode="global").plan(geos, reduction)
+    return
+  plan = CrossbarPolicy(leave_dense=(), mode="global").plan(geos, reduction)
+  budgets = [plan[g.name] for g in geos]
+  assert sum(budgets) == total
+  for b, d in zip(budgets, dense):
+    assert 1 <= b <= d
+    assert abs(b - total * d / sum(dense)) < 2 or b == 1
+
+
+def test_reduction_for_unbuilt_layers():
+  policy = CrossbarPolicy(targets={"fc.*": 0.3}, leave_dense=["head"])
+  assert policy.reduction_for("fc1", 0.7) == 0.3
+  assert policy.reduction_for("head", 0.7) is None
+  assert policy.reduction_for("conv", 0.7) == 0.7
+  with pytest.raises(ValueError, match="global"):
+    CrossbarPolicy(mode="global").reduction_for("fc1", 0.5)
+
+
+def test_config_round_trip():
+  policy = CrossbarPolicy(targets={"fc1": 0.2}, leave_dense=["conv1"], mode="global")
+  assert CrossbarPolicy.from_config(policy.get_config()) == policy

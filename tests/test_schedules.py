@@ -1,0 +1,105 @@
+"""Reduction and temperature schedules: values, update steps, graph mode, config, bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xbar_tfmot.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
+                                  CrossbarTemperatureDecay, deserialize, serialize)
+
+
+def run(schedule, step):
+  update, reduction = schedule(tf.constant(step, tf.int64))
+  return bool(update), float(reduction)
+
+
+@pytest.mark.parametrize("step,expected", [
+    (0, False), (9, False), (10, True), (16, False), (20, True), (57, True), (60, False),
+    (1000, False)])
+def test_polynomial_updates_every_frequency_steps_and_at_end_step(step, expected):
+  schedule = CrossbarPolynomialDecay(0.6, begin_step=10, end_step=57, frequency=5)
+  assert run(schedule, step)[0] is expected
+
+
+def test_polynomial_reduction_rises_to_final_and_stays():
+  schedule = CrossbarPolynomialDecay(0.7, begin_step=100, end_step=300, initial_reduction=0.1,
+                                     power=3)
+  values = [run(schedule, s)[1] for s in range(0, 401, 20)]
+  assert values[0] == pytest.approx(0.1)
+  assert values[5] == pytest.approx(0.1)  # step 100
+  assert np.all(np.diff(values) >= -1e-7)
+  assert values[10] == pytest.approx(0.7 + (0.1 - 0.7) * 0.5**3)  # step 200
+  assert values[15] == pytest.approx(0.7) and values[-1] == pytest.approx(0.7)
+  assert float(schedule.progress(300)) == 1.0 and float(schedule.progress(10**6)) == 1.0
+
+
+def test_constant_forever_and_with_end():
+  forever = CrossbarConstant(0.5, begin_step=3, frequency=4)
+  assert [run(forever, s)[0] for s in (2, 3, 5, 7, 4003)] == [False, True, False, True, True]
+  assert run(forever, 9)[1] == pytest.approx(0.5)
+  bounded = CrossbarConstant(0.5, begin_step=0, end_step=10, frequency=4)
+  assert [run(bounded, s)[0] for s in (8, 10, 12)] == [True, True, False]
+  assert float(CrossbarConstant(0.0).progress(5)) == 1.0
+
+
+def test_schedules_run_in_graph_mode():
+  schedule = CrossbarPolynomialDecay(0.5, begin_step=0, end_step=100, frequency=10)
+  step = tf.Variable(0, dtype=tf.int64)
+
+  @tf.function
+  def call():
+    step.assign_add(10)
+    return schedule(step)
+
+  outs = [call() for _ in range(10)]
+  assert all(bool(u) for u, _ in outs)
+  assert float(outs[-1][1]) == pytest.approx(0.5)
+
+
+def test_temperature_anneals_to_zero_at_end_step():
+  temperature = CrossbarTemperatureDecay(2.0, begin_step=10, end_step=110, power=1.0)
+  values = [float(temperature(s)) for s in (0, 10, 60, 109, 110, 500)]
+  assert values[:3] == pytest.approx([2.0, 2.0, 1.0])
+  assert 0 < values[3] < 0.05 and values[4] == 0.0 and values[5] == 0.0
+  assert float(CrossbarTemperatureDecay(1.0, 0, -1)(5)) == 0.0
+
+
+@pytest.mark.parametrize("schedule", [
+    CrossbarConstant(0.25, begin_step=5, end_step=50, frequency=7),
+    CrossbarPolynomialDecay(0.8, begin_step=1, end_step=9, initial_reduction=0.2, power=2.0,
+                            frequency=3),
+    CrossbarTemperatureDecay(0.5, begin_step=2, end_step=20, power=2.0)])
+def test_config_round_trip(schedule):
+  assert type(schedule).from_config(schedule.get_config()) == schedule
+  again = deserialize(serialize(schedule))
+  assert again == schedule and again is not schedule
+  assert float(again(7)[1] if isinstance(again(7), tuple) else again(7)) == pytest.approx(
+      float(schedule(7)[1] if isinstance(schedule(7), tuple) else schedule(7)))
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda: CrossbarConstant(1.0), "reduction"),
+    (lambda: CrossbarConstant(-0.1), "reduction"),
+    (lambda: CrossbarConstant(True), "reduction"),
+    (lambda: CrossbarConstant("0.5"), "reduction"),
+    (lambda: CrossbarConstant(0.5, frequency=0), "frequency"),
+    (lambda: CrossbarConstant(0.5, begin_step=10, end_step=5), "end_step"),
+    (lambda: CrossbarConstant(0.5, begin_step=-1), "begin_step"),
+    (lambda: CrossbarPolynomialDecay(1.2, 0, 10), "final_reduction"),
+    (lambda: CrossbarPolynomialDecay(0.5, 0, 10, initial_reduction=-0.5), "initial_reduction"),
+    (lambda: CrossbarPolynomialDecay(0.5, 0, 10, initial_reduction=0.6), "initial_reduction"),
+    (lambda: CrossbarPolynomialDecay(0.5, 100, 50), "end_step"),
+    (lambda: CrossbarPolynomialDecay(0.5, 100, 100), "end_step"),
+    (lambda: CrossbarPolynomialDecay(0.5, 0, -1), "end_step"),
+    (lambda: CrossbarPolynomialDecay(0.5, 0, 10, power=0), "power"),
+    (lambda: CrossbarTemperatureDecay(-1.0), "initial_temperature"),
+    (lambda: CrossbarTemperatureDecay(1.0, 10, 5), "end_step"),
+])
+def test_bad_arguments_name_the_field(make, field):
+  with pytest.raises(ValueError, match=field):
+    make()
+
+
+def test_deserialize_rejects_unknown_class():
+  with pytest.raises(ValueError, match="class_name"):
+    deserialize({"class_name": "PolynomialDecay", "config": {}})
