@@ -153,7 +153,8 @@ class LayerGeometry:
 
   def segment_to_kernel_mask(self, segment_mask: tf.Tensor) -> tf.Tensor:
     """`(g_in, cout)` -> a mask of the kernel's shape."""
-    per_unit = tf.repeat(segment_mask, self.kin, axis=0)[: self.units]
+    spread = tf.broadcast_to(segment_mask[:, None, :], (self.g_in, self.kin, self.cout))
+    per_unit = tf.reshape(spread, (self.g_in * self.kin, self.cout))[: self.units]
     if self.unit_rows == 1 and self.taps > 1:
       return self.fold(per_unit)
     per_channel = tf.reshape(per_unit, (1,) * (len(self.kernel_shape) - 2) + (self.cin, self.cout))

@@ -89,8 +89,9 @@ def segment_mask(geometry: LayerGeometry, kernel: tf.Tensor, budget, temperature
   chunks = tf.reduce_sum(tf.reshape(padded, (geometry.g_in, geometry.g_out, geometry.kout)), 2)
   chosen = top_k_mask(sample_scores(chunks, temperature, seed), check_budget(geometry, budget))
   kept_per_group = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1) * geometry.kout
-  rank = tf.argsort(order, axis=1)
-  return rank < kept_per_group[:, None]
+  kept_in_order = tf.range(geometry.cout)[None, :] < kept_per_group[:, None]
+  group = tf.broadcast_to(tf.range(geometry.g_in)[:, None], tf.shape(order))
+  return tf.scatter_nd(tf.stack([group, order], axis=-1), kept_in_order, tf.shape(order))
 
 
 def project(geometry: LayerGeometry, kernel: tf.Tensor, budget, granularity: str = "crossbar",
@@ -103,4 +104,4 @@ def project(geometry: LayerGeometry, kernel: tf.Tensor, budget, granularity: str
     seg = segment_mask(geometry, kernel, budget, temperature, seed)
   else:
     raise ValueError(f"granularity={granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}.")
-  return tf.cast(geometry.segment_to_kernel_mask(seg), kernel.dtype)
+  return geometry.segment_to_kernel_mask(tf.cast(seg, kernel.dtype))
