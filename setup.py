@@ -30,6 +30,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "xbar-report=xbar_tfmot.cli:report_main",
+            "xbar-verify=xbar_tfmot.cli:verify_main",
         ],
     },
 )

@@ -1,0 +1,166 @@
+"""Export: SavedModel, TFLite and JSON carry one mapping; atomic writes; xbar-verify."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xbar_tfmot import cli, export as export_lib, projection
+from xbar_tfmot.layers import geometry_of
+from xbar_tfmot.spec import CrossbarSpec
+
+SPEC = CrossbarSpec(rows=36, cols=8)
+
+
+def pruned_model():
+  """A tf_keras CNN whose mapped kernels are projected onto 50% of their crossbars."""
+  import tf_keras as k
+  model = k.Sequential([
+      k.Input((8, 8, 6)),
+      k.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+      k.layers.BatchNormalization(name="bn"),
+      k.layers.Conv2D(24, 3, strides=2, padding="same", name="conv2"),
+      k.layers.Flatten(),
+      k.layers.Dense(10, name="fc"),
+  ], name="small")
+  for name in ("conv1", "conv2", "fc"):
+    layer = model.get_layer(name)
+    g = geometry_of(layer, SPEC)
+    mask = projection.project(g, layer.kernel, projection.crossbar_budget(g.dense_crossbars, 0.5),
+                              "column")
+    layer.kernel.assign(layer.kernel * mask)
+  return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  model = pruned_model()
+  out = tmp_path_factory.mktemp("export") / "small"
+  return model, export_lib.export(model, out, SPEC, granularity="column")
+
+
+def test_all_three_carry_the_same_valid_mapping(exported):
+  model, result = exported
+  assert set(result.files) == {"mapping.json", "model.keras", "model.tflite", "saved_model",
+                               "summary.txt"}
+  sources = [result.directory / "mapping.json", result.directory / "saved_model",
+             result.directory / "model.tflite", result.directory]
+  for source in sources:
+    assert export_lib.read_mapping(source).data == result.mapping.data
+  totals = result.mapping.totals
+  assert totals["crossbars"] == sum(
+      geometry_of(model.get_layer(n), SPEC).counts(model.get_layer(n).kernel).packed
+      for n in ("conv1", "conv2", "fc"))
+  assert "reduction" in (result.directory / "summary.txt").read_text()
+
+
+def test_saved_model_serves_the_pruned_model(exported):
+  model, result = exported
+  loaded = tf.saved_model.load(str(result.directory / "saved_model"))
+  x = np.random.default_rng(0).normal(size=(3, 8, 8, 6)).astype(np.float32)
+  out = loaded.signatures["serving_default"](input_0=tf.constant(x))["output"].numpy()
+  np.testing.assert_allclose(out, model(x, training=False), rtol=1e-5, atol=1e-6)
+  text = loaded.signatures["crossbar_mapping"]()["mapping"].numpy().decode()
+  assert json.loads(text)["totals"] == result.mapping.totals
+
+
+def test_tflite_keeps_the_zeros(exported):
+  model, result = exported
+  interpreter = tf.lite.Interpreter(model_path=str(result.directory / "model.tflite"))
+  tensors = []
+  for detail in interpreter.get_tensor_details():
+    try:
+      tensors.append(interpreter.get_tensor(detail["index"]))
+    except ValueError:
+      continue
+  for name in ("conv1", "conv2"):
+    kernel = np.asarray(model.get_layer(name).kernel)
+    expected = np.transpose(kernel, (3, 0, 1, 2))  # TFLite stores Conv2D kernels [cout, kh, kw, cin]
+    assert any(t.shape == expected.shape and np.array_equal(t == 0, expected == 0) for t in tensors), name
+    assert (expected == 0).sum() > 0
+
+
+def test_sparse_tflite_option_verifies(tmp_path):
+  model = pruned_model()
+  export_lib.export(model, tmp_path / "sparse", SPEC, sparse_tflite=True)
+  assert cli.verify_main([str(tmp_path / "sparse"), "--samples", "4"]) == 0
+
+
+def test_verify_passes_and_report_reads_the_export(exported, capsys):
+  _, result = exported
+  assert cli.verify_main([str(result.directory), "--samples", "4"]) == 0
+  out = capsys.readouterr().out
+  for name in ("crossbar-explicit", "saved_model", "tflite"):
+    assert f"{name} vs keras" in out
+  assert cli.report_main([str(result.directory)]) == 0
+  total = result.mapping.totals["crossbars"]
+  assert f"{total} of {result.mapping.totals['dense']} crossbars" in capsys.readouterr().out
+
+
+def test_verify_fails_on_a_weight_in_a_dropped_crossbar(exported, tmp_path, capsys):
+  import shutil
+  import tf_keras as k
+  _, result = exported
+  copy = tmp_path / "tampered"
+  shutil.copytree(result.directory, copy)
+  model = k.models.load_model(copy / "model.keras")
+  kernel = np.asarray(model.get_layer("fc").kernel)
+  row, col = np.argwhere(kernel == 0)[0]
+  kernel[row, col] = 1.0
+  model.get_layer("fc").kernel.assign(kernel)
+  model.save(copy / "model.keras")
+  assert cli.verify_main([str(copy)]) == 1
+  err = capsys.readouterr().err
+  assert "layers[2]" in err
+
+
+def test_existing_target_is_not_overwritten(exported):
+  model, result = exported
+  before = (result.directory / "mapping.json").read_text()
+  with pytest.raises(FileExistsError, match="overwrite=True"):
+    export_lib.export(model, result.directory, SPEC)
+  assert (result.directory / "mapping.json").read_text() == before
+
+
+def test_failed_step_leaves_nothing(tmp_path, monkeypatch):
+  def broken(*_):
+    raise RuntimeError("converter exploded")
+  monkeypatch.setattr(export_lib, "_convert_tflite", broken)
+  with pytest.raises(export_lib.ExportError, match="'tflite' failed.*converter exploded"):
+    export_lib.export(pruned_model(), tmp_path / "out", SPEC)
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(formats=("onnx",)), "valid: a non-empty subset"),
+    (dict(formats=("tflite", "json")), "add 'saved_model'"),
+])
+def test_bad_export_arguments(tmp_path, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    export_lib.export(pruned_model(), tmp_path / "out", SPEC, **kwargs)
+
+
+def test_read_mapping_errors(tmp_path):
+  (tmp_path / "bad.json").write_text('{"format": "xbar_tfmot.crossbar_mapping"}')
+  with pytest.raises(ValueError, match="version|layers|spec"):
+    export_lib.read_mapping(tmp_path / "bad.json")
+  with pytest.raises(FileNotFoundError, match="not an export folder"):
+    export_lib.read_mapping(tmp_path)
+
+
+def test_wrapped_model_is_stripped_on_export(tmp_path):
+  import tf_keras as k
+  from xbar_tfmot.callbacks import UpdateCrossbarPruning
+  from xbar_tfmot.pruning import prune_crossbar
+  from xbar_tfmot.schedules import CrossbarConstant
+  wrapped = prune_crossbar(pruned_model(), spec=SPEC, granularity="crossbar",
+                           schedule=CrossbarConstant(0.5, begin_step=0, frequency=1))
+  wrapped.compile("adam", k.losses.SparseCategoricalCrossentropy(from_logits=True))
+  x = np.random.default_rng(0).normal(size=(32, 8, 8, 6)).astype(np.float32)
+  wrapped.fit(x, np.arange(32) % 10, epochs=1, verbose=0, callbacks=[UpdateCrossbarPruning()])
+  result = export_lib.export(wrapped, tmp_path / "wrapped", SPEC, granularity="crossbar")
+  stripped = k.models.load_model(result.directory / "model.keras")
+  assert not any("prune" in type(layer).__name__.lower() for layer in stripped.layers)
+  assert cli.verify_main([str(result.directory), "--samples", "2"]) == 0
