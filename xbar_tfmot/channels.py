@@ -269,6 +269,9 @@ def _propagate(layer, kind_name, kind, known, out, uf, layouts, inputs, outputs,
       return "flattens a tensor of unknown spatial size"
     layouts[key] = Layout(layout.segments, int(np.prod(spatial, dtype=np.int64)), True)
     return None
+  weights_reason = layers_lib.unmapped_reason(layer)
+  if weights_reason:
+    return f"is not a channel-wise layer this analysis knows ({weights_reason})"
   return "is not a channel-wise layer this analysis knows"
 
 
