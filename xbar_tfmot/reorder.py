@@ -38,7 +38,8 @@ class ReorderResult:
     permutations: per mapped layer, the permutation of its input channels (kernel axis -2)
       relative to the original model: position `k` holds original input `permutations[k]`.
     kept_before: per mapped layer, kept-energy ratio of the exact projection without reorder.
-    kept_after: the same with the permutations.
+    kept_after: the same with the permutations (materialised: of the returned copy, whose
+      output channels are permuted too, which matters at crossbar grain).
     skipped: `{space or layer: reason}` for what could not be reordered.
     materialized: whether the returned model copy has the permutations applied.
   """
@@ -244,7 +245,14 @@ def reorder_model(model: Any, spec: CrossbarSpec, reduction: float | Mapping[str
       order = _expand(geometries[n], layout.induced(space_perms))
       consumers.append(consumer(n, layout, sid, order))
     perm, _, _ = _search(consumers, space.size, rng, rounds, patience, max_batch_cells)
-    if not np.array_equal(perm, np.arange(space.size)):
+    if np.array_equal(perm, np.arange(space.size)):
+      continue
+    # At crossbar grain the producers' output groups move too: accept only a net gain.
+    touched = sorted(set(readers) | {n for n in space.producers if n in budgets})
+    now = _state_ratios(touched, graph, space_perms, geometries, kernels, budgets, granularity)
+    trial = _state_ratios(touched, graph, {**space_perms, sid: perm}, geometries, kernels,
+                          budgets, granularity)
+    if sum(trial.values()) > sum(now.values()) + 1e-12:
       space_perms[sid] = perm
   permutations = {n: graph.inputs[n].induced(space_perms) if n in graph.inputs else identity[n]
                   for n in geometries}
@@ -252,7 +260,8 @@ def reorder_model(model: Any, spec: CrossbarSpec, reduction: float | Mapping[str
     if n not in graph.inputs:
       skipped.setdefault(n, "its input could not be analysed")
   before = _kept_ratios(geometries, kernels, budgets, granularity, identity)
-  kept = _kept_ratios(geometries, kernels, budgets, granularity, permutations)
+  kept = _state_ratios(list(budgets), graph, space_perms, geometries, kernels, budgets,
+                       granularity)
   copy = apply_permutations(model, graph, space_perms)
   return copy, ReorderResult(permutations, before, kept, skipped, True)
 
@@ -272,6 +281,21 @@ def _kept_ratios(geometries, kernels, budgets, granularity, permutations) -> dic
     order = _expand(g, np.asarray(permutations[n]))
     total = energy.sum()
     out[n] = float(kept_energy(g, energy[order], budget, granularity) / total) if total else 1.0
+  return out
+
+
+def _state_ratios(names, graph, space_perms, geometries, kernels, budgets,
+                  granularity) -> dict[str, float]:
+  """Kept ratios of `names` with input and output channels permuted as the spaces are."""
+  out = {}
+  for n in names:
+    kernel = kernels[n]
+    if n in graph.inputs:
+      kernel = np.take(kernel, graph.inputs[n].induced(space_perms), axis=-2)
+    if n in graph.outputs and graph.outputs[n] in space_perms:
+      kernel = np.take(kernel, space_perms[graph.outputs[n]], axis=-1)
+    out.update(_kept_ratios({n: geometries[n]}, {n: kernel}, {n: budgets[n]}, granularity,
+                            {n: np.arange(geometries[n].cin)}))
   return out
 
 
