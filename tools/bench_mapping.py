@@ -14,8 +14,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from xbar_tfmot import layers as layers_lib  # noqa: E402
 from xbar_tfmot.mapping import CrossbarMapping, build_mapping  # noqa: E402
@@ -71,7 +69,6 @@ def main():
       if (deeper, granularity) in times and ("resnet50", granularity) in times:
         ratio = times[deeper, granularity] / times["resnet50", granularity]
         print(f"{deeper}/resnet50 total time ({granularity}): {ratio:.2f}x")
-  del np, tf
 
 
 if __name__ == "__main__":
