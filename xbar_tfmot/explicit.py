@@ -159,7 +159,7 @@ def explicit_layer(layer: Any, mapping: mapping_lib.CrossbarMapping):
   """The `CrossbarLayer` replacing mapped `layer` (possibly wrapped) under `mapping`."""
   inner = layers_lib.unwrap(layer)
   pack = mapping.packing(inner.name)
-  kernel = mapping_lib.effective_kernel(layer)
+  kernel = layers_lib.effective_kernel(layer)
   config = inner.get_config()
   if config.get("data_format", "channels_last") != "channels_last":
     raise ValueError(f"layer {inner.name!r}: data_format={config['data_format']!r} is not "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import numpy as np
+
 from xbar_tfmot.geometry import KERNEL_RANK, LayerGeometry
 from xbar_tfmot.spec import CrossbarSpec
 
@@ -43,6 +45,22 @@ def unwrap(layer: Any) -> Any:
   while hasattr(layer, "layer") and type(layer).__name__ not in UNMAPPED_REASONS:
     layer = layer.layer
   return layer
+
+
+def effective_kernel(layer: Any) -> np.ndarray:
+  """The kernel a layer computes with: a pruning wrapper's kernel times its mask, if any."""
+  inner = unwrap(layer)
+  kernel = np.asarray(inner.kernel)
+  if layer is inner:
+    return kernel
+  for triple in getattr(layer, "pruning_vars", ()):  # TFMOT: (weight, mask, threshold)
+    if triple[0] is inner.kernel or np.shape(triple[1]) == kernel.shape:
+      return kernel * np.asarray(triple[1])
+  for weight in layer.weights:
+    name = weight.name.split("/")[-1].split(":")[0]
+    if name.endswith("mask") and tuple(weight.shape) == kernel.shape:
+      return kernel * np.asarray(weight)
+  return kernel
 
 
 def layer_kind(layer: Any) -> str | None:

@@ -55,22 +55,6 @@ def format_path(parts: Iterable[Any]) -> str:
   return out
 
 
-def effective_kernel(layer: Any) -> np.ndarray:
-  """The kernel a layer computes with: a pruning wrapper's kernel times its mask, if any."""
-  inner = layers_lib.unwrap(layer)
-  kernel = np.asarray(inner.kernel)
-  if layer is inner:
-    return kernel
-  for triple in getattr(layer, "pruning_vars", ()):  # TFMOT: (weight, mask, threshold)
-    if triple[0] is inner.kernel or np.shape(triple[1]) == kernel.shape:
-      return kernel * np.asarray(triple[1])
-  for weight in layer.weights:
-    name = weight.name.split("/")[-1].split(":")[0]
-    if name.endswith("mask") and tuple(weight.shape) == kernel.shape:
-      return kernel * np.asarray(weight)
-  return kernel
-
-
 def mapped_layers(model: Any) -> list[tuple[Any, Any]]:
   """`(layer as in the model, unwrapped layer)` for every mapped leaf layer, in model order."""
   out = []
@@ -183,7 +167,7 @@ class CrossbarMapping:
       kind = layers_lib.layer_kind(inner)
       if kind != layer["type"]:
         raise MappingError(f"{path}.type", f"{layer['type']} in the mapping, {kind} in the model.")
-      kernel = effective_kernel(outer)
+      kernel = layers_lib.effective_kernel(outer)
       if list(kernel.shape) != layer["kernel_shape"]:
         raise MappingError(f"{path}.kernel_shape", f"{layer['kernel_shape']} in the mapping, "
                            f"{list(kernel.shape)} in the model.")
@@ -385,7 +369,7 @@ def build_mapping(model: Any, spec: CrossbarSpec, granularity: str = "column",
                      f"{model.name!r}; mapped layers: {names}.")
   entries = []
   for layer, inner in mapped_layers(model):
-    kernel = effective_kernel(layer)
+    kernel = layers_lib.effective_kernel(layer)
     geometry = layers_lib.geometry_of(inner, spec)
     pack = packing.pack_layer(geometry, kernel, granularity, permutations.get(inner.name))
     entries.append(layer_entry(pack, kernel))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
-
 from xbar_tfmot import layers as layers_lib
 from xbar_tfmot.geometry import Counts, LayerGeometry
 from xbar_tfmot.spec import CrossbarSpec
@@ -116,16 +114,6 @@ class CrossbarReport:
   __str__ = format_table
 
 
-def effective_kernel(layer: Any) -> np.ndarray:
-  """The kernel as deployed: a pruning wrapper's mask applied where the layer has one."""
-  inner = layers_lib.unwrap(layer)
-  kernel = inner.kernel
-  for weight, mask, *_ in getattr(layer, "pruning_vars", ()):
-    if weight is kernel:
-      return np.asarray(kernel) * np.asarray(mask)
-  return np.asarray(kernel)
-
-
 def crossbar_report(model: Any, spec: CrossbarSpec) -> CrossbarReport:
   """Counts every layer of `model` on `spec`; layers with weights that cannot map are listed."""
   out = []
@@ -144,7 +132,7 @@ def crossbar_report(model: Any, spec: CrossbarSpec) -> CrossbarReport:
         reason = str(err)
       else:
         out.append(LayerReport(**base, geometry=geometry,
-                               counts=geometry.counts(effective_kernel(layer))))
+                               counts=geometry.counts(layers_lib.effective_kernel(layer))))
         continue
     out.append(LayerReport(**base, reason=reason))
   return CrossbarReport(getattr(model, "name", "model"), spec, tuple(out))
