@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
 
 import numpy as np
 
@@ -29,7 +30,6 @@ class _FlavourDispatch(type):
     return getattr(importlib.import_module(_ADAPTERS[flavour]), cls.__name__)(*args, **kwargs)
 
   def __instancecheck__(cls, obj):
-    import sys
     return any(isinstance(obj, getattr(sys.modules[m], cls.__name__))
                for m in _ADAPTERS.values() if m in sys.modules)
 

@@ -48,7 +48,8 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
     regrowth: `reset` (pruned weights are set to zero every step, as TFMOT does) or
       `straight_through` (pruned weights keep their values and receive the gradient through
       the mask, so they can win back at the next update; from `end_step` on the mask is
-      frozen and they are zeroed).
+      frozen and they are zeroed; with `end_step=-1` nothing freezes, and
+      `strip_crossbar_pruning` applies the last mask).
     policy: per-layer targets, layers left dense and the budget mode (`CrossbarPolicy`);
       default: every mapped layer takes the schedule's reduction except the first
       convolution of a model. Layers whose budget equals their dense count are not wrapped.
