@@ -7,7 +7,7 @@ Keras 3 user's `tf.keras` is left alone.
 from xbar_tfmot.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
 from xbar_tfmot.channels import ChannelGraph, ChannelSpace, analyze
 from xbar_tfmot.explicit import crossbar_model
-from xbar_tfmot.export import ExportError, export, read_mapping
+from xbar_tfmot.exporting import ExportError, export, read_mapping
 from xbar_tfmot.geometry import Counts, LayerGeometry
 from xbar_tfmot.mapping import CrossbarMapping, MappingError, build_mapping
 from xbar_tfmot.packing import LayerPacking, pack_layer
@@ -19,7 +19,7 @@ from xbar_tfmot.report import CrossbarReport, LayerReport, crossbar_report
 from xbar_tfmot.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
                                   CrossbarTemperatureDecay)
 from xbar_tfmot.spec import CrossbarSpec
-from xbar_tfmot.verify import verify
+from xbar_tfmot.verification import verify
 
 __all__ = [
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",

@@ -38,7 +38,7 @@ def report_main(argv: list[str] | None = None) -> int:
   try:
     mapping, source = None, args.model
     if os.path.isfile(os.path.join(args.model, "model.keras")):
-      from xbar_tfmot.export import read_mapping
+      from xbar_tfmot.exporting import read_mapping
       mapping, source = read_mapping(args.model), os.path.join(args.model, "model.keras")
     spec = parse_spec(args.crossbar) if args.crossbar else (
         mapping.spec if mapping else CrossbarSpec(rows=128, cols=128))
@@ -69,7 +69,7 @@ def verify_main(argv: list[str] | None = None) -> int:
   parser.add_argument("--tolerance", type=float, default=1e-4,
                       help="largest relative difference accepted (default 1e-4)")
   args = parser.parse_args(argv)
-  from xbar_tfmot.verify import verify
+  from xbar_tfmot.verification import verify
   try:
     result = verify(args.export_dir, args.samples, args.tolerance)
   except (ValueError, FileNotFoundError) as err:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xbar_tfmot import cli, export as export_lib, projection
+from xbar_tfmot import cli, exporting as export_lib, projection
 from xbar_tfmot.layers import geometry_of
 from xbar_tfmot.spec import CrossbarSpec
 

@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from xbar_tfmot.export import read_mapping
+from xbar_tfmot.exporting import read_mapping
 from xbar_tfmot.mapping import CrossbarMapping, MappingError
 
 
