@@ -48,7 +48,25 @@ def _check_steps(owner: str, begin_step: Any, end_step: Any, allow_forever: bool
   return begin, end
 
 
-class CrossbarSchedule:
+class _Config:
+  """`from_config`, equality and repr from `get_config`, shared by every schedule."""
+
+  def get_config(self) -> dict[str, Any]:
+    raise NotImplementedError
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]):
+    return cls(**config)
+
+  def __eq__(self, other):
+    return type(self) is type(other) and self.get_config() == other.get_config()
+
+  def __repr__(self):
+    args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+    return f"{type(self).__name__}({args})"
+
+
+class CrossbarSchedule(_Config):
   """Base of the reduction schedules: when to update, and the target reduction at a step."""
 
   begin_step: int
@@ -85,20 +103,6 @@ class CrossbarSchedule:
   def __call__(self, step) -> tuple[tf.Tensor, tf.Tensor]:
     """`(should_update, reduction)` at `step`, the protocol of TFMOT's `PruningSchedule`."""
     return self.should_update(step), tf.cast(self.reduction(step), tf.float32)
-
-  def get_config(self) -> dict[str, Any]:
-    raise NotImplementedError
-
-  @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> "CrossbarSchedule":
-    return cls(**config)
-
-  def __eq__(self, other):
-    return type(self) is type(other) and self.get_config() == other.get_config()
-
-  def __repr__(self):
-    args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-    return f"{type(self).__name__}({args})"
 
 
 class CrossbarConstant(CrossbarSchedule):
@@ -160,7 +164,7 @@ class CrossbarPolynomialDecay(CrossbarSchedule):
             "power": self.power, "frequency": self.frequency}
 
 
-class CrossbarTemperatureDecay:
+class CrossbarTemperatureDecay(_Config):
   """RPP temperature `T(t) = initial * (1 - p) ** power`, 0 from `end_step` on.
 
   At temperature `T` the kept units are a Gumbel-top-k sample with probability proportional
@@ -192,16 +196,6 @@ class CrossbarTemperatureDecay:
     return {"initial_temperature": self.initial, "begin_step": self.begin_step,
             "end_step": self.end_step, "power": self.power}
 
-  @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> "CrossbarTemperatureDecay":
-    return cls(**config)
-
-  def __eq__(self, other):
-    return type(self) is type(other) and self.get_config() == other.get_config()
-
-  def __repr__(self):
-    args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-    return f"{type(self).__name__}({args})"
 
 
 def _elapsed(step, begin: int, end: int) -> tf.Tensor:
