@@ -111,3 +111,23 @@ def test_keras3_report_does_not_import_tfmot():
       "assert tf.keras.Sequential is keras.Sequential\n")
   env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
   subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+
+
+def test_cli_reports_a_saved_pruned_model_through_its_masks(tmp_path, capsys):
+  import tf_keras as k
+  from xbar_tfmot.callbacks import UpdateCrossbarPruning
+  from xbar_tfmot.pruning import prune_crossbar
+  from xbar_tfmot.schedules import CrossbarConstant
+  model = k.Sequential([k.Input((16,)), k.layers.Dense(32, name="fc1"), k.layers.Dense(8, name="fc2")])
+  pruned = prune_crossbar(model, spec=CrossbarSpec(rows=4, cols=8), granularity="crossbar",
+                          schedule=CrossbarConstant(0.5, begin_step=0, frequency=1))
+  pruned.compile("sgd", "mse")
+  pruned.fit(np.ones((8, 16), np.float32), np.zeros((8, 8), np.float32), verbose=0,
+             callbacks=[UpdateCrossbarPruning()])
+  pruned.save(tmp_path / "pruned.h5")
+  assert cli.report_main([str(tmp_path / "pruned.h5"), "--crossbar", "4x8", "--json",
+                          str(tmp_path / "r.json")]) == 0
+  layers = {r["name"]: r for r in json.loads((tmp_path / "r.json").read_text())["layers"]}
+  # fc1: 4 input groups x 4 output groups = 16 dense, budget 8; fc2: 8 x 1 = 8, budget 4.
+  assert (layers["fc1"]["dense"], layers["fc1"]["blocks"]) == (16, 8)
+  assert (layers["fc2"]["dense"], layers["fc2"]["blocks"]) == (8, 4)

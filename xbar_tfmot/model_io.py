@@ -19,7 +19,8 @@ def load_model(source: str) -> Any:
   """A model from `builtin:NAME`, a `.keras` or `.h5` file, or a SavedModel folder.
 
   `.keras` files are tried with Keras 3 first, then tf_keras; `.h5` files and SavedModel
-  folders with tf_keras first. Layers of this package are known to both loaders.
+  folders with tf_keras first. The tf_keras loader knows the crossbar pruning wrappers (it
+  loads TFMOT, as the tf_keras path does).
   """
   if source.startswith("builtin:"):
     name = source.split(":", 1)[1].lower()
@@ -56,4 +57,6 @@ def _load_with(flavour: str, source: str) -> Any:
     import keras
     return keras.saving.load_model(source, compile=False)
   import tf_keras
-  return tf_keras.models.load_model(source, compile=False)
+  from xbar_tfmot.pruning import crossbar_pruning_scope
+  with crossbar_pruning_scope():
+    return tf_keras.models.load_model(source, compile=False)
