@@ -1,7 +1,6 @@
 """Export: SavedModel, TFLite and JSON carry one mapping; atomic writes; xbar-verify."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest

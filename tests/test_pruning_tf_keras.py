@@ -16,7 +16,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 import _pruning_models as pm
-from xbar_tfmot import layers as xlayers
 from xbar_tfmot.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
 from xbar_tfmot.policy import CrossbarPolicy
 from xbar_tfmot.projection import crossbar_budget

@@ -36,8 +36,7 @@ def best_times(fns, repeats: int) -> list[float]:
 
 
 def bench(model, spec: CrossbarSpec, repeats: int) -> None:
-  mapped = [layer for layer in layers_lib.iter_layers(model)
-            if layers_lib.unmapped_reason(layer) is None and hasattr(layer, "kernel")]
+  mapped = [layer for layer in layers_lib.iter_layers(model) if layers_lib.is_mapped(layer)]
   geometries = [layers_lib.geometry_of(layer, spec) for layer in mapped]
   kernels = [layer.kernel for layer in mapped]
   budgets = [projection.crossbar_budget(g.dense_crossbars, 0.7) for g in geometries]

@@ -83,13 +83,16 @@ def unmapped_reason(layer: Any) -> str | None:
   return UNMAPPED_REASONS.get(kind, f"layer type {type(layer).__name__} is not supported")
 
 
+def is_mapped(layer: Any) -> bool:
+  """True for a Conv2D, Conv1D or Dense layer that maps onto crossbars."""
+  return layer_kind(layer) in KERNEL_RANK and unmapped_reason(layer) is None
+
+
 def geometry_of(layer: Any, spec: CrossbarSpec) -> LayerGeometry:
   """The crossbar tiling of a mapped layer (raises ValueError if it cannot be mapped)."""
-  reason = unmapped_reason(layer)
-  kind = layer_kind(layer)
-  if reason or kind not in KERNEL_RANK:
-    raise ValueError(f"layer {layer.name!r}: {reason or 'has no kernel to map'}.")
-  return LayerGeometry(layer.name, kind, tuple(layer.kernel.shape), spec)
+  if not is_mapped(layer):
+    raise ValueError(f"layer {layer.name!r}: {unmapped_reason(layer) or 'has no kernel to map'}.")
+  return LayerGeometry(layer.name, layer_kind(layer), tuple(layer.kernel.shape), spec)
 
 
 def iter_layers(model: Any) -> Iterator[Any]:

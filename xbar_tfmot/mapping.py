@@ -20,7 +20,7 @@ import numpy as np
 
 from xbar_tfmot import layers as layers_lib
 from xbar_tfmot import packing
-from xbar_tfmot.geometry import KERNEL_RANK, LayerGeometry
+from xbar_tfmot.geometry import LayerGeometry
 from xbar_tfmot.spec import CrossbarSpec
 
 FORMAT = "xbar_tfmot.crossbar_mapping"
@@ -60,7 +60,7 @@ def mapped_layers(model: Any) -> list[tuple[Any, Any]]:
   out = []
   for layer in layers_lib.iter_layers(model):
     inner = layers_lib.unwrap(layer)
-    if layers_lib.layer_kind(inner) in KERNEL_RANK and layers_lib.unmapped_reason(inner) is None:
+    if layers_lib.is_mapped(inner):
       out.append((layer, inner))
   return out
 

@@ -61,6 +61,7 @@ def check_budget(geometry: LayerGeometry, budget) -> tf.Tensor:
       raise ValueError(
           f"layer {geometry.name!r}: crossbar budget {budget} is invalid; valid: 1 <= budget <= "
           f"{dense} (its dense crossbar count).")
+    return tf.constant(budget, tf.int32)
   budget = tf.convert_to_tensor(budget, tf.int32)
   with tf.control_dependencies([
       tf.debugging.assert_greater_equal(budget, 1, message=f"layer {geometry.name}: budget < 1"),

@@ -136,7 +136,7 @@ class CrossbarPrune(pruning_wrapper.PruneLowMagnitude):
                **kwargs):
     for unused in ("block_size", "block_pooling_type", "sparsity_m_by_n"):
       kwargs.pop(unused, None)
-    if xlayers.layer_kind(layer) not in KERNEL_RANK or xlayers.unmapped_reason(layer):
+    if not xlayers.is_mapped(layer):
       raise ValueError(
           f"CrossbarPrune: layer {layer.name!r} ({type(layer).__name__}) cannot be mapped "
           f"({xlayers.unmapped_reason(layer) or 'no kernel'}); valid: "
@@ -249,10 +249,6 @@ def _walk(model):
       yield layer
 
 
-def _mapped(layer) -> bool:
-  return xlayers.layer_kind(layer) in KERNEL_RANK and xlayers.unmapped_reason(layer) is None
-
-
 def _no_mapped_error(layers) -> ValueError:
   reasons = [f"{l.name}: {xlayers.unmapped_reason(l)}" for l in layers if xlayers.unmapped_reason(l)]
   detail = f" Not mapped: {'; '.join(reasons)}." if reasons else ""
@@ -286,7 +282,7 @@ def prune(to_prune, *, spec: CrossbarSpec, granularity: str, schedule, projectio
 
 
 def _prune_list(items, common, policy, reduction):
-  mapped = [l for l in items if _mapped(l)]
+  mapped = [l for l in items if xlayers.is_mapped(l)]
   if not mapped:
     raise _no_mapped_error(items)
   built = all(l.built for l in mapped)
@@ -297,7 +293,7 @@ def _prune_list(items, common, policy, reduction):
   for layer in items:
     if isinstance(layer, keras.layers.InputLayer):
       out.append(layer.__class__.from_config(layer.get_config()))
-    elif not _mapped(layer):
+    elif not xlayers.is_mapped(layer):
       out.append(layer)
     elif built:
       budget = budgets[layer.name]
@@ -314,7 +310,7 @@ def _prune_list(items, common, policy, reduction):
 
 def _prune_model(model, common, policy, reduction):
   leaves = list(_walk(model))
-  mapped = [l for l in leaves if _mapped(l)]
+  mapped = [l for l in leaves if xlayers.is_mapped(l)]
   if not mapped:
     raise _no_mapped_error(leaves)
   unbuilt = [l.name for l in mapped if not l.built]
@@ -450,7 +446,7 @@ class CrossbarPruningSummaries(keras.callbacks.Callback):
       entries.append(xcallbacks.LayerState(
           w.geometry, w.layer.kernel.numpy(), w.mask.numpy(), int(w.pruning_vars[0][2].numpy())))
     for layer in _walk(self.model):
-      if _mapped(layer) and id(layer) not in wrapped_inner and layer.built:
+      if xlayers.is_mapped(layer) and id(layer) not in wrapped_inner and layer.built:
         spec = wrappers[0].spec if wrappers else None
         if spec is not None:
           g = xlayers.geometry_of(layer, spec)

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from xbar_tfmot import channels as channels_lib
 from xbar_tfmot import layers as layers_lib
-from xbar_tfmot.geometry import KERNEL_RANK, LayerGeometry
+from xbar_tfmot.geometry import LayerGeometry
 from xbar_tfmot.projection import GRANULARITIES, crossbar_budget, project
 from xbar_tfmot.spec import CrossbarSpec
 
@@ -207,7 +207,7 @@ def reorder_model(model: Any, spec: CrossbarSpec, reduction: float | Mapping[str
     raise ValueError(f"granularity={granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}.")
   rng = np.random.default_rng(seed)
   mapped = {layer.name: layer for layer in model.layers
-            if layers_lib.layer_kind(layer) in KERNEL_RANK and not layers_lib.unmapped_reason(layer)}
+            if layers_lib.is_mapped(layer)}
   geometries = {n: layers_lib.geometry_of(l, spec) for n, l in mapped.items()}
   kernels = {n: np.asarray(l.kernel, np.float64) for n, l in mapped.items()}
   budgets = _budgets(list(mapped), geometries, reduction)
