@@ -1,12 +1,15 @@
 """Public crossbar-pruning API: `prune_crossbar`, `strip_crossbar_pruning`, `crossbar_pruning_scope`.
 
 The user experience mirrors TFMOT's `prune_low_magnitude`. Arguments are checked here,
-flavour-neutrally; the work is dispatched on the Keras flavour of the object, and TFMOT and
-tf_keras are imported only on the tf_keras path (importing TFMOT sets `TF_USE_LEGACY_KERAS=1`).
+flavour-neutrally; the work is dispatched on the Keras flavour of the object to the tf_keras
+adapter (`pruning_tf_keras`, on TFMOT) or the Keras 3 adapter (`pruning_keras3`), both thin
+layers over `pruning_core`. TFMOT and tf_keras are imported only on the tf_keras path
+(importing TFMOT sets `TF_USE_LEGACY_KERAS=1`).
 """
 
 from __future__ import annotations
 
+import importlib
 import random
 from typing import Any
 
@@ -18,11 +21,12 @@ from xbar_tfmot.spec import CrossbarSpec
 
 PROJECTIONS = ("rpp", "topk")
 REGROWTHS = ("reset", "straight_through")
+FLAVOURS = ("tf_keras", "keras3")
+_ADAPTERS = {"tf_keras": "xbar_tfmot.pruning_tf_keras", "keras3": "xbar_tfmot.pruning_keras3"}
 
-_KERAS3_MESSAGE = (
-    "prune_crossbar: Keras 3 models and layers are not supported yet (only tf_keras, the "
-    "Keras 2 package, is implemented; Keras 3 support is planned). Build the model with "
-    "`import tf_keras as keras` to prune it now.")
+
+def _adapter(flavour: str):
+  return importlib.import_module(_ADAPTERS[flavour])
 
 
 def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "crossbar",
@@ -34,7 +38,8 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
 
   Args:
     to_prune: a Sequential or functional model (nested models included), one layer, or a list
-      of layers. Subclassed models are not supported. The returned model shares the original
+      of layers, tf_keras or Keras 3 (TensorFlow backend); the flavour of the object picks
+      the adapter. Subclassed models are not supported. The returned model shares the original
       layers, as with `prune_low_magnitude`; compile it again.
     spec: the crossbar (`CrossbarSpec` or its string form, e.g. `"128x128"`).
     granularity: `crossbar` (whole crossbars are dropped) or `column` (column segments are
@@ -79,10 +84,7 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
     seed = random.SystemRandom().randrange(2**31)
   elif isinstance(seed, bool) or not isinstance(seed, int):
     raise ValueError(f"prune_crossbar: seed={seed!r} is invalid; valid: an integer or None.")
-  if _flavour_of(to_prune) == "keras3":
-    raise NotImplementedError(_KERAS3_MESSAGE)
-  from xbar_tfmot import pruning_tf_keras
-  return pruning_tf_keras.prune(
+  return _adapter(_flavour_of(to_prune)).prune(
       to_prune, spec=spec, granularity=granularity, schedule=schedule, projection=projection,
       regrowth=regrowth, policy=policy, seed=seed, temperature=temperature)
 
@@ -93,17 +95,24 @@ def strip_crossbar_pruning(model: Any) -> Any:
   The pruned model is left untouched; the stripped layers are new, so the result is exact
   even when `straight_through` training stopped before `end_step`.
   """
-  if _flavour_of(model) == "keras3":
-    raise NotImplementedError(_KERAS3_MESSAGE)
-  from xbar_tfmot import pruning_tf_keras
-  return pruning_tf_keras.strip(model)
+  return _adapter(_flavour_of(model)).strip(model)
 
 
 def crossbar_pruning_scope(flavour: str = "tf_keras"):
-  """A custom-object scope in which crossbar-pruned models load (`.keras`, `.h5`, SavedModel)."""
-  _check_choice("flavour", flavour, ("tf_keras",))
-  from xbar_tfmot import pruning_tf_keras
-  return pruning_tf_keras.scope()
+  """A custom-object scope in which crossbar-pruned models load (`.keras`, `.h5`, SavedModel).
+
+  Needed on tf_keras; on Keras 3 (`flavour="keras3"`) the wrapper and schedules are registered
+  serialisables, so `keras.saving.load_model` needs no scope, and this one is harmless.
+  """
+  if flavour not in FLAVOURS:
+    raise ValueError(f"crossbar_pruning_scope: flavour={flavour!r} is unknown; valid: "
+                     f"{', '.join(FLAVOURS)}.")
+  return _adapter(flavour).scope()
+
+
+def crossbar_wrappers(model: Any) -> list:
+  """The crossbar-pruning wrappers of a model (either flavour), nested models included."""
+  return _adapter(_flavour_of(model)).crossbar_wrappers(model)
 
 
 def _flavour_of(obj: Any) -> str:

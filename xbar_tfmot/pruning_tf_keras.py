@@ -25,10 +25,11 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from xbar_tfmot import callbacks as xcallbacks
 from xbar_tfmot import layers as xlayers
+from xbar_tfmot import pruning_core as core
 from xbar_tfmot import schedules as xschedules
-from xbar_tfmot.geometry import KERNEL_RANK, LayerGeometry
+from xbar_tfmot.geometry import LayerGeometry
 from xbar_tfmot.policy import CrossbarPolicy
-from xbar_tfmot.projection import crossbar_budget, project, stateless_seed
+from xbar_tfmot.projection import project  # noqa: F401  (re-exported for the tests)
 from xbar_tfmot.spec import CrossbarSpec
 
 TFMOT_VERSION = "0.8.1"
@@ -71,34 +72,23 @@ class CrossbarPruning(pruning_impl.Pruning):
 
   def budget(self, step) -> tf.Tensor:
     """Crossbar budget at `step`: from dense down to `final_budget` along the schedule."""
-    dense = self.geometry.dense_crossbars
-    cut = tf.round(tf.cast(dense - self.final_budget, tf.float64) * self._pruning_schedule.progress(step))
-    return dense - tf.cast(cut, tf.int32)
+    return core.budget_at(self._pruning_schedule, self.geometry.dense_crossbars,
+                          self.final_budget, step)
 
   def _maybe_update_block_mask(self, weights):
     step = self._step_fn()
     budget = self.budget(step)
-    if self.projection == "rpp":
-      temperature = self.temperature(step)
-      seed = stateless_seed(self.seed, self.layer_index, step)
-    else:
-      temperature, seed = 0.0, None
-    mask = project(self.geometry, weights, budget, self.granularity, temperature, seed)
-    return tf.cast(budget, weights.dtype), tf.cast(mask, weights.dtype)
-
-  def _end_step(self) -> int:
-    return self._pruning_schedule.end_step
+    mask = core.mask_at(self.geometry, weights, budget, self.granularity, self.projection,
+                        self.temperature, self.seed, self.layer_index, step)
+    return tf.cast(budget, weights.dtype), mask
 
   def frozen(self) -> tf.Tensor:
     """True from the schedule's `end_step` on (never for `end_step=-1`)."""
-    if self._end_step() < 0:
-      return tf.constant(False)
-    return self._step_fn() >= self._end_step()
+    return core.frozen(self._pruning_schedule, self._step_fn())
 
   def straight_through_kernel(self, weight, mask) -> tf.Tensor:
     """`weight * mask` forward; until the mask freezes the gradient reaches every weight."""
-    passing = tf.cast(tf.logical_not(self.frozen()), weight.dtype)
-    return weight * mask + passing * (1.0 - mask) * (weight - tf.stop_gradient(weight))
+    return core.straight_through_kernel(weight, mask, self.frozen())
 
   def weight_mask_op(self):
     if self.regrowth == "reset":
@@ -136,13 +126,7 @@ class CrossbarPrune(pruning_wrapper.PruneLowMagnitude):
                **kwargs):
     for unused in ("block_size", "block_pooling_type", "sparsity_m_by_n"):
       kwargs.pop(unused, None)
-    if not xlayers.is_mapped(layer):
-      raise ValueError(
-          f"CrossbarPrune: layer {layer.name!r} ({type(layer).__name__}) cannot be mapped "
-          f"({xlayers.unmapped_reason(layer) or 'no kernel'}); valid: "
-          f"{', '.join(KERNEL_RANK)}.")
-    if final_budget is None and target_reduction is None:
-      raise ValueError(f"CrossbarPrune({layer.name!r}): give final_budget or target_reduction.")
+    core.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
     schedule = pruning_schedule or xschedules.CrossbarConstant(0.5)
     if isinstance(schedule, dict):
       schedule = xschedules.deserialize(schedule)
@@ -159,18 +143,13 @@ class CrossbarPrune(pruning_wrapper.PruneLowMagnitude):
     self.layer_index = layer_index
     self.seed = seed
     self.geometry = None
+    xcallbacks.note_flavour("tf_keras")
 
   def build(self, input_shape):
     super().build(input_shape)
     self._inner_input_shape = tf.TensorShape(input_shape).as_list()
     self.geometry = xlayers.geometry_of(self.layer, self.spec)
-    budget = self.final_budget
-    if budget is None:
-      budget = crossbar_budget(self.geometry.dense_crossbars, self.target_reduction)
-    elif not 1 <= budget <= self.geometry.dense_crossbars:
-      raise ValueError(
-          f"layer {self.layer.name!r}: final_budget={budget} is invalid; valid: 1 <= budget <= "
-          f"{self.geometry.dense_crossbars} (its dense crossbar count).")
+    budget = core.final_budget_of(self.geometry, self.final_budget, self.target_reduction)
     self.pruning_obj = CrossbarPruning(
         training_step_fn=self.pruning_obj._step_fn, pruning_vars=self.pruning_vars,
         pruning_schedule=self.pruning_schedule, geometry=self.geometry,
@@ -195,6 +174,10 @@ class CrossbarPrune(pruning_wrapper.PruneLowMagnitude):
 
   def masked_kernel(self) -> np.ndarray:
     return self.layer.kernel.numpy() * self.mask.numpy()
+
+  def current_budget(self) -> int:
+    """The crossbar budget of the last mask update (TFMOT's "threshold" variable)."""
+    return int(self.pruning_vars[0][2].numpy())
 
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
@@ -249,14 +232,6 @@ def _walk(model):
       yield layer
 
 
-def _no_mapped_error(layers) -> ValueError:
-  reasons = [f"{l.name}: {xlayers.unmapped_reason(l)}" for l in layers if xlayers.unmapped_reason(l)]
-  detail = f" Not mapped: {'; '.join(reasons)}." if reasons else ""
-  return ValueError(
-      f"prune_crossbar: nothing to prune: no mappable layer (valid: {', '.join(KERNEL_RANK)})."
-      f"{detail}")
-
-
 def prune(to_prune, *, spec: CrossbarSpec, granularity: str, schedule, projection: str,
           regrowth: str, policy: CrossbarPolicy, seed: int, temperature):
   """tf_keras implementation of `xbar_tfmot.prune_crossbar` (arguments checked there)."""
@@ -268,76 +243,34 @@ def prune(to_prune, *, spec: CrossbarSpec, granularity: str, schedule, projectio
     return _prune_list(list(to_prune), common, policy, reduction)
   if isinstance(to_prune, keras.Model):
     if _subclassed(to_prune):
-      raise ValueError(
-          f"prune_crossbar can only prune a Sequential or functional keras model, a keras "
-          f"layer, or a list of keras layers; subclassed models ({type(to_prune).__name__}) "
-          f"are not supported.")
+      raise ValueError(core.SUBCLASSED.format(type(to_prune).__name__))
     return _prune_model(to_prune, common, policy, reduction)
   if isinstance(to_prune, keras.layers.Layer):
-    wrapped = _prune_list([to_prune], common, policy, reduction)[0]
-    return wrapped
+    return _prune_list([to_prune], common, policy, reduction)[0]
   raise ValueError(
       f"prune_crossbar can only prune a Sequential or functional keras model, a keras layer, or "
       f"a list of keras layers; got {type(to_prune).__name__}.")
 
 
 def _prune_list(items, common, policy, reduction):
-  mapped = [l for l in items if xlayers.is_mapped(l)]
-  if not mapped:
-    raise _no_mapped_error(items)
-  built = all(l.built for l in mapped)
-  if built:
-    geometries = [xlayers.geometry_of(l, common["spec"]) for l in mapped]
-    budgets = policy.plan(geometries, reduction, default_leave_dense=False)
+  plan = core.plan_list(items, common["spec"], policy, reduction)
   out = []
-  for layer in items:
+  for layer, args in zip(items, plan):
     if isinstance(layer, keras.layers.InputLayer):
       out.append(layer.__class__.from_config(layer.get_config()))
-    elif not xlayers.is_mapped(layer):
-      out.append(layer)
-    elif built:
-      budget = budgets[layer.name]
-      index = mapped.index(layer)
-      out.append(layer if budget is None else
-                 CrossbarPrune(layer, final_budget=budget, layer_index=index, **common))
     else:
-      target = policy.reduction_for(layer.name, reduction)
-      index = mapped.index(layer)
-      out.append(layer if target is None else
-                 CrossbarPrune(layer, target_reduction=target, layer_index=index, **common))
+      out.append(layer if args is None else CrossbarPrune(layer, **args, **common))
   return out
 
 
 def _prune_model(model, common, policy, reduction):
-  leaves = list(_walk(model))
-  mapped = [l for l in leaves if xlayers.is_mapped(l)]
-  if not mapped:
-    raise _no_mapped_error(leaves)
-  unbuilt = [l.name for l in mapped if not l.built]
-  if unbuilt:
-    raise ValueError(
-        f"prune_crossbar: layers {unbuilt} are not built, so their crossbar counts are unknown; "
-        f"build the model first (give it an input shape or call it once).")
-  geometries = [xlayers.geometry_of(l, common["spec"]) for l in mapped]
-  budgets = policy.plan(geometries, reduction)
-  plan = {}
-  for index, (layer, g) in enumerate(zip(mapped, geometries)):
-    budget = budgets[g.name]
-    if budget is not None and budget < g.dense_crossbars:
-      plan[id(layer)] = (index, budget)
-  if not plan:
-    dense = {g.name: g.dense_crossbars for g in geometries}
-    raise ValueError(
-        f"prune_crossbar: no layer would lose a crossbar at this target (dense crossbars per "
-        f"layer: {dense}; budgets: {budgets}). Use smaller crossbars in the spec, a higher "
-        f"reduction, or leave fewer layers dense.")
+  plan = core.plan_model(list(_walk(model)), common["spec"], policy, reduction)
 
   def clone(layer):
     if isinstance(layer, keras.Model):
       return keras.models.clone_model(layer, input_tensors=None, clone_function=clone)
     if id(layer) in plan:
-      index, budget = plan[id(layer)]
-      return CrossbarPrune(layer, final_budget=budget, layer_index=index, **common)
+      return CrossbarPrune(layer, **plan[id(layer)], **common)
     return layer
 
   return keras.models.clone_model(model, input_tensors=None, clone_function=clone)
@@ -398,63 +331,11 @@ class UpdateCrossbarPruning(pruning_callbacks.UpdatePruningStep):
     super().on_train_begin(logs)
 
 
-class CrossbarPruningSummaries(keras.callbacks.Callback):
-  """Writes per-layer and total crossbar counts and kept-energy ratios to TensorBoard.
+class CrossbarPruningSummaries(xcallbacks.SummariesMixin, keras.callbacks.Callback):
+  __doc__ = xcallbacks.SummariesMixin.__doc__
 
-  Scalars (at the optimiser's iteration, every epoch, or every `update_freq` batches):
-  `crossbars/<layer>` and `crossbars/total` (counted from the masked kernels' zeros at the
-  model's granularity; the total covers every mapped layer, dense-left ones included),
-  `dense_crossbars/total`, `crossbar_budget/<layer>` (the budget of the last mask update) and
-  `kept_energy/<layer>`, `kept_energy/total`: energy of the masked kernel over the energy of
-  the kernel as trained. With `straight_through` this tells how much the pruned weights
-  still carry; with `reset` the pruned weights are zero, so it stays near 1.
-  """
+  def _wrappers(self):
+    return crossbar_wrappers(self.model)
 
-  def __init__(self, log_dir: str, update_freq: str | int = "epoch"):
-    super().__init__()
-    if not isinstance(log_dir, str) or not log_dir:
-      raise ValueError(f"CrossbarPruningSummaries: log_dir={log_dir!r}; valid: a non-empty path.")
-    if update_freq != "epoch" and (not isinstance(update_freq, int) or update_freq < 1):
-      raise ValueError(
-          f"CrossbarPruningSummaries: update_freq={update_freq!r}; valid: 'epoch' or an integer "
-          f">= 1 (batches).")
-    self.log_dir = log_dir
-    self.update_freq = update_freq
-    self._writer = None
-
-  def on_train_begin(self, logs=None):
-    self._writer = tf.summary.create_file_writer(self.log_dir)
-
-  def on_train_batch_end(self, batch, logs=None):
-    if self.update_freq != "epoch" and (batch + 1) % self.update_freq == 0:
-      self._write()
-
-  def on_epoch_end(self, epoch, logs=None):
-    if self.update_freq == "epoch":
-      self._write()
-
-  def on_train_end(self, logs=None):
-    if self._writer is not None:
-      self._writer.close()
-
-  def _write(self):
-    wrappers = crossbar_wrappers(self.model)
-    granularity = wrappers[0].granularity if wrappers else "crossbar"
-    entries = []
-    wrapped_inner = {id(w.layer) for w in wrappers}
-    for w in wrappers:
-      entries.append(xcallbacks.LayerState(
-          w.geometry, w.layer.kernel.numpy(), w.mask.numpy(), int(w.pruning_vars[0][2].numpy())))
-    for layer in _walk(self.model):
-      if xlayers.is_mapped(layer) and id(layer) not in wrapped_inner and layer.built:
-        spec = wrappers[0].spec if wrappers else None
-        if spec is not None:
-          g = xlayers.geometry_of(layer, spec)
-          kernel = layer.kernel.numpy()
-          entries.append(xcallbacks.LayerState(g, kernel, np.ones_like(kernel), g.dense_crossbars))
-    scalars = xcallbacks.crossbar_scalars(entries, granularity)
-    step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
-    with self._writer.as_default():
-      for name, value in scalars.items():
-        tf.summary.scalar(name, value, step=step)
-    self._writer.flush()
+  def _leaves(self):
+    return _walk(self.model)
