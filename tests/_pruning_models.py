@@ -1,10 +1,9 @@
-"""Data and small tf_keras CNNs shared by the crossbar-pruning tests (real data: sklearn digits)."""
+"""Data and small CNNs in both Keras flavours for the crossbar-pruning tests (sklearn digits)."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
 from xbar_tfmot import layers as xlayers
 from xbar_tfmot.spec import CrossbarSpec
@@ -23,8 +22,18 @@ def digits(limit: int | None = None):
   return x, data.target[order].astype("int64")
 
 
-def cnn(seed: int = 0, name: str = "digits_cnn") -> keras.Model:
+def keras_module(flavour: str):
+  """`tf_keras` or Keras 3 (`keras`)."""
+  if flavour == "tf_keras":
+    import tf_keras
+    return tf_keras
+  import keras
+  return keras
+
+
+def cnn(seed: int = 0, name: str = "digits_cnn", flavour: str = "tf_keras"):
   """Conv-Conv-Pool-Dense-Dense for 8x8x1 inputs, functional."""
+  keras = keras_module(flavour)
   keras.utils.set_random_seed(seed)
   L = keras.layers
   inp = keras.Input((8, 8, 1), name="image")
@@ -37,19 +46,20 @@ def cnn(seed: int = 0, name: str = "digits_cnn") -> keras.Model:
   return keras.Model(inp, out, name=name)
 
 
-def compile_model(model: keras.Model, lr: float = 3e-3) -> keras.Model:
+def compile_model(model, lr: float = 3e-3):
+  keras = keras_module(xlayers.flavour(model))
   model.compile(keras.optimizers.Adam(lr),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
   return model
 
 
-def accuracy(model: keras.Model, x, y) -> float:
+def accuracy(model, x, y) -> float:
   logits = model.predict(x, batch_size=256, verbose=0)
   return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
-def mapped_counts(model: keras.Model, spec: CrossbarSpec = SPEC) -> dict:
+def mapped_counts(model, spec: CrossbarSpec = SPEC) -> dict:
   """`{name: Counts}` of every mapped layer of a plain (stripped) model."""
   out = {}
   for layer in xlayers.iter_layers(model):

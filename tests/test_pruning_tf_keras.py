@@ -1,32 +1,22 @@
-"""prune_crossbar on tf_keras: wrapping, training on real data, regrowth, seeds, saving, callbacks.
-
-TFMOT is imported on the first `prune_crossbar` call, not at collection, so other test modules
-of the same process start without `TF_USE_LEGACY_KERAS`.
+"""prune_crossbar on tf_keras, what is TFMOT-specific: the pinned override point, schedules as
+TFMOT schedules, TFMOT's own `UpdatePruningStep`, and the RPP mask update inside TFMOT's
+`Pruning` object. The shared behaviour of both flavours is in test_pruning.py.
 """
 
-import glob
 import inspect
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tf_keras as keras
 
 import _pruning_models as pm
-from xbar_tfmot.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
-from xbar_tfmot.policy import CrossbarPolicy
-from xbar_tfmot.projection import crossbar_budget
-from xbar_tfmot.pruning import crossbar_pruning_scope, prune_crossbar, strip_crossbar_pruning
+from xbar_tfmot.callbacks import UpdateCrossbarPruning
+from xbar_tfmot.pruning import crossbar_wrappers, prune_crossbar, strip_crossbar_pruning
 from xbar_tfmot.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
                                   CrossbarTemperatureDecay)
 
 SPEC = pm.SPEC
 X, Y = pm.digits()
-BATCH = 64
-STEPS_PER_EPOCH = -(-len(Y) // BATCH)  # 29
 
 
 def schedule(end_step=100, frequency=10, final=0.7):
@@ -37,20 +27,6 @@ def schedule(end_step=100, frequency=10, final=0.7):
 def adapter():
   from xbar_tfmot import pruning_tf_keras
   return pruning_tf_keras
-
-
-def wrappers(model):
-  return adapter().crossbar_wrappers(model)
-
-
-def fit(model, epochs, callbacks=None, **kwargs):
-  pm.compile_model(model)
-  model.fit(X, Y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0,
-            callbacks=[UpdateCrossbarPruning()] if callbacks is None else callbacks, **kwargs)
-  return model
-
-
-# --- TFMOT pin and import hygiene ----------------------------------------------------------
 
 
 def test_tfmot_override_point_is_pinned():
@@ -73,235 +49,6 @@ def test_schedules_count_as_tfmot_pruning_schedules():
   from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule import PruningSchedule
   assert isinstance(schedule(), PruningSchedule)
   assert isinstance(CrossbarConstant(0.5), PruningSchedule)
-
-
-def test_importing_xbar_tfmot_and_keras3_models_never_load_tfmot():
-  code = (
-      "import os, sys\n"
-      "import xbar_tfmot, xbar_tfmot.pruning, xbar_tfmot.callbacks, xbar_tfmot.policy\n"
-      "import keras\n"
-      "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])\n"
-      "try:\n"
-      "  xbar_tfmot.pruning.prune_crossbar(m, spec='36x8')\n"
-      "except NotImplementedError as e:\n"
-      "  assert 'Keras 3' in str(e), e\n"
-      "else:\n"
-      "  raise SystemExit('no error for a Keras 3 model')\n"
-      "assert 'tensorflow_model_optimization' not in sys.modules\n"
-      "assert 'TF_USE_LEGACY_KERAS' not in os.environ\n")
-  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-  subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
-
-
-# --- what gets wrapped ---------------------------------------------------------------------
-
-
-def test_functional_model_wraps_mapped_layers_except_first_conv():
-  pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(), seed=0)
-  kinds = {l.name: type(l).__name__ for l in pruned.layers}
-  assert kinds == {"image": "InputLayer", "conv1": "Conv2D", "crossbar_prune_conv2": "CrossbarPrune",
-                   "pool": "MaxPooling2D", "flatten": "Flatten",
-                   "crossbar_prune_fc1": "CrossbarPrune", "crossbar_prune_fc2": "CrossbarPrune"}
-  assert [w.layer_index for w in wrappers(pruned)] == [1, 2, 3]
-  assert [w.final_budget for w in wrappers(pruned)] == [
-      crossbar_budget(16, 0.7), crossbar_budget(120, 0.7), crossbar_budget(4, 0.7)]
-
-
-def test_sequential_nested_and_unmapped_layers():
-  inner = keras.Sequential([keras.layers.Conv2D(8, 3, padding="same", name="inner_conv"),
-                            keras.layers.BatchNormalization(name="inner_bn")], name="block")
-  model = keras.Sequential([
-      keras.Input((8, 8, 4)),
-      keras.layers.Conv2D(8, 3, padding="same", name="first"),
-      keras.layers.DepthwiseConv2D(3, padding="same", name="dw"),
-      inner,
-      keras.layers.Flatten(),
-      keras.layers.Dense(24, name="head"),
-  ])
-  pruned = prune_crossbar(model, spec=SPEC, schedule=CrossbarConstant(0.5), seed=0)
-  names = [type(l).__name__ for l in pruned.layers]
-  assert names == ["Conv2D", "DepthwiseConv2D", "Sequential", "Flatten", "CrossbarPrune"]
-  block = pruned.layers[2]
-  assert [type(l).__name__ for l in block.layers] == ["CrossbarPrune", "BatchNormalization"]
-  assert [w.layer.name for w in wrappers(pruned)] == ["inner_conv", "head"]
-  out = pruned(np.ones((2, 8, 8, 4), "float32"))
-  assert out.shape == (2, 24)
-
-
-def test_single_unbuilt_layer_and_list():
-  layer = prune_crossbar(keras.layers.Dense(16, input_shape=(72,)), spec=SPEC,
-                         schedule=CrossbarConstant(0.5), seed=0)
-  model = keras.Sequential([layer, keras.layers.Dense(3)])
-  assert isinstance(model.layers[0], adapter().CrossbarPrune)
-  assert model.layers[0].pruning_obj.final_budget == crossbar_budget(4, 0.5)
-  items = [keras.layers.Dense(8), keras.layers.Dropout(0.1), keras.layers.Conv1D(8, 3)]
-  out = prune_crossbar(items, spec=SPEC, schedule=CrossbarConstant(0.5), seed=0)
-  assert [type(l).__name__ for l in out] == ["CrossbarPrune", "Dropout", "CrossbarPrune"]
-  assert out[1] is items[1]
-
-
-class Subclassed(keras.Model):
-
-  def __init__(self):
-    super().__init__()
-    self.fc = keras.layers.Dense(4)
-
-  def call(self, x):
-    return self.fc(x)
-
-
-def test_subclassed_models_are_rejected():
-  with pytest.raises(ValueError, match="[Ss]ubclassed models"):
-    prune_crossbar(Subclassed(), spec=SPEC)
-  inner = Subclassed()
-  inp = keras.Input((4,))
-  outer = keras.Model(inp, inner(keras.layers.Dense(72)(inp)))
-  with pytest.raises(ValueError, match="[Ss]ubclassed models"):
-    prune_crossbar(outer, spec=SPEC)
-
-
-@pytest.mark.parametrize("kwargs,field", [
-    ({"granularity": "block"}, "granularity"),
-    ({"projection": "greedy"}, "projection"),
-    ({"regrowth": "regrow"}, "regrowth"),
-    ({"schedule": "poly"}, "schedule"),
-    ({"spec": {"rows": 3}}, "spec"),
-    ({"policy": {"mode": "global"}}, "policy"),
-    ({"seed": 1.5}, "seed"),
-    ({"temperature": -1.0}, "initial_temperature"),
-])
-def test_bad_arguments(kwargs, field):
-  args = {"spec": SPEC, "schedule": schedule()} | kwargs
-  with pytest.raises(ValueError, match=field):
-    prune_crossbar(pm.cnn(), **args)
-
-
-@pytest.mark.parametrize("make,field", [
-    (lambda: CrossbarPolynomialDecay(1.0, 0, 10), "final_reduction"),
-    (lambda: CrossbarPolynomialDecay(0.5, 10, 5), "end_step"),
-    (lambda: CrossbarConstant(-0.5), "reduction"),
-])
-def test_bad_schedules(make, field):
-  with pytest.raises(ValueError, match=field):
-    prune_crossbar(pm.cnn(), spec=SPEC, schedule=make())
-
-
-def test_model_without_mappable_layer():
-  model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.DepthwiseConv2D(3),
-                            keras.layers.Flatten()])
-  with pytest.raises(ValueError, match="no mappable layer.*dw|no mappable layer.*depthwise"):
-    prune_crossbar(model, spec=SPEC)
-  with pytest.raises(ValueError, match="no layer would lose a crossbar"):
-    prune_crossbar(pm.cnn(), spec="512x512", schedule=CrossbarConstant(0.3))
-
-
-def test_not_a_keras_object():
-  with pytest.raises(ValueError, match="can only prune"):
-    prune_crossbar("model.keras", spec=SPEC)
-  with pytest.raises(ValueError, match="empty"):
-    prune_crossbar([], spec=SPEC)
-
-
-# --- training on digits --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("granularity,regrowth,projection", [
-    ("crossbar", "reset", "rpp"),
-    ("column", "reset", "rpp"),
-    ("crossbar", "straight_through", "rpp"),
-    ("column", "straight_through", "topk"),
-])
-def test_end_to_end_meets_budget_with_structured_zeros(granularity, regrowth, projection):
-  pruned = prune_crossbar(pm.cnn(), spec=SPEC, granularity=granularity, regrowth=regrowth,
-                          projection=projection, schedule=schedule(end_step=100), seed=3)
-  fit(pruned, epochs=6)
-  final = strip_crossbar_pruning(pruned)
-  counts = pm.mapped_counts(final)
-  field = "blocks" if granularity == "crossbar" else "packed"
-  assert counts["conv1"].nonzero_weights == 144  # left dense
-  for w in wrappers(pruned):
-    got = getattr(counts[w.layer.name], field)
-    assert got == w.final_budget == crossbar_budget(w.geometry.dense_crossbars, 0.7), w.layer.name
-    assert pm.structured(w.geometry, w.mask.numpy(), granularity)
-    kernel = dict((l.name, l) for l in final.layers)[w.layer.name].kernel.numpy()
-    np.testing.assert_array_equal(kernel, w.masked_kernel())
-    assert int(w.pruning_vars[0][2].numpy()) == w.final_budget  # "threshold" holds the budget
-  total = sum(getattr(c, field) for c in counts.values())
-  dense = sum(c.dense for c in counts.values())
-  assert total <= 0.45 * dense
-  acc = pm.accuracy(final, X, Y)
-  assert acc > 0.6, acc  # chance is 0.1
-  np.testing.assert_allclose(final.predict(X[:64], verbose=0), pruned.predict(X[:64], verbose=0),
-                             rtol=1e-5, atol=1e-5)
-
-
-def test_masks_change_only_at_update_steps_and_freeze_after_end_step():
-  pruned = prune_crossbar(pm.cnn(), spec=SPEC, granularity="column", schedule=schedule(
-      end_step=45, frequency=10), regrowth="straight_through", seed=5)
-  fc1 = wrappers(pruned)[1]
-  history = []
-  record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: history.append(
-      (int(fc1.pruning_step.numpy()), fc1.mask.numpy().copy(), fc1.layer.kernel.numpy().copy())))
-  fit(pruned, epochs=3, callbacks=[UpdateCrossbarPruning(), record])
-  steps = [s for s, _, _ in history]
-  assert steps == list(range(1, len(history) + 1))
-  changed = [s for (s, m, _), (_, prev, _) in zip(history[1:], history) if not np.array_equal(m, prev)]
-  assert changed and set(changed) <= {10, 20, 30, 40, 45} and 45 in changed
-  budgets = [int(np.asarray(fc1.geometry.counts(m).packed)) for _, m, _ in history]
-  assert budgets[8] == 120 and budgets[44] == crossbar_budget(120, 0.7)  # dense until step 10
-  assert all(b >= crossbar_budget(120, 0.7) for b in budgets)
-  assert np.all(np.diff(budgets) <= 0)
-  # Straight-through: before end_step pruned weights live on and move; from it, they are zero.
-  _, mask30, kernel30 = history[34]
-  _, _, kernel31 = history[35]
-  pruned30 = mask30 == 0
-  assert np.any(kernel30[pruned30] != 0)
-  assert np.any(kernel30[pruned30] != kernel31[pruned30])
-  # Each step from end_step starts by zeroing them; Adam's momentum then moves them at most
-  # about one learning rate (3e-3) before the next step zeroes them again.
-  for _, m, k in history[44:]:
-    assert np.abs(k[m == 0]).max() < 4e-3
-    np.testing.assert_array_equal(m, history[-1][1])
-  assert np.all(fc1.layer.kernel.numpy()[history[-1][1] == 0] == 0)  # re-masked at epoch end
-
-
-def test_reset_zeroes_pruned_weights_every_step():
-  pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=60, frequency=10),
-                          seed=5)
-  fit(pruned, epochs=1)
-  for w in wrappers(pruned):
-    assert np.all(w.layer.kernel.numpy()[w.mask.numpy() == 0] == 0)
-    assert np.any(w.mask.numpy() == 0)
-
-
-def test_straight_through_strip_before_end_step_is_exact_and_leaves_pruned_model_alone():
-  pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=1000), seed=2,
-                          regrowth="straight_through")
-  fit(pruned, epochs=1)
-  fc1 = wrappers(pruned)[1]
-  before = fc1.layer.kernel.numpy().copy()
-  assert np.any(before[fc1.mask.numpy() == 0] != 0)
-  final = strip_crossbar_pruning(pruned)
-  np.testing.assert_array_equal(fc1.layer.kernel.numpy(), before)
-  np.testing.assert_array_equal(final.get_layer("fc1").kernel.numpy(), fc1.masked_kernel())
-  np.testing.assert_allclose(final.predict(X[:64], verbose=0), pruned.predict(X[:64], verbose=0),
-                             rtol=1e-5, atol=1e-5)
-
-
-def masks_after(seed, steps, granularity="crossbar"):
-  pruned = prune_crossbar(pm.cnn(seed=0), spec=SPEC, granularity=granularity, seed=seed,
-                          schedule=schedule(end_step=1000, frequency=10))
-  pm.compile_model(pruned)
-  pruned.fit(X[: steps * BATCH], Y[: steps * BATCH], batch_size=BATCH, epochs=1, shuffle=False,
-             verbose=0, callbacks=[UpdateCrossbarPruning()])
-  return [w.mask.numpy() for w in wrappers(pruned)]
-
-
-def test_same_seed_same_masks_other_seed_other_masks():
-  first, again, other = masks_after(7, 20), masks_after(7, 20), masks_after(8, 20)
-  for a, b in zip(first, again):
-    np.testing.assert_array_equal(a, b)
-  assert any(not np.array_equal(a, c) for a, c in zip(first, other))
 
 
 @pytest.mark.parametrize("granularity", ["crossbar", "column"])
@@ -327,87 +74,14 @@ def test_rpp_samples_by_seed_and_step_and_is_exact_at_temperature_zero(granulari
   np.testing.assert_array_equal(mask_at(100, seed=9), exact)
 
 
-def test_global_policy_meets_model_wide_target():
-  policy = CrossbarPolicy(mode="global")
-  pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=60), policy=policy,
-                          seed=1)
-  fit(pruned, epochs=3)
-  counts = pm.mapped_counts(strip_crossbar_pruning(pruned))
-  total = sum(c.blocks for c in counts.values())
-  assert total == crossbar_budget(sum(c.dense for c in counts.values()), 0.7)
-  assert counts["conv1"].blocks == counts["conv1"].dense
-
-
-def test_tfmot_update_pruning_step_works_unchanged_and_is_required():
+def test_tfmot_update_pruning_step_works_unchanged():
   from tensorflow_model_optimization.python.core.sparsity.keras.pruning_callbacks import UpdatePruningStep
   pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=40), seed=1)
-  fit(pruned, epochs=2, callbacks=[UpdatePruningStep()])
+  pm.compile_model(pruned)
+  pruned.fit(X, Y, batch_size=64, epochs=2, shuffle=False, verbose=0,
+             callbacks=[UpdatePruningStep()])
   counts = pm.mapped_counts(strip_crossbar_pruning(pruned))
-  for w in wrappers(pruned):
+  for w in crossbar_wrappers(pruned):
     assert counts[w.layer.name].blocks == w.final_budget
-  assert isinstance(UpdateCrossbarPruning(), UpdatePruningStep)
-  other = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=40), seed=1)
-  with pytest.raises(tf.errors.InvalidArgumentError, match="UpdatePruningStep"):
-    fit(other, epochs=1, callbacks=[])
-  with pytest.raises(ValueError, match="no crossbar-pruned layer"):
-    fit(pm.cnn(), epochs=1)
-
-
-# --- saving and resuming -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("fmt", [".keras", ".h5", "savedmodel"])
-def test_save_reload_and_resume(tmp_path, fmt):
-  sched = schedule(end_step=80, frequency=10)
-  pruned = prune_crossbar(pm.cnn(), spec=SPEC, granularity="column", schedule=sched, seed=4,
-                          regrowth="straight_through")
-  fit(pruned, epochs=1)  # 29 steps: mid-schedule
-  path = str(tmp_path / ("model" + (fmt if fmt != "savedmodel" else "")))
-  pruned.save(path, **({"save_format": "tf"} if fmt == "savedmodel" else {}))
-  with crossbar_pruning_scope():
-    loaded = keras.models.load_model(path)
-  saved, restored = wrappers(pruned), wrappers(loaded)
-  assert [w.name for w in restored] == [w.name for w in saved]
-  for a, b in zip(saved, restored):
-    np.testing.assert_array_equal(a.mask.numpy(), b.mask.numpy())
-    np.testing.assert_array_equal(a.layer.kernel.numpy(), b.layer.kernel.numpy())
-    assert int(b.pruning_step.numpy()) == STEPS_PER_EPOCH
-    assert (b.regrowth, b.granularity, b.seed, b.final_budget, b.layer_index) == (
-        a.regrowth, a.granularity, a.seed, a.final_budget, a.layer_index)
-    assert b.pruning_schedule == sched
-  if loaded.optimizer is None or fmt == ".h5":
-    pm.compile_model(loaded)
-  loaded.fit(X, Y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,
-             callbacks=[UpdateCrossbarPruning()])
-  counts = pm.mapped_counts(strip_crossbar_pruning(loaded))
-  for w in wrappers(loaded):
-    assert int(w.pruning_step.numpy()) == 4 * STEPS_PER_EPOCH
-    assert counts[w.layer.name].packed == w.final_budget
-
-
-# --- TensorBoard summaries -----------------------------------------------------------------
-
-
-def test_summaries_write_counts_and_kept_energy(tmp_path):
-  pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=40), seed=1,
-                          regrowth="straight_through")
-  summaries = CrossbarPruningSummaries(str(tmp_path))
-  assert isinstance(summaries, CrossbarPruningSummaries)
-  fit(pruned, epochs=2, callbacks=[UpdateCrossbarPruning(), summaries])
-  values = {}
-  for path in glob.glob(str(tmp_path / "events.out.tfevents.*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for v in event.summary.value:
-        values[(v.tag, event.step)] = float(tf.make_ndarray(v.tensor))
-  last = 2 * STEPS_PER_EPOCH
-  counts = pm.mapped_counts(strip_crossbar_pruning(pruned))
-  assert values[("crossbars/total", last)] == sum(c.blocks for c in counts.values())
-  assert values[("dense_crossbars/total", last)] == sum(c.dense for c in counts.values())
-  for w in wrappers(pruned):
-    name = w.layer.name
-    assert values[("crossbars/" + name, last)] == counts[name].blocks == w.final_budget
-    assert values[("crossbar_budget/" + name, last)] == w.final_budget
-    assert values[("kept_energy/" + name, last)] == pytest.approx(1.0)  # zeroed after end_step
-  first = STEPS_PER_EPOCH  # mid-schedule: straight-through weights still carry energy
-  assert values[("kept_energy/fc1", first)] < 1.0
-  assert values[("crossbars/fc1", first)] > values[("crossbars/fc1", last)]
+  assert isinstance(UpdateCrossbarPruning(flavour="tf_keras"), UpdatePruningStep)
+  assert isinstance(UpdateCrossbarPruning(), UpdatePruningStep)  # the last wrapper's flavour

@@ -150,6 +150,7 @@ class CrossbarPrune(pruning_wrapper.PruneLowMagnitude):
     self._inner_input_shape = tf.TensorShape(input_shape).as_list()
     self.geometry = xlayers.geometry_of(self.layer, self.spec)
     budget = core.final_budget_of(self.geometry, self.final_budget, self.target_reduction)
+    self.final_budget = budget
     self.pruning_obj = CrossbarPruning(
         training_step_fn=self.pruning_obj._step_fn, pruning_vars=self.pruning_vars,
         pruning_schedule=self.pruning_schedule, geometry=self.geometry,
