@@ -1,4 +1,8 @@
-"""Export: SavedModel, TFLite and JSON carry one mapping; atomic writes; xbar-verify."""
+"""Export: SavedModel, TFLite and JSON carry one mapping; atomic writes; xbar-verify.
+
+The round trip runs for both Keras flavours (tf_keras through a `tf.Module`, Keras 3 through
+`keras.export.ExportArchive`); the argument and atomicity checks are flavour-neutral.
+"""
 
 import json
 
@@ -6,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import _models
 from xbar_tfmot import cli, exporting as export_lib, projection
 from xbar_tfmot.layers import geometry_of
 from xbar_tfmot.spec import CrossbarSpec
@@ -13,9 +18,9 @@ from xbar_tfmot.spec import CrossbarSpec
 SPEC = CrossbarSpec(rows=36, cols=8)
 
 
-def pruned_model():
-  """A tf_keras CNN whose mapped kernels are projected onto 50% of their crossbars."""
-  import tf_keras as k
+def pruned_model(flavour="tf_keras"):
+  """A CNN whose mapped kernels are projected onto 50% of their crossbars."""
+  k = _models.keras_module(flavour)
   model = k.Sequential([
       k.Input((8, 8, 6)),
       k.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
@@ -33,9 +38,9 @@ def pruned_model():
   return model
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  model = pruned_model()
+@pytest.fixture(scope="module", params=_models.FLAVOURS)
+def exported(request, tmp_path_factory):
+  model = pruned_model(request.param)
   out = tmp_path_factory.mktemp("export") / "small"
   return model, export_lib.export(model, out, SPEC, granularity="column")
 
@@ -44,6 +49,7 @@ def test_all_three_carry_the_same_valid_mapping(exported):
   model, result = exported
   assert set(result.files) == {"mapping.json", "model.keras", "model.tflite", "saved_model",
                                "summary.txt"}
+  assert (result.directory / "saved_model" / "assets" / "mapping.json").is_file()
   sources = [result.directory / "mapping.json", result.directory / "saved_model",
              result.directory / "model.tflite", result.directory]
   for source in sources:
@@ -100,11 +106,11 @@ def test_verify_passes_and_report_reads_the_export(exported, capsys):
 
 def test_verify_fails_on_a_weight_in_a_dropped_crossbar(exported, tmp_path, capsys):
   import shutil
-  import tf_keras as k
+  from xbar_tfmot.model_io import load_model
   _, result = exported
   copy = tmp_path / "tampered"
   shutil.copytree(result.directory, copy)
-  model = k.models.load_model(copy / "model.keras")
+  model = load_model(str(copy / "model.keras"))
   kernel = np.asarray(model.get_layer("fc").kernel)
   row, col = np.argwhere(kernel == 0)[0]
   kernel[row, col] = 1.0
@@ -149,17 +155,21 @@ def test_read_mapping_errors(tmp_path):
     export_lib.read_mapping(tmp_path)
 
 
-def test_wrapped_model_is_stripped_on_export(tmp_path):
-  import tf_keras as k
+@pytest.mark.parametrize("flavour", _models.FLAVOURS)
+def test_wrapped_model_is_stripped_on_export(tmp_path, flavour):
   from xbar_tfmot.callbacks import UpdateCrossbarPruning
+  from xbar_tfmot.model_io import load_model
   from xbar_tfmot.pruning import prune_crossbar
   from xbar_tfmot.schedules import CrossbarConstant
-  wrapped = prune_crossbar(pruned_model(), spec=SPEC, granularity="crossbar",
+  k = _models.keras_module(flavour)
+  wrapped = prune_crossbar(pruned_model(flavour), spec=SPEC, granularity="crossbar",
                            schedule=CrossbarConstant(0.5, begin_step=0, frequency=1))
   wrapped.compile("adam", k.losses.SparseCategoricalCrossentropy(from_logits=True))
   x = np.random.default_rng(0).normal(size=(32, 8, 8, 6)).astype(np.float32)
-  wrapped.fit(x, np.arange(32) % 10, epochs=1, verbose=0, callbacks=[UpdateCrossbarPruning()])
+  wrapped.fit(x, np.arange(32) % 10, epochs=1, verbose=0,
+              callbacks=[UpdateCrossbarPruning(flavour=flavour)])
   result = export_lib.export(wrapped, tmp_path / "wrapped", SPEC, granularity="crossbar")
-  stripped = k.models.load_model(result.directory / "model.keras")
+  stripped = load_model(str(result.directory / "model.keras"))
+  assert type(stripped).__module__.split(".")[0] == ("tf_keras" if flavour == "tf_keras" else "keras")
   assert not any("prune" in type(layer).__name__.lower() for layer in stripped.layers)
   assert cli.verify_main([str(result.directory), "--samples", "2"]) == 0

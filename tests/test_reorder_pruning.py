@@ -1,8 +1,9 @@
 """Reorder, then prune (issue 4): `reorder_model(materialize=True)` is the explicit step before
 `prune_crossbar`, so the masks are computed on the reordered copy's own channel groups.
 
-One module-scoped pipeline on a small tf_keras CNN trained briefly on sklearn digits:
-train -> reorder (materialised copy) -> prune_crossbar on the copy -> fit -> strip -> map.
+One module-scoped pipeline per Keras flavour (tf_keras, Keras 3) on a small CNN trained briefly
+on sklearn digits: train -> reorder (materialised copy) -> prune_crossbar on the copy -> fit ->
+strip -> map -> crossbar-explicit model.
 """
 
 import numpy as np
@@ -32,22 +33,23 @@ def max_rel_error(a, b) -> float:
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
-@pytest.fixture(scope="module")
-def pipeline():
-  model = pm.compile_model(pm.cnn(seed=0))
+@pytest.fixture(scope="module", params=("tf_keras", "keras3"))
+def pipeline(request):
+  flavour = request.param
+  model = pm.compile_model(pm.cnn(seed=0, flavour=flavour))
   model.fit(X, Y, batch_size=BATCH, epochs=4, shuffle=False, verbose=0)
   dense_acc = pm.accuracy(model, X_TEST, Y_TEST)
-  reference = {n: model.get_layer(n).kernel.numpy().copy() for n in ["conv1", *PRUNED]}
+  reference = {n: np.array(model.get_layer(n).kernel) for n in ["conv1", *PRUNED]}
   copy, result = reorder_model(model, SPEC, {n: REDUCTION for n in PRUNED}, "column",
                                materialize=True, seed=0)
-  before = copy(X_TEST).numpy()
+  before = np.asarray(copy(X_TEST))
   pruned = prune_crossbar(
       copy, spec=SPEC, granularity="column", projection="rpp", seed=0,
       schedule=CrossbarPolynomialDecay(final_reduction=REDUCTION, begin_step=0,
                                        end_step=2 * STEPS, frequency=5))
   pm.compile_model(pruned, lr=1e-3)
   pruned.fit(X, Y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,
-             callbacks=[UpdateCrossbarPruning()])
+             callbacks=[UpdateCrossbarPruning(flavour=flavour)])
   stripped = strip_crossbar_pruning(pruned)
   return dict(model=model, copy=copy, result=result, before=before, stripped=stripped,
               dense_acc=dense_acc, reference=reference)

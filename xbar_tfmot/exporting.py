@@ -5,7 +5,10 @@ renamed into place at the end, so a failure leaves no partial export and names i
 
 Folder layout:
   saved_model/   serving signature = the stripped model; `assets/mapping.json`; an extra
-                 signature `crossbar_mapping` returning the mapping JSON as a string.
+                 signature `crossbar_mapping` returning the mapping JSON as a string. Keras 3
+                 models are written through Keras 3's own export path
+                 (`keras.export.ExportArchive`), tf_keras models as a `tf.Module`; both
+                 have the same signatures (`serving_default(input_0, ...) -> {"output"}`).
   model.tflite   converted from that SavedModel; the mapping JSON in the flatbuffer's
                  `metadata` list under the name `xbar_tfmot.crossbar_mapping`.
   model.keras    the stripped Keras model (the weights `xbar-verify` rebuilds crossbars from).
@@ -131,12 +134,11 @@ def _summary(model: Any, spec: CrossbarSpec, mapping: CrossbarMapping) -> str:
           f"{totals['reduction']:.1%}, utilization {totals['utilization']:.1%}\n")
 
 
-class _Exported(tf.Module):
-  """The stripped model plus its mapping as a SavedModel asset."""
+class _MappingAsset(tf.Module):
+  """The mapping JSON as a SavedModel asset, and the signature that returns it."""
 
-  def __init__(self, model: Any, mapping_file: pathlib.Path):
+  def __init__(self, mapping_file: pathlib.Path):
     super().__init__()
-    self.model = model
     self.mapping_asset = tf.saved_model.Asset(str(mapping_file))
 
   @tf.function(input_signature=[])
@@ -144,15 +146,54 @@ class _Exported(tf.Module):
     return {"mapping": tf.io.read_file(self.mapping_asset)}
 
 
-def _write_saved_model(model: Any, path: pathlib.Path, mapping_file: pathlib.Path) -> None:
-  module = _Exported(model, mapping_file)
+class _Exported(_MappingAsset):
+  """The stripped tf_keras model plus its mapping asset."""
+
+  def __init__(self, model: Any, mapping_file: pathlib.Path):
+    super().__init__(mapping_file)
+    self.model = model
+
+
+def _input_specs(model: Any) -> list[tf.TensorSpec]:
   shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
-  specs = [tf.TensorSpec((None, *shape[1:]), tf.float32, name=f"input_{i}")
-           for i, shape in enumerate(shapes)]
-  serve = tf.function(lambda *x: {"output": model(list(x) if len(x) > 1 else x[0],
-                                                  training=False)}, input_signature=specs)
+  return [tf.TensorSpec((None, *shape[1:]), tf.float32, name=f"input_{i}")
+          for i, shape in enumerate(shapes)]
+
+
+def _serve(model: Any):
+  return lambda *x: {"output": model(list(x) if len(x) > 1 else x[0], training=False)}
+
+
+def _write_saved_model(model: Any, path: pathlib.Path, mapping_file: pathlib.Path) -> None:
+  specs = _input_specs(model)
+  if layers_lib.flavour(model) == "keras3":
+    _write_keras3_saved_model(model, path, mapping_file, specs)
+    return
+  module = _Exported(model, mapping_file)
+  serve = tf.function(_serve(model), input_signature=specs)
   tf.saved_model.save(module, str(path), signatures={
       "serving_default": serve, SIGNATURE: module.crossbar_mapping})
+
+
+def _write_keras3_saved_model(model: Any, path: pathlib.Path, mapping_file: pathlib.Path,
+                              specs: list[tf.TensorSpec]) -> None:
+  """Keras 3's export path (`ExportArchive`), plus the mapping asset and its signature."""
+  import keras
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint("serving_default", _serve(model), input_signature=specs)
+  mapping = _MappingAsset(mapping_file)
+  mapping.crossbar_mapping()  # traced, as add_endpoint requires of a tf.function
+  archive.add_endpoint(SIGNATURE, mapping.crossbar_mapping)
+  # ExportArchive keeps only variables and lookup tables of tracked objects; an Asset must be
+  # reachable from the saved root to be copied into assets/, so it is attached there (a
+  # private attribute of Keras 3's archive: the export tests fail if it moves).
+  root = getattr(archive, "_tf_trackable", None)
+  if root is None:
+    raise RuntimeError("keras.export.ExportArchive has no _tf_trackable root in this Keras "
+                       "version; the mapping asset cannot be attached.")
+  root.crossbar_mapping_asset = mapping
+  archive.write_out(str(path), verbose=False)
 
 
 def _convert_tflite(saved_model: pathlib.Path, sparse: bool) -> bytes:
