@@ -31,6 +31,7 @@ setuptools.setup(
         "console_scripts": [
             "xbar-report=xbar_tfmot.cli:report_main",
             "xbar-verify=xbar_tfmot.cli:verify_main",
+            "xbar-prune=xbar_tfmot.pipeline:main",
         ],
     },
 )

@@ -173,3 +173,53 @@ def test_digits_split_shapes_range_and_fixed_seed():
   assert len(y) + len(yt) == len(load_digits().target)
   with pytest.raises(ValueError, match="test_fraction=1.0 is invalid"):
     datasets.load_digits(test_fraction=1.0)
+
+
+def fake_cifar(folder, n=3, seed=0):
+  """Writes CIFAR-10 python batches of `n` random images each; returns the raw arrays."""
+  import pickle
+  rng = np.random.default_rng(seed)
+  raw = {}
+  for name in datasets.CIFAR10_FILES:
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, n)]
+    with open(folder / name, "wb") as f:
+      pickle.dump({b"data": data, b"labels": labels}, f)
+    raw[name] = (data, labels)
+  return raw
+
+
+def test_cifar10_from_a_local_copy_is_nhwc(tmp_path):
+  raw = fake_cifar(tmp_path)
+  (x, y), (xt, yt) = datasets.load_cifar10(tmp_path)
+  assert x.shape == (15, 32, 32, 3) and xt.shape == (3, 32, 32, 3)
+  data, labels = raw["data_batch_2"]
+  # pixel (row 4, col 7) of channel 1 (green) of the first image of batch 2
+  assert x[3, 4, 7, 1] == pytest.approx(data[0, 1024 + 4 * 32 + 7] / 255.0)
+  assert y[3] == labels[0] and y.dtype == np.int64
+  assert list(yt) == raw["test_batch"][1]
+
+
+def test_cifar10_missing_files_say_how_to_get_them(tmp_path):
+  fake_cifar(tmp_path)
+  (tmp_path / "data_batch_3").unlink()
+  with pytest.raises(FileNotFoundError, match=r"^CIFAR-10: data_batch_3 not found in .*"
+                     r"cifar-10-python\.tar\.gz"):
+    datasets.load_cifar10(tmp_path)
+  with pytest.raises(FileNotFoundError, match="CIFAR-10: data_batch_3 not found"):
+    datasets.load_dataset("cifar10", str(tmp_path), download=True)  # a given path never downloads
+
+
+def test_synthetic_is_learnable_and_seeded():
+  (x, y), (xt, yt) = datasets.synthetic(seed=3)
+  (x2, _), _ = datasets.synthetic(seed=3)
+  np.testing.assert_array_equal(x, x2)
+  assert x.shape == (512, 8, 8, 1) and x.min() >= 0 and x.max() <= 1
+  means = np.stack([x[y == c].mean(axis=0) for c in range(4)])
+  nearest = np.argmin(((xt[:, None] - means[None]) ** 2).sum(axis=(2, 3, 4)), axis=1)
+  assert np.mean(nearest == yt) > 0.9
+
+
+def test_load_dataset_unknown_name():
+  with pytest.raises(ValueError, match="dataset 'mnist' is unknown; valid: fashion_mnist, cifar10"):
+    datasets.load_dataset("mnist")

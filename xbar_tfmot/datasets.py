@@ -1,11 +1,16 @@
-"""Offline real data for tests and benchmarks (DESIGN.md section 9): nothing is downloaded.
+"""Real data for the pipeline, tests and benchmarks (DESIGN.md section 9), read offline.
 
 - `load_fashion_mnist`: the gzipped IDX files of Debian's `dataset-fashion-mnist` package (or
   the same four files in a folder you give). A missing file is an error, never a fallback to
   other data, so a benchmark cannot silently run on something else.
 - `load_digits`: scikit-learn's bundled 8x8 digits, split train/test with a fixed seed.
+- `load_cifar10`: a local copy of CIFAR-10's python batches (Keras' cache folder by default).
+- `synthetic`: class prototypes plus noise, for tests.
+- `load_dataset`: one of them by name; only with `download=True` (the `xbar-prune` config
+  field `data.download`) may Keras download Fashion-MNIST or CIFAR-10 when local files are
+  missing. Tests and benchmarks never download.
 
-Both return `((x_train, y_train), (x_test, y_test))`: float32 images NHWC in [0, 1] and int64
+All return `((x_train, y_train), (x_test, y_test))`: float32 images NHWC in [0, 1] and int64
 labels, as `keras.datasets.*.load_data()` does (but already scaled and with a channel axis).
 """
 
@@ -131,3 +136,92 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[Split, Spli
   n_test = int(round(len(y) * test_fraction))
   cut = len(y) - n_test
   return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+CIFAR10_DIR = "~/.keras/datasets/cifar-10-batches-py"
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+DATASETS = ("fashion_mnist", "cifar10", "digits", "synthetic")
+
+
+def load_cifar10(path: str | os.PathLike | None = None) -> tuple[Split, Split]:
+  """CIFAR-10 from a local copy of the python version (`cifar-10-batches-py`).
+
+  Args:
+    path: the folder holding `data_batch_1..5` and `test_batch`; default Keras' cache folder
+      `~/.keras/datasets/cifar-10-batches-py` (where `keras.datasets.cifar10` puts it).
+
+  Returns:
+    `((x_train, y_train), (x_test, y_test))`: float32 `(N, 32, 32, 3)` in [0, 1], int64 labels.
+  """
+  import pickle
+  folder = pathlib.Path(os.path.expanduser(CIFAR10_DIR if path is None else path))
+  missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
+  if missing:
+    raise FileNotFoundError(
+        f"CIFAR-10: {', '.join(missing)} not found in {folder}. Unpack "
+        f"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there (or call "
+        f"keras.datasets.cifar10.load_data() once, which caches it in {CIFAR10_DIR}), or give "
+        f"the folder holding {', '.join(CIFAR10_FILES)}. No other data is substituted.")
+  parts = {}
+  for name in CIFAR10_FILES:
+    with open(folder / name, "rb") as f:
+      batch = pickle.load(f, encoding="bytes")
+    try:
+      data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    except KeyError as e:
+      raise ValueError(f"{folder / name}: not a CIFAR-10 python batch (no {e} entry).") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+      raise ValueError(f"{folder / name}: data of shape {data.shape} with {len(labels)} labels; "
+                       f"expected (N, 3072) uint8 and N labels.")
+    parts[name] = (data, labels)
+
+  def split(names):
+    data = np.concatenate([parts[n][0] for n in names])
+    labels = np.concatenate([parts[n][1] for n in names])
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return (images.astype(np.float32) / 255.0), labels.astype(np.int64)
+
+  return split(CIFAR10_FILES[:5]), split(CIFAR10_FILES[5:])
+
+
+def synthetic(shape: tuple[int, int, int] = (8, 8, 1), classes: int = 4, train: int = 512,
+              test: int = 128, seed: int = 0) -> tuple[Split, Split]:
+  """A learnable synthetic set for tests: each class is a fixed random image plus noise."""
+  rng = np.random.default_rng(seed)
+  prototypes = rng.uniform(0.0, 1.0, (classes, *shape)).astype(np.float32)
+
+  def draw(n):
+    labels = rng.integers(0, classes, n)
+    noise = rng.normal(0.0, 0.25, (n, *shape)).astype(np.float32)
+    return np.clip(prototypes[labels] + noise, 0.0, 1.0), labels.astype(np.int64)
+
+  return draw(train), draw(test)
+
+
+def load_dataset(name: str, path: str | None = None, download: bool = False,
+                 seed: int = 0) -> tuple[Split, Split]:
+  """A dataset by name (`DATASETS`) from local files, or Keras' download when `download`.
+
+  Local files are always tried first; `download=True` lets Keras fetch Fashion-MNIST or
+  CIFAR-10 (into its cache) when they are missing. Never substitutes other data.
+  """
+  if name == "digits":
+    return load_digits(seed=seed)
+  if name == "synthetic":
+    return synthetic(seed=seed)
+  if name not in ("fashion_mnist", "cifar10"):
+    raise ValueError(f"dataset {name!r} is unknown; valid: {', '.join(DATASETS)}.")
+  local = load_fashion_mnist if name == "fashion_mnist" else load_cifar10
+  try:
+    return local(path or None)
+  except FileNotFoundError:
+    if not download or path:
+      raise
+  import keras  # Keras 3's downloader; importing it does not change tf.keras.
+  (x, y), (xt, yt) = getattr(keras.datasets, name).load_data()
+  return _scaled(x, y), _scaled(xt, yt)
+
+
+def _scaled(images: np.ndarray, labels: np.ndarray) -> Split:
+  x = images.astype(np.float32) / 255.0
+  return (x[..., None] if x.ndim == 3 else x), labels.reshape(-1).astype(np.int64)

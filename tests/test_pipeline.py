@@ -1,0 +1,226 @@
+"""The xbar-prune pipeline on the tiny digits config: every phase, outputs, resume, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from xbar_tfmot import configuration, pipeline
+from xbar_tfmot.configuration import ConfigError
+from xbar_tfmot.exporting import read_mapping
+from xbar_tfmot.projection import crossbar_budget
+from xbar_tfmot.report import crossbar_report
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny_digits.py"
+
+
+def load_config(path: pathlib.Path, **fields):
+  """`get_config()` of a config file, with dotted-field overrides like the command line."""
+  namespace: dict = {}
+  exec(compile(path.read_text(), str(path), "exec"), namespace)
+  config = namespace["get_config"]()
+  for dotted, value in fields.items():
+    node = config
+    *parents, leaf = dotted.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """One straight run of the tiny config, and the log it printed."""
+  workdir = tmp_path_factory.mktemp("straight")
+  lines: list[str] = []
+  config = load_config(TINY, workdir=str(workdir), train__verbose=0)
+  metrics = pipeline.run(config, log=lines.append)
+  return workdir, metrics, lines, config
+
+
+def test_every_phase_writes_its_outputs(straight):
+  workdir, metrics, lines, _ = straight
+  for name in ("report/report.md", "report/metrics.json", "report/mapping.json",
+               "report/crossbars_per_layer.png", "report/occupancy.png",
+               "report/training_curves.png", "export/model.tflite", "export/model.keras",
+               "export/mapping.json", "export/saved_model/saved_model.pb",
+               "checkpoints/baseline.keras", "checkpoints/pruned.keras"):
+    assert (workdir / name).is_file(), name
+  state = json.loads((workdir / "state.json").read_text())
+  assert sorted(state["phases"]) == sorted(pipeline.PHASES)
+  for phase in pipeline.PHASES:
+    assert any(line.startswith(f"[{phase}] done") for line in lines), phase
+  assert json.loads((workdir / "report" / "metrics.json").read_text()) == json.loads(
+      json.dumps(metrics, default=float))
+  assert metrics["export"]["verified"] is True
+
+
+def test_metrics_agree_with_report_mapping_and_export(straight):
+  workdir, metrics, _, config = straight
+  spec = pipeline.parse_spec(config.crossbar.spec)
+  exported = read_mapping(workdir / "export" / "model.tflite")
+  report = crossbar_report(pipeline.Pipeline(config)._load(workdir / "export" / "model.keras"),
+                           spec)
+  assert metrics["crossbars"]["pruned"] == report.total("packed") == exported.totals["crossbars"]
+  assert metrics["crossbars"]["dense"] == report.total("dense") == exported.totals["dense"]
+  by_layer = {l["name"]: l for l in exported.data["layers"]}
+  for row in metrics["layers"]:
+    assert row["pruned"] == by_layer[row["name"]]["counts"]["crossbars"]
+  first, *rest = metrics["layers"]
+  assert first["pruned"] == first["dense"]  # the first conv is left dense by default
+  for row in rest:
+    assert row["pruned"] <= crossbar_budget(row["dense"], config.crossbar.reduction)
+    assert 0.0 < row["kept_energy"] < 1.0
+
+
+def test_learns_and_keeps_accuracy(straight):
+  _, metrics, _, _ = straight
+  acc = metrics["accuracy"]
+  assert acc["dense"] > 0.6  # 10 classes: chance is 0.1
+  assert acc["reordered"] == pytest.approx(acc["dense"], abs=1e-6)  # reorder keeps the function
+  assert acc["pruned"] > 0.5
+
+
+def test_rerun_skips_finished_phases(straight):
+  workdir, metrics, _, config = straight
+  lines: list[str] = []
+  again = pipeline.run(config, log=lines.append)
+  assert not any(l.startswith(("[baseline] done", "[prune] done", "[export] done"))
+                 for l in lines)
+  assert again["crossbars"] == metrics["crossbars"]
+  assert again["accuracy"] == metrics["accuracy"]
+
+
+def test_rerun_with_other_config_is_refused(straight):
+  workdir, _, _, config = straight
+  other = load_config(TINY, workdir=str(workdir), crossbar__reduction=0.5)
+  with pytest.raises(ConfigError, match="crossbar.reduction"):
+    pipeline.Pipeline(other).prepare()
+
+
+def _command(workdir: pathlib.Path) -> list[str]:
+  return [sys.executable, "-c", "from xbar_tfmot.pipeline import main; main()",
+          f"--config={TINY}", f"--config.workdir={workdir}", "--config.train.verbose=0",
+          "--config.report.plots=False"]
+
+
+def test_killed_during_pruning_resumes_to_the_same_crossbars(straight, tmp_path):
+  _, metrics, _, _ = straight
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  progress = tmp_path / "checkpoints" / "prune" / "progress.json"
+  proc = subprocess.Popen(_command(tmp_path), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not (progress.exists() and json.loads(progress.read_text())["epoch"] >= 1):
+    assert proc.poll() is None, f"run ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
+    assert time.time() < deadline, "pruning never reached its first checkpoint"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  state = json.loads((tmp_path / "state.json").read_text())
+  assert "prune" not in state["phases"]  # killed during pruning
+
+  done = subprocess.run(_command(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "[prune] resuming after epoch" in done.stdout
+  assert "[baseline] done" not in done.stdout
+  resumed = json.loads((tmp_path / "report" / "metrics.json").read_text())
+  assert resumed["crossbars"] == metrics["crossbars"]
+  assert [l["pruned"] for l in resumed["layers"]] == [l["pruned"] for l in metrics["layers"]]
+
+
+def test_mapping_only_config_runs_without_data(tmp_path):
+  config = load_config(ROOT / "configs" / "imagenet_mapping.py", workdir=str(tmp_path),
+                       model__name="resnet18", model__width=0.125,
+                       model__input_shape="64,64,3", model__classes=10)
+  metrics = pipeline.run(config, log=lambda line: None)
+  assert metrics["accuracy"] == {"dense": None, "reordered": None, "pruned": None}
+  mapping = json.loads((tmp_path / "report" / "mapping.json").read_text())
+  assert mapping["totals"]["crossbars"] == metrics["crossbars"]["pruned"]
+  for row in metrics["layers"][1:]:
+    assert row["pruned"] <= crossbar_budget(row["dense"], 0.7)
+  assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+  config = load_config(path)
+  configuration.check(config)
+  pipeline.parse_spec(config.crossbar.spec)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("crossbar__reduction", 1.5, "config.crossbar.reduction=1.5"),
+    ("crossbar__granularity", "rows", "config.crossbar.granularity='rows': unknown; valid"),
+    ("export__formats", "tflite,json", "add saved_model"),
+    ("export__formats", "onnx", "config.export.formats='onnx'"),
+    ("flavour", "keras2", "config.flavour='keras2'"),
+    ("model__name", "alexnet", "config.model.name='alexnet'"),
+    ("train__batch_size", 0, "config.train.batch_size=0"),
+    ("crossbar__spec", "128x", "config.crossbar.spec='128x'"),
+    ("crossbar__spec", "configs/hardware/nope.json", "nope.json"),
+    ("model__file", "/nonexistent/model.keras", "config.model.file"),
+    ("data__path", "/nonexistent/folder", "config.data.path"),
+])
+def test_bad_values_name_the_field(tmp_path, field, value, message):
+  config = load_config(TINY, workdir=str(tmp_path), **{field: value})
+  with pytest.raises(ConfigError) as err:
+    pipeline.Pipeline(config).prepare()
+  assert message in str(err.value)
+  assert not (tmp_path / "checkpoints" / "baseline").exists()
+
+
+def test_unknown_and_mistyped_fields_in_a_config_file():
+  config = configuration.defaults()
+  config.unlock()
+  config.train.epochz = 3
+  with pytest.raises(ConfigError, match=r"config\.train\.epochz: unknown field; valid fields "
+                     r"here: .*baseline_epochs"):
+    configuration.check(config)
+  import ml_collections
+  loose = configuration.defaults().to_dict()
+  loose["train"]["batch_size"] = "64"
+  with pytest.raises(ConfigError, match=r"config\.train\.batch_size='64': wrong type str; "
+                     r"valid: int"):
+    configuration.check(ml_collections.ConfigDict(loose))
+
+
+def test_missing_dataset_fails_before_training(tmp_path):
+  empty = tmp_path / "fmnist"
+  empty.mkdir()
+  config = load_config(ROOT / "configs" / "fashion_mnist_vgg8.py", workdir=str(tmp_path / "run"),
+                       data__path=str(empty))
+  with pytest.raises(ConfigError, match=r"config\.data\.name='fashion_mnist': Fashion-MNIST: "
+                     r"train-images-idx3-ubyte\.gz.* not found"):
+    pipeline.Pipeline(config).prepare()
+  assert not (tmp_path / "run" / "checkpoints" / "baseline").exists()
+
+
+def test_model_file_without_mappable_layer(tmp_path):
+  import tf_keras
+  inp = tf_keras.Input((8, 8, 1))
+  x = tf_keras.layers.BatchNormalization()(inp)
+  model = tf_keras.Model(inp, tf_keras.layers.GlobalAveragePooling2D()(x), name="no_xbar")
+  model.save(tmp_path / "m.keras")
+  config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(tmp_path / "m.keras"))
+  with pytest.raises(ConfigError, match=r"config\.model\.file: the model 'no_xbar' has no "
+                     r"mappable layer"):
+    pipeline.Pipeline(config).prepare()
+
+
+def test_command_line_rejects_an_unknown_field(tmp_path):
+  out = subprocess.run(_command(tmp_path) + ["--config.train.epochs=3"], capture_output=True,
+                       text=True, timeout=300,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert out.returncode != 0
+  assert "epochs" in out.stderr
+  assert not (tmp_path / "checkpoints").exists()

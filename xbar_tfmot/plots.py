@@ -1,0 +1,111 @@
+"""PNG plots of a pruning run: crossbars per layer, crossbar occupancy maps, training curves.
+
+matplotlib (the `report` extra) is imported on first use with the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def crossbars_per_layer(layers: Sequence[dict[str, Any]], path: pathlib.Path,
+                        title: str) -> None:
+  """Grouped bars of dense and pruned crossbars per mapped layer (log scale when wide)."""
+  plt = _pyplot()
+  names = [l["name"] for l in layers]
+  dense = np.array([l["dense"] for l in layers])
+  pruned = np.array([l["pruned"] for l in layers])
+  x = np.arange(len(names))
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 2), 4.2))
+  ax.bar(x - 0.2, dense, 0.4, label="dense", color="#9bb7d4")
+  ax.bar(x + 0.2, pruned, 0.4, label="pruned", color="#c0392b")
+  for xi, d, p in zip(x, dense, pruned):
+    if d:
+      ax.annotate(f"-{1 - p / d:.0%}", (xi + 0.2, max(p, 1)), ha="center", va="bottom",
+                  fontsize=7)
+  ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+  ax.set_ylabel("crossbars")
+  if dense.max() > 20 * max(1, dense.min()):
+    ax.set_yscale("log")
+  ax.set_title(title, fontsize=10)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def occupancy(maps: Sequence[tuple[str, np.ndarray, str]], path: pathlib.Path,
+              title: str) -> None:
+  """One panel per layer: `(name, bool map, axis label)`; dark cells survive.
+
+  Crossbar grain maps are `(G_in, G_out)` blocks; column grain maps `(G_in, C_out)` column
+  segments (the columns of each input group that are packed into crossbars).
+  """
+  plt = _pyplot()
+  from matplotlib.ticker import MaxNLocator
+  n = len(maps)
+  cols = min(4, n)
+  rows = math.ceil(n / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+  for ax, (name, grid, xlabel) in zip(axes.flat, maps):
+    ax.imshow(grid, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_title(f"{name}: {grid.mean():.0%} kept", fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel("input group", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+  for ax in list(axes.flat)[n:]:
+    ax.axis("off")
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def training_curves(phases: Sequence[tuple[str, dict[str, list[float]]]], path: pathlib.Path,
+                    title: str) -> bool:
+  """Accuracy and loss per epoch over the training phases, phase boundaries marked.
+
+  Returns False (and writes nothing) when no phase trained.
+  """
+  phases = [(name, h) for name, h in phases if h.get("loss")]
+  if not phases:
+    return False
+  plt = _pyplot()
+  fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+  offset = 0
+  for name, history in phases:
+    epochs = np.arange(offset + 1, offset + len(history["loss"]) + 1)
+    for ax, key in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+      for prefix, style in (("", "-"), ("val_", "--")):
+        if f"{prefix}{key}" in history:
+          ax.plot(epochs, history[f"{prefix}{key}"], style, marker="o", markersize=3,
+                  label=f"{name} {'test' if prefix else 'train'}")
+    for boundary in history.get("phase_boundary", []):
+      for ax in (acc_ax, loss_ax):
+        ax.axvline(offset + boundary + 0.5, color="grey", lw=0.8, ls=":")
+    if offset:
+      for ax in (acc_ax, loss_ax):
+        ax.axvline(offset + 0.5, color="black", lw=0.6)
+    offset += len(history["loss"])
+  acc_ax.set_ylabel("accuracy")
+  loss_ax.set_ylabel("loss")
+  for ax in (acc_ax, loss_ax):
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
