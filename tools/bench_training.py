@@ -2,8 +2,10 @@
 
 Times `fit` steps of one CNN (synthetic CIFAR-sized data) unwrapped, wrapped by
 `xbar_tfmot.prune_crossbar` (each regrowth mode), and wrapped by TFMOT's
-`prune_low_magnitude`, with the same mask-update frequency. Rounds are interleaved and the
-median round is reported, so drift of the machine hits every variant alike.
+`prune_low_magnitude`, with the same mask-update frequency, on tf_keras; and the same CNN
+unwrapped and crossbar-wrapped on Keras 3 (`import keras`), side by side. Rounds are
+interleaved and the median round is reported, so drift of the machine hits every variant
+alike. "vs unwrapped" compares with the unwrapped model of the same flavour.
 
   python tools/bench_training.py [--steps 150] [--rounds 3] [--batch 64] [--frequency 50]
 """
@@ -41,30 +43,36 @@ def cnn(keras):
   return keras.Model(inp, L.Dense(10)(x))
 
 
-def variants(keras, args):
+def variants(keras, keras3, args):
+  """`{name: make}`; `make()` returns `(model, callbacks, keras module)`."""
   import tensorflow_model_optimization as tfmot
   spec = CrossbarSpec(rows=128, cols=32)
   end = args.steps * (args.rounds + 1)
 
-  def crossbar(regrowth, granularity):
+  def crossbar(K, flavour, regrowth, granularity):
     def make():
-      model = prune_crossbar(cnn(keras), spec=spec, granularity=granularity, regrowth=regrowth,
+      model = prune_crossbar(cnn(K), spec=spec, granularity=granularity, regrowth=regrowth,
                              schedule=CrossbarPolynomialDecay(0.7, 0, end, frequency=args.frequency),
                              seed=0)
-      return model, [UpdateCrossbarPruning()]
+      return model, [UpdateCrossbarPruning(flavour=flavour)], K
     return make
 
   def tfmot_wrapped():
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, 0.7, 0, end, frequency=args.frequency)
     model = tfmot.sparsity.keras.prune_low_magnitude(cnn(keras), pruning_schedule=schedule)
-    return model, [tfmot.sparsity.keras.UpdatePruningStep()]
+    return model, [tfmot.sparsity.keras.UpdatePruningStep()], keras
 
   return {
-      "unwrapped": lambda: (cnn(keras), []),
-      "crossbar reset": crossbar("reset", "crossbar"),
-      "crossbar straight_through": crossbar("straight_through", "crossbar"),
-      "column reset": crossbar("reset", "column"),
+      "unwrapped": lambda: (cnn(keras), [], keras),
+      "crossbar reset": crossbar(keras, "tf_keras", "reset", "crossbar"),
+      "crossbar straight_through": crossbar(keras, "tf_keras", "straight_through", "crossbar"),
+      "column reset": crossbar(keras, "tf_keras", "reset", "column"),
       "tfmot prune_low_magnitude": tfmot_wrapped,
+      "keras3 unwrapped": lambda: (cnn(keras3), [], keras3),
+      "keras3 crossbar reset": crossbar(keras3, "keras3", "reset", "crossbar"),
+      "keras3 crossbar straight_through": crossbar(keras3, "keras3", "straight_through",
+                                                   "crossbar"),
+      "keras3 column reset": crossbar(keras3, "keras3", "reset", "column"),
   }
 
 
@@ -75,6 +83,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--frequency", type=int, default=50, help="mask update every N steps")
   args = parser.parse_args()
+  import keras as keras3  # Keras 3, whatever TFMOT does to tf.keras
   from tensorflow_model_optimization.python.core.keras.compat import keras
 
   rng = np.random.default_rng(0)
@@ -83,10 +92,10 @@ def main() -> None:
   data = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch).repeat().prefetch(4)
 
   models = {}
-  for name, make in variants(keras, args).items():
-    model, callbacks = make()
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  for name, make in variants(keras, keras3, args).items():
+    model, callbacks, K = make()
+    model.compile(K.optimizers.SGD(0.01, momentum=0.9),
+                  K.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data, steps_per_epoch=args.frequency + 5, epochs=1, verbose=0, callbacks=callbacks)
     models[name] = (model, callbacks)
 
@@ -97,14 +106,14 @@ def main() -> None:
       model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=callbacks)
       times[name].append(time.perf_counter() - start)
 
-  print(f"tf {tf.__version__}; {args.steps} steps x {args.rounds} rounds, batch {args.batch}, "
-        f"mask update every {args.frequency} steps; median round")
-  base = statistics.median(times["unwrapped"])
+  print(f"tf {tf.__version__}, keras {keras3.__version__}; {args.steps} steps x {args.rounds} "
+        f"rounds, batch {args.batch}, mask update every {args.frequency} steps; median round")
   ref = statistics.median(times["tfmot prune_low_magnitude"])
-  print(f"{'variant':28s} {'steps/s':>9s} {'vs unwrapped':>13s} {'vs tfmot':>9s}")
+  print(f"{'variant':33s} {'steps/s':>9s} {'vs unwrapped':>13s} {'vs tfmot':>9s}")
   for name, values in times.items():
     t = statistics.median(values)
-    print(f"{name:28s} {args.steps / t:9.1f} {t / base:12.3f}x {t / ref:8.3f}x")
+    base = statistics.median(times["keras3 unwrapped" if name.startswith("keras3") else "unwrapped"])
+    print(f"{name:33s} {args.steps / t:9.1f} {t / base:12.3f}x {t / ref:8.3f}x")
 
 
 if __name__ == "__main__":

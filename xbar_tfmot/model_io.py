@@ -20,7 +20,8 @@ def load_model(source: str) -> Any:
 
   `.keras` files are tried with Keras 3 first, then tf_keras; `.h5` files and SavedModel
   folders with tf_keras first. The tf_keras loader knows the crossbar pruning wrappers (it
-  loads TFMOT, as the tf_keras path does).
+  loads TFMOT, as the tf_keras path does); the Keras 3 wrappers are registered serialisables
+  (importing `xbar_tfmot` registers them), so Keras 3 needs no scope.
   """
   if source.startswith("builtin:"):
     name = source.split(":", 1)[1].lower()

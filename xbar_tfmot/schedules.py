@@ -6,7 +6,8 @@ tensors, usable inside `tf.function`. This is the call protocol of TFMOT's `Prun
 but these classes do not inherit from it: importing TFMOT sets `TF_USE_LEGACY_KERAS=1` for the
 whole process, and the same schedules serve the Keras 3 path. The tf_keras adapter registers
 them as virtual subclasses of TFMOT's `PruningSchedule` (an ABC), so `isinstance` holds there
-without an import here.
+without an import here; the Keras 3 adapter registers them as Keras 3 serialisables
+(`xbar_tfmot>CrossbarConstant`, ...), which `get_config` / `from_config` support.
 
 Masks are recomputed every `frequency` steps from `begin_step` to `end_step`, and always at
 `end_step` itself, so the last update is the exact projection at the final budget; after

@@ -1,5 +1,8 @@
 """Checks an export folder: SavedModel, TFLite and the crossbar-explicit model agree.
 
+Works on exports of either Keras flavour: `model.keras` is loaded with Keras 3 first, then
+tf_keras (`model_io.load_model`), and the crossbar-explicit model is built in its flavour.
+
 The crossbar-explicit model is rebuilt from the mapping and the exported Keras weights; its
 construction validates the mapping against those weights, so a non-zero weight in a crossbar
 the mapping dropped fails with the path of the mapping field.
