@@ -18,6 +18,7 @@ from xbar_tfmot.configuration import ConfigError
 from xbar_tfmot.exporting import read_mapping
 from xbar_tfmot.projection import crossbar_budget
 from xbar_tfmot.report import crossbar_report
+from xbar_tfmot.zoo import FLAVOURS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_digits.py"
@@ -37,12 +38,12 @@ def load_config(path: pathlib.Path, **fields):
   return config
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-  """One straight run of the tiny config, and the log it printed."""
-  workdir = tmp_path_factory.mktemp("straight")
+@pytest.fixture(scope="module", params=FLAVOURS)
+def straight(request, tmp_path_factory):
+  """One straight run of the tiny config per Keras flavour, and the log it printed."""
+  workdir = tmp_path_factory.mktemp(f"straight_{request.param}")
   lines: list[str] = []
-  config = load_config(TINY, workdir=str(workdir), train__verbose=0)
+  config = load_config(TINY, workdir=str(workdir), train__verbose=0, flavour=request.param)
   metrics = pipeline.run(config, log=lines.append)
   return workdir, metrics, lines, config
 
@@ -102,22 +103,22 @@ def test_rerun_skips_finished_phases(straight):
 
 def test_rerun_with_other_config_is_refused(straight):
   workdir, _, _, config = straight
-  other = load_config(TINY, workdir=str(workdir), crossbar__reduction=0.5)
+  other = load_config(TINY, workdir=str(workdir), flavour=config.flavour, crossbar__reduction=0.5)
   with pytest.raises(ConfigError, match="crossbar.reduction"):
     pipeline.Pipeline(other).prepare()
 
 
-def _command(workdir: pathlib.Path) -> list[str]:
+def _command(workdir: pathlib.Path, flavour: str = "tf_keras") -> list[str]:
   return [sys.executable, "-c", "from xbar_tfmot.pipeline import main; main()",
           f"--config={TINY}", f"--config.workdir={workdir}", "--config.train.verbose=0",
-          "--config.report.plots=False"]
+          "--config.report.plots=False", f"--config.flavour={flavour}"]
 
 
 def test_killed_during_pruning_resumes_to_the_same_crossbars(straight, tmp_path):
-  _, metrics, _, _ = straight
+  _, metrics, _, config = straight
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   progress = tmp_path / "checkpoints" / "prune" / "progress.json"
-  proc = subprocess.Popen(_command(tmp_path), env=env, stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(_command(tmp_path, config.flavour), env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while not (progress.exists() and json.loads(progress.read_text())["epoch"] >= 1):
@@ -129,7 +130,7 @@ def test_killed_during_pruning_resumes_to_the_same_crossbars(straight, tmp_path)
   state = json.loads((tmp_path / "state.json").read_text())
   assert "prune" not in state["phases"]  # killed during pruning
 
-  done = subprocess.run(_command(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+  done = subprocess.run(_command(tmp_path, config.flavour), env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "[prune] resuming after epoch" in done.stdout
   assert "[baseline] done" not in done.stdout
