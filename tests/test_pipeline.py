@@ -225,3 +225,23 @@ def test_command_line_rejects_an_unknown_field(tmp_path):
   assert out.returncode != 0
   assert "epochs" in out.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_starts_from_a_given_model_file(tmp_path):
+  from xbar_tfmot import datasets, zoo
+  import tf_keras
+  (x, y), (xt, yt) = datasets.load_digits()
+  model = zoo.build_model("vgg8", (8, 8, 1), 10, 0.125, "tf_keras", seed=5)
+  model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+  model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+  model.save(tmp_path / "trained.keras")
+  expected = model.evaluate(xt, yt, verbose=0)[1]
+  config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(tmp_path / "trained.keras"),
+                       train__baseline_epochs=0, train__prune_epochs=1, train__finetune_epochs=0,
+                       crossbar__reorder=False, export__enabled=False, report__plots=False,
+                       train__verbose=0)
+  metrics = pipeline.run(config, log=lambda line: None)
+  assert metrics["accuracy"]["dense"] == pytest.approx(expected, abs=1e-6)
+  assert metrics["layers"][0]["name"] == "conv1"
+  assert metrics["crossbars"]["pruned"] < metrics["crossbars"]["dense"]
