@@ -125,11 +125,11 @@ class Pipeline:
   def _initial_model(self):
     c = self.config
     if c.model.file:
-      from xbar_tfmot.model_io import load_model
-      model = load_model(c.model.file)
-      if layers_lib.flavour(model) != c.flavour:
-        raise ConfigError(f"config.model.file={c.model.file!r} holds a "
-                          f"{layers_lib.flavour(model)} model; set config.flavour to match.")
+      try:
+        model = self._load(pathlib.Path(c.model.file))
+      except Exception as e:  # Keras raises many kinds for files it cannot read
+        raise ConfigError(f"config.model.file={c.model.file!r}: cannot load it as a "
+                          f"{c.flavour} model (config.flavour): {e}") from None
       field = "config.model.file"
     else:
       if self.data is None:
