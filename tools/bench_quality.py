@@ -1,0 +1,743 @@
+"""Quality benchmark (issue 8): test accuracy against crossbar reduction, LGD-RPP vs baselines.
+
+Trains one dense baseline per (network, seed) on real data (Fashion-MNIST from Debian's
+`dataset-fashion-mnist`, or a local CIFAR-10 copy), caches it under `--out`, and from it runs
+every method at every crossbar reduction with the same number of post-baseline epochs:
+
+  rpp-crossbar         LGD-RPP, crossbar grain (regrowth reset)
+  rpp-crossbar-st      LGD-RPP, crossbar grain, regrowth straight_through
+  rpp-column           LGD-RPP, column grain (output recombination)
+  rpp-column-reorder   `reorder_model` (materialised), then LGD-RPP column grain
+  topk-crossbar        exact top-k projection at every update (no RPP sampling), crossbar grain
+  oneshot-crossbar     exact crossbar-grain projection of the trained dense kernels once, then
+                       fine-tuning with the mask fixed
+  tfmot-unstructured   TFMOT `prune_low_magnitude` (gradual) at the per-layer number of
+                       non-zero weights the crossbar-grain budget keeps; crossbars counted by us
+  group-lasso          sum over crossbar blocks of the block's L2 norm added to the loss for the
+                       first half of the epochs, then the strongest blocks kept to the budget and
+                       the second half fine-tunes with the mask fixed
+
+Pruned layers are every mapped layer but the first convolution (`prune_crossbar`'s default
+policy), the same set for every method; the crossbar count is the crossbar report's `packed`
+count (column grain with output recombination, equal to the block count for crossbar-grain
+masks) summed over them. Each finished cell is appended to `<out>/results.json` at once; a
+rerun skips finished cells (and refuses an `--out` holding another setting). Writes
+`<out>/bench_quality.md` and `<out>/bench_quality.png`.
+
+  python tools/bench_quality.py --out out/bench_quality
+  python tools/bench_quality.py --out out/bench_quality --render-only
+  python tools/bench_quality.py --quick --out /tmp/bq_quick   # a tiny setting, for the test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import re
+import sys
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import numpy as np  # noqa: E402
+
+METHODS = ("rpp-crossbar", "rpp-crossbar-st", "rpp-column", "rpp-column-reorder",
+           "topk-crossbar", "oneshot-crossbar", "tfmot-unstructured", "group-lasso")
+LGD_METHODS = ("rpp-crossbar", "rpp-crossbar-st", "rpp-column", "rpp-column-reorder",
+               "topk-crossbar")
+BASELINES = ("oneshot-crossbar", "tfmot-unstructured", "group-lasso")
+DATASETS = ("fashion_mnist", "cifar10")
+CIFAR10_DEFAULT = "~/.keras/datasets/cifar-10-batches-py"
+DEFAULT_NETWORKS = {"fashion_mnist": "vgg8:0.5,resnet20:1", "cifar10": "vgg8:1"}
+# Settings that change results: an --out folder holds one setting.
+SETTING_KEYS = ("dataset", "spec", "leave_dense", "train_size", "test_size", "dense_epochs", "epochs", "batch",
+                "lr", "finetune_lr", "prune_fraction", "frequency", "temperature",
+                "gl_lambda")
+
+
+# ---------------------------------------------------------------------------- arguments
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", required=True, help="results folder (results.json, cache/, md, png)")
+  p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS)
+  p.add_argument("--data", default=None,
+                 help="dataset folder: Fashion-MNIST IDX files (default: Debian's), or CIFAR-10 "
+                      f"'cifar-10-batches-py' (default {CIFAR10_DEFAULT})")
+  p.add_argument("--networks", default=None,
+                 help="comma list of zoo name:width (default fashion_mnist: "
+                      f"{DEFAULT_NETWORKS['fashion_mnist']}; cifar10: {DEFAULT_NETWORKS['cifar10']})")
+  p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+  p.add_argument("--reductions", default="0.5,0.6,0.72,0.8", help="target crossbar reductions")
+  p.add_argument("--seeds", default="0,1", help="seeds (model init, data subset, shuffling, RPP)")
+  p.add_argument("--multi-seed-reductions", default="0.72",
+                 help="seeds after the first run only at these reductions ('all': every one)")
+  p.add_argument("--leave-dense", default="first-conv,classifier",
+                 help="layers never pruned (nor counted): comma list of layer names and/or "
+                      "'first-conv' (the first convolution) and 'classifier' (the last Dense)")
+  p.add_argument("--regrowth-reductions", default="0.72",
+                 help="rpp-crossbar-st (the regrowth comparison) runs only at these reductions "
+                      "('all': every one)")
+  p.add_argument("--spec", default="72x16", help="CrossbarSpec string or a configs/hardware JSON")
+  p.add_argument("--train-size", type=int, default=10000, help="training images (random subset)")
+  p.add_argument("--test-size", type=int, default=0, help="test images (0: the whole test set)")
+  p.add_argument("--dense-epochs", type=int, default=8, help="epochs of the dense baseline")
+  p.add_argument("--epochs", type=int, default=2, help="post-baseline epochs of every method")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, dense baseline")
+  p.add_argument("--finetune-lr", type=float, default=5e-4, help="Adam learning rate, methods")
+  p.add_argument("--prune-fraction", type=float, default=0.25,
+                 help="share of the method epochs over which the budget falls (then frozen)")
+  p.add_argument("--frequency", type=int, default=10, help="mask update every N steps")
+  p.add_argument("--temperature", type=float, default=1.0, help="initial RPP temperature")
+  p.add_argument("--gl-lambda", type=float, default=1e-3, help="group-lasso coefficient")
+  p.add_argument("--quick", action="store_true",
+                 help="tiny setting for tests: 300 training / 500 test images, vgg8:0.25, "
+                      "1 epoch, reduction 0.72, seed 0 (explicit options still win)")
+  p.add_argument("--render-only", action="store_true",
+                 help="only rewrite the markdown and plot from results.json")
+  argv = sys.argv[1:] if argv is None else argv
+  args = p.parse_args(argv)
+  given = {a.split("=")[0] for a in argv if a.startswith("--")}
+  if args.quick:
+    quick = {"--train-size": ("train_size", 300), "--test-size": ("test_size", 500),
+             "--networks": ("networks", "vgg8:0.25"), "--dense-epochs": ("dense_epochs", 1),
+             "--epochs": ("epochs", 1), "--reductions": ("reductions", "0.72"),
+             "--seeds": ("seeds", "0"), "--frequency": ("frequency", 2)}
+    for flag, (field, value) in quick.items():
+      if flag not in given:
+        setattr(args, field, value)
+  if args.networks is None:
+    args.networks = DEFAULT_NETWORKS[args.dataset]
+  args.network_list = [_network(n) for n in args.networks.split(",") if n]
+  args.method_list = [m for m in args.methods.split(",") if m]
+  for m in args.method_list:
+    if m not in METHODS:
+      p.error(f"--methods: {m!r} is unknown; valid: {', '.join(METHODS)}")
+  args.reduction_list = [_float("--reductions", r) for r in args.reductions.split(",") if r]
+  for r in args.reduction_list:
+    if not 0.0 < r < 1.0:
+      p.error(f"--reductions: {r} is invalid; valid: 0 < reduction < 1")
+  args.seed_list = [int(s) for s in args.seeds.split(",") if s]
+  if args.multi_seed_reductions == "all":
+    args.multi_list = list(args.reduction_list)
+  else:
+    args.multi_list = [_float("--multi-seed-reductions", r)
+                       for r in args.multi_seed_reductions.split(",") if r]
+  args.regrowth_list = (list(args.reduction_list) if args.regrowth_reductions == "all" else
+                        [_float("--regrowth-reductions", r)
+                         for r in args.regrowth_reductions.split(",") if r])
+  for flag, value, low in (("--train-size", args.train_size, 1), ("--epochs", args.epochs, 1),
+                           ("--dense-epochs", args.dense_epochs, 1), ("--batch", args.batch, 1),
+                           ("--frequency", args.frequency, 1), ("--test-size", args.test_size, 0)):
+    if value < low:
+      p.error(f"{flag}={value} is invalid; valid: an integer >= {low}")
+  if not 0.0 < args.prune_fraction <= 1.0:
+    p.error(f"--prune-fraction={args.prune_fraction} is invalid; valid: 0 < f <= 1")
+  return args
+
+
+def _network(text: str) -> tuple[str, float]:
+  from xbar_tfmot.zoo import BUILDERS
+  name, _, width = text.partition(":")
+  if name not in BUILDERS:
+    raise SystemExit(f"--networks: {name!r} is unknown; valid: {', '.join(sorted(BUILDERS))} "
+                     f"(as name:width, e.g. vgg8:0.5)")
+  return name, _float("--networks", width or "1")
+
+
+def _float(flag: str, text: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    raise SystemExit(f"{flag}: {text!r} is not a number") from None
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+  return {k: getattr(args, k) for k in SETTING_KEYS}
+
+
+# ---------------------------------------------------------------------------- data
+
+def load_cifar10(path: str | None):
+  """CIFAR-10 from a local `cifar-10-batches-py` folder (`xbar_tfmot.datasets`); never downloads."""
+  from xbar_tfmot.datasets import load_cifar10 as load
+  try:
+    return load(path)
+  except FileNotFoundError as e:
+    raise SystemExit(f"--dataset cifar10: {e} Pass --data that folder.") from None
+
+
+def load_data(args, seed: int):
+  if args.dataset == "cifar10":
+    (x, y), (xt, yt) = load_cifar10(args.data)
+  else:
+    from xbar_tfmot.datasets import load_fashion_mnist
+    (x, y), (xt, yt) = load_fashion_mnist(args.data)
+  order = np.random.default_rng(seed).permutation(len(y))[: args.train_size]
+  if args.test_size:
+    xt, yt = xt[: args.test_size], yt[: args.test_size]
+  return (x[order], y[order]), (xt, yt)
+
+
+# ---------------------------------------------------------------------------- models
+
+class Bench:
+  """Everything one (network, seed) needs: data, the dense baseline, spec, pruned layers."""
+
+  def __init__(self, args, network: tuple[str, float], seed: int, log: Callable[[str], None]):
+    import tf_keras as keras
+    import xbar_tfmot as xt
+    from xbar_tfmot import layers as xlayers
+    self.keras, self.xt, self.xlayers = keras, xt, xlayers
+    self.args, self.network, self.seed, self.log = args, network, seed, log
+    self.spec = spec_of(args.spec)
+    (self.x, self.y), (self.x_test, self.y_test) = load_data(args, seed)
+    self.steps_per_epoch = -(-len(self.y) // args.batch)
+    self.total_steps = self.steps_per_epoch * args.epochs
+    self.end_step = max(1, int(round(self.total_steps * args.prune_fraction)))
+    self.cache = pathlib.Path(args.out) / "cache"
+    self.cache.mkdir(parents=True, exist_ok=True)
+    self.tag = f"{args.dataset}_{network[0]}_w{network[1]:g}_s{seed}"
+    self._dense = None
+    self._gl = None
+
+  # -- building blocks
+  def build(self):
+    from xbar_tfmot.zoo import build_model
+    return build_model(self.network[0], self.x.shape[1:], 10, self.network[1], "tf_keras",
+                       seed=self.seed)
+
+  def compile(self, model, lr: float, epochs: int):
+    """Adam with the learning rate on a cosine decay to 0 over `epochs` epochs of steps."""
+    k = self.keras
+    schedule = k.optimizers.schedules.CosineDecay(lr, max(1, epochs * self.steps_per_epoch))
+    model.compile(k.optimizers.Adam(schedule),
+                  k.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+  def copy(self, model):
+    c = self.keras.models.clone_model(model)
+    c.set_weights(model.get_weights())
+    return c
+
+  def fit(self, model, epochs: int, callbacks=()) -> None:
+    self.keras.utils.set_random_seed(self.seed)
+    if epochs > 0:
+      model.fit(self.x, self.y, batch_size=self.args.batch, epochs=epochs, shuffle=True,
+                verbose=0, callbacks=list(callbacks))
+
+  def accuracy(self, model) -> float:
+    logits = model.predict(self.x_test, batch_size=1000, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == self.y_test))
+
+  def dense_names(self, model) -> list[str]:
+    """Mapped layers left dense by `--leave-dense`."""
+    mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
+    out = []
+    for item in [i for i in self.args.leave_dense.split(",") if i]:
+      if item == "first-conv":
+        out += [l.name for l in mapped if self.xlayers.layer_kind(l) != "Dense"][:1]
+      elif item == "classifier":
+        out += [l.name for l in mapped if self.xlayers.layer_kind(l) == "Dense"][-1:]
+      elif item in [l.name for l in mapped]:
+        out.append(item)
+      else:
+        raise SystemExit(f"--leave-dense: {item!r} is not a mapped layer of {model.name}; valid: "
+                         f"first-conv, classifier, {', '.join(l.name for l in mapped)}")
+    return out
+
+  def pruned_names(self, model) -> list[str]:
+    """Mapped layers that every method prunes (all but `--leave-dense`)."""
+    mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
+    dense = set(self.dense_names(model))
+    return [l.name for l in mapped if l.name not in dense]
+
+  def geometries(self, model) -> dict[str, Any]:
+    return {n: self.xlayers.geometry_of(model.get_layer(n), self.spec)
+            for n in self.pruned_names(model)}
+
+  def budgets(self, model, reduction: float) -> dict[str, int]:
+    return {n: self.xt.crossbar_budget(g.dense_crossbars, reduction)
+            for n, g in self.geometries(model).items()}
+
+  def counts(self, model, names: list[str]) -> dict[str, int]:
+    report = self.xt.crossbar_report(model, self.spec)
+    rows = {r.name: r.counts for r in report.mapped}
+    return {f: int(sum(getattr(rows[n], f) for n in names))
+            for f in ("dense", "blocks", "packed", "nonzero_weights")}
+
+  # -- cached models
+  def dense(self):
+    """The dense baseline (trained once, cached), and its record."""
+    if self._dense is None:
+      path = self.cache / f"{self.tag}_dense.weights.h5"
+      record_path = self.cache / f"{self.tag}_dense.json"
+      model = self.compile(self.build(), self.args.lr, self.args.dense_epochs)
+      if path.exists() and record_path.exists():
+        model.load_weights(str(path))
+        record = json.loads(record_path.read_text())
+      else:
+        start = time.perf_counter()
+        self.fit(model, self.args.dense_epochs)
+        seconds = time.perf_counter() - start
+        record = {"accuracy": self.accuracy(model), "seconds": seconds}
+        tuned = self.compile(self.copy(model), self.args.finetune_lr, self.args.epochs)
+        start = time.perf_counter()
+        self.fit(tuned, self.args.epochs)
+        record.update(accuracy_finetuned=self.accuracy(tuned),
+                      seconds_finetuned=time.perf_counter() - start)
+        model.save_weights(str(path))
+        record_path.write_text(json.dumps(record))
+        self.log(f"{self.tag}: dense {record['accuracy']:.4f} ({seconds:.0f} s), + "
+                 f"{self.args.epochs} epochs {record['accuracy_finetuned']:.4f}")
+      names = self.pruned_names(model)
+      record.update(counts=self.counts(model, names), pruned_layers=names)
+      self._dense = (model, record)
+    return self._dense
+
+
+def spec_of(text: str):
+  import xbar_tfmot as xt
+  if text.endswith(".json"):
+    path = pathlib.Path(text)
+    if not path.is_file():
+      raise SystemExit(f"--spec: {path} not found")
+    return xt.CrossbarSpec.from_dict(json.loads(path.read_text()))
+  return xt.CrossbarSpec.from_string(text)
+
+
+def fixed_masks(model, masks: dict[str, np.ndarray]):
+  """A tf_keras callback keeping given kernels multiplied by fixed 0/1 masks while training."""
+  import tensorflow as tf
+  import tf_keras as keras
+  pairs = [(model.get_layer(n).kernel, tf.constant(m, model.get_layer(n).kernel.dtype))
+           for n, m in masks.items()]
+
+  @tf.function
+  def apply():
+    for kernel, mask in pairs:
+      kernel.assign(kernel * mask)
+
+  class FixedMasks(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+      apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+      apply()
+
+  return FixedMasks()
+
+
+# ---------------------------------------------------------------------------- methods
+
+def run_lgd(b: Bench, reduction: float, granularity: str, projection: str, regrowth: str,
+            reorder: bool):
+  xt = b.xt
+  base, _ = b.dense()
+  extra: dict[str, Any] = {}
+  model = b.copy(base)
+  names = b.pruned_names(model)
+  if reorder:
+    start = time.perf_counter()
+    model, res = xt.reorder_model(model, b.spec, {n: reduction for n in names}, granularity,
+                                  materialize=True, seed=b.seed)
+    extra.update(reorder_seconds=time.perf_counter() - start, reorder_skipped=res.skipped)
+  pruned = xt.prune_crossbar(
+      model, spec=b.spec, granularity=granularity, projection=projection, regrowth=regrowth,
+      seed=b.seed, temperature=b.args.temperature,
+      policy=xt.CrossbarPolicy(leave_dense=[re.escape(n) for n in b.dense_names(model)]),
+      schedule=xt.CrossbarPolynomialDecay(final_reduction=reduction, begin_step=0,
+                                          end_step=b.end_step, frequency=b.args.frequency))
+  wrapped = sorted(l.layer.name for l in pruned.layers if type(l).__name__ == "CrossbarPrune")
+  b.compile(pruned, b.args.finetune_lr, b.args.epochs)
+  b.fit(pruned, b.args.epochs, [xt.UpdateCrossbarPruning()])
+  if wrapped != sorted(names):
+    raise RuntimeError(f"prune_crossbar wrapped {wrapped}; the benchmark prunes {sorted(names)}")
+  return xt.strip_crossbar_pruning(pruned), extra
+
+
+def exact_masks(b: Bench, model, reduction: float) -> dict[str, np.ndarray]:
+  """Crossbar-grain exact projection of each pruned layer's kernel at its budget."""
+  out = {}
+  for n, budget in b.budgets(model, reduction).items():
+    layer = model.get_layer(n)
+    g = b.xlayers.geometry_of(layer, b.spec)
+    out[n] = b.xt.project(g, layer.kernel, budget, "crossbar").numpy()
+  return out
+
+
+def finetune_masked(b: Bench, model, masks: dict[str, np.ndarray], epochs: int):
+  b.compile(model, b.args.finetune_lr, epochs)
+  b.fit(model, epochs, [fixed_masks(model, masks)])
+  for n, m in masks.items():  # exact zeros for the count, whatever the last step did
+    k = model.get_layer(n).kernel
+    k.assign(k * m)
+  return model
+
+
+def run_oneshot(b: Bench, reduction: float):
+  model = b.copy(b.dense()[0])
+  return finetune_masked(b, model, exact_masks(b, model, reduction), b.args.epochs), {}
+
+
+def gl_epochs(args) -> tuple[int, int]:
+  """(regularised epochs, fine-tuning epochs) of group lasso: half and half of `--epochs`."""
+  reg = int(math.ceil(args.epochs / 2))
+  return reg, args.epochs - reg
+
+
+def group_lasso_model(b: Bench):
+  """The dense baseline trained `gl_epochs[0]` epochs with the block group-lasso term (cached)."""
+  if b._gl is None:
+    import tensorflow as tf
+    path = b.cache / f"{b.tag}_grouplasso_l{b.args.gl_lambda:g}_e{gl_epochs(b.args)[0]}.weights.h5"
+    base, _ = b.dense()
+    model = b.copy(base)
+    if path.exists():
+      b.compile(model, b.args.finetune_lr, gl_epochs(b.args)[0])
+      model.load_weights(str(path))
+      seconds = 0.0
+    else:
+      geoms = [(model.get_layer(n).kernel, g) for n, g in b.geometries(model).items()]
+      lam = b.args.gl_lambda
+
+      def penalty():
+        return lam * tf.add_n([tf.reduce_sum(tf.sqrt(g.block_energy(k) + 1e-12))
+                               for k, g in geoms])
+
+      model.add_loss(penalty)
+      b.compile(model, b.args.finetune_lr, gl_epochs(b.args)[0])
+      start = time.perf_counter()
+      b.fit(model, gl_epochs(b.args)[0])
+      seconds = time.perf_counter() - start
+      model.save_weights(str(path))
+      b.log(f"{b.tag}: group-lasso phase {seconds:.0f} s")
+    plain = b.copy(model)  # without the penalty for the fine-tuning phase
+    b._gl = (plain, seconds)
+  return b._gl
+
+
+def run_group_lasso(b: Bench, reduction: float):
+  trained, reg_seconds = group_lasso_model(b)
+  model = b.copy(trained)
+  masks = exact_masks(b, model, reduction)
+  kept = {n: float(np.sum(np.square(model.get_layer(n).kernel.numpy() * m))
+                   / max(1e-30, np.sum(np.square(model.get_layer(n).kernel.numpy()))))
+          for n, m in masks.items()}
+  model = finetune_masked(b, model, masks, gl_epochs(b.args)[1])
+  return model, {"regularised_seconds": reg_seconds, "kept_energy_at_threshold": kept,
+                 "gl_lambda": b.args.gl_lambda, "gl_epochs": list(gl_epochs(b.args))}
+
+
+def run_tfmot(b: Bench, reduction: float):
+  import tensorflow_model_optimization as tfmot
+  base, _ = b.dense()
+  model = b.copy(base)
+  masks = exact_masks(b, model, reduction)
+  sparsity = {n: float(1.0 - m.mean()) for n, m in masks.items()}
+  sk = tfmot.sparsity.keras
+
+  def wrap(layer):
+    if layer.name in sparsity and sparsity[layer.name] > 0:
+      schedule = sk.PolynomialDecay(0.0, sparsity[layer.name], 0, b.end_step,
+                                    frequency=b.args.frequency)
+      return sk.prune_low_magnitude(layer, pruning_schedule=schedule)
+    return layer
+
+  pruned = b.keras.models.clone_model(model, clone_function=wrap)
+  _copy_into_wrapped(model, pruned)
+  b.compile(pruned, b.args.finetune_lr, b.args.epochs)
+  b.fit(pruned, b.args.epochs, [sk.UpdatePruningStep()])
+  return sk.strip_pruning(pruned), {"target_sparsity": sparsity}
+
+
+def _copy_into_wrapped(source, wrapped) -> None:
+  """Copies the weights of `source` into `wrapped` layer by layer (wrappers add mask vars)."""
+  from xbar_tfmot import layers as xlayers
+  for layer in wrapped.layers:
+    inner = xlayers.unwrap(layer)
+    src = source.get_layer(inner.name)
+    for w, v in zip(inner.weights, src.weights):
+      w.assign(v)
+
+
+def run_method(b: Bench, method: str, reduction: float):
+  if method == "rpp-crossbar":
+    return run_lgd(b, reduction, "crossbar", "rpp", "reset", False)
+  if method == "rpp-crossbar-st":
+    return run_lgd(b, reduction, "crossbar", "rpp", "straight_through", False)
+  if method == "rpp-column":
+    return run_lgd(b, reduction, "column", "rpp", "reset", False)
+  if method == "rpp-column-reorder":
+    return run_lgd(b, reduction, "column", "rpp", "reset", True)
+  if method == "topk-crossbar":
+    return run_lgd(b, reduction, "crossbar", "topk", "reset", False)
+  if method == "oneshot-crossbar":
+    return run_oneshot(b, reduction)
+  if method == "tfmot-unstructured":
+    return run_tfmot(b, reduction)
+  if method == "group-lasso":
+    return run_group_lasso(b, reduction)
+  raise ValueError(f"--methods: {method!r} is unknown; valid: {', '.join(METHODS)}")
+
+
+# ---------------------------------------------------------------------------- results file
+
+class Results:
+  """`<out>/results.json`: setting, per-(network, seed) baselines and finished cells."""
+
+  def __init__(self, out: pathlib.Path, args):
+    self.path = out / "results.json"
+    self.setting = settings(args)
+    if self.path.exists():
+      self.data = json.loads(self.path.read_text())
+      old = self.data.get("setting", {})
+      diff = {k: (old.get(k), v) for k, v in self.setting.items() if old.get(k) != v}
+      if diff and not args.render_only:
+        raise SystemExit(
+            f"--out {out} holds results of another setting ("
+            + ", ".join(f"--{k.replace('_', '-')} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            + "); use another --out or the same options.")
+    else:
+      self.data = {"setting": self.setting, "baselines": {}, "cells": []}
+
+  @staticmethod
+  def key(network, seed, method, reduction) -> str:
+    return f"{network[0]}:{network[1]:g}|{seed}|{method}|{reduction:g}"
+
+  def done(self) -> set[str]:
+    return {c["key"] for c in self.data["cells"]}
+
+  def add_cell(self, cell: dict) -> None:
+    self.data["cells"].append(cell)
+    self.save()
+
+  def set_baseline(self, tag: str, record: dict) -> None:
+    self.data["baselines"][tag] = record
+    self.save()
+
+  def save(self) -> None:
+    tmp = self.path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(self.data, indent=1, default=_json_default))
+    tmp.replace(self.path)
+
+
+def _json_default(o):
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  raise TypeError(type(o).__name__)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+METHOD_LABELS = {
+    "rpp-crossbar": "1. LGD-RPP crossbar grain",
+    "rpp-column": "2. LGD-RPP column grain",
+    "rpp-column-reorder": "3. LGD-RPP column grain + reorder",
+    "topk-crossbar": "4. LGD top-k (no RPP), crossbar grain",
+    "oneshot-crossbar": "5. one-shot block magnitude + fine-tune",
+    "tfmot-unstructured": "6. TFMOT prune_low_magnitude (unstructured)",
+    "group-lasso": "7. group lasso on blocks + threshold + fine-tune",
+    "rpp-crossbar-st": "LGD-RPP crossbar grain, regrowth straight_through",
+}
+
+
+def summarise(data: dict) -> dict:
+  """{network: {method: {reduction: {acc mean/std/list, used, dense, seeds}}}}."""
+  out: dict = {}
+  for c in data["cells"]:
+    slot = out.setdefault(c["network"], {}).setdefault(c["method"], {}).setdefault(
+        c["reduction"], {"acc": [], "used": [], "dense": c["counts"]["dense"], "seeds": []})
+    slot["acc"].append(c["accuracy"])
+    slot["used"].append(c["counts"]["packed"])
+    slot["seeds"].append(c["seed"])
+  return out
+
+
+def dense_lines(data: dict) -> dict:
+  """{network: (mean dense accuracy, mean dense + method epochs accuracy, seeds)}."""
+  acc: dict = {}
+  for rec in data["baselines"].values():
+    acc.setdefault(rec["network"], []).append(rec)
+  return {n: (float(np.mean([r["accuracy"] for r in rs])),
+              float(np.mean([r["accuracy_finetuned"] for r in rs])),
+              sorted(r["seed"] for r in rs)) for n, rs in acc.items()}
+
+
+def _fmt(values: list[float]) -> str:
+  if len(values) == 1:
+    return f"{100 * values[0]:.2f}"
+  return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
+
+
+def markdown(data: dict, command: str) -> str:
+  s = data["setting"]
+  summary, dense = summarise(data), dense_lines(data)
+  reductions = sorted({c["reduction"] for c in data["cells"]})
+  lines = [
+      f"Dataset {s['dataset']}, {s['train_size']} training images, test set "
+      f"{'full' if not s['test_size'] else s['test_size']}; crossbar `{s['spec']}`; dense "
+      f"baseline {s['dense_epochs']} epochs (Adam {s['lr']:g}); every method then gets "
+      f"{s['epochs']} epochs (Adam {s['finetune_lr']:g}); LGD budgets fall over the first "
+      f"{s['prune_fraction']:.0%} of them, masks every {s['frequency']} steps, RPP temperature "
+      f"{s['temperature']:g}; group lasso lambda {s['gl_lambda']:g}.", "",
+      f"Regenerate: `{command}`", "",
+      "Cells: test accuracy in % (mean ± std over seeds where more than one), then crossbars "
+      f"used / dense over the pruned layers (every mapped layer but {s['leave_dense']}, the same "
+      "for every method; column grain counted with output recombination, which for "
+      "crossbar-grain and TFMOT masks is never more than the non-zero blocks).", ""]
+  for net in sorted(summary):
+    d = dense.get(net)
+    if d:
+      lines.append(f"**{net}**: dense {100 * d[0]:.2f}%, dense + the same {s['epochs']} epochs "
+                   f"{100 * d[1]:.2f}% (seeds {', '.join(map(str, d[2]))})")
+      lines.append("")
+    lines.append("| method | " + " | ".join(f"target {r:.0%}" for r in reductions) + " |")
+    lines.append("|---|" + "---|" * len(reductions))
+    for method in [m for m in METHODS if m in summary[net]]:
+      row = []
+      for r in reductions:
+        slot = summary[net][method].get(r)
+        if slot is None:
+          row.append("")
+          continue
+        used = sorted(set(slot["used"]))
+        row.append(f"{_fmt(slot['acc'])} ({'/'.join(map(str, used))}/{slot['dense']}, "
+                   f"{1 - np.mean(slot['used']) / slot['dense']:.0%} fewer"
+                   f"{', seeds ' + ','.join(map(str, slot['seeds'])) if len(slot['seeds']) > 1 else ''})")
+      lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(row) + " |")
+    lines.append("")
+  return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  summary, dense = summarise(data), dense_lines(data)
+  nets = sorted(summary)
+  if not nets:
+    return
+  fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.8), squeeze=False)
+  styles = {"rpp-crossbar": "o-", "rpp-crossbar-st": "o:", "rpp-column": "s-",
+            "rpp-column-reorder": "D-", "topk-crossbar": "^--", "oneshot-crossbar": "v--",
+            "tfmot-unstructured": "x--", "group-lasso": "P--"}
+  for ax, net in zip(axes[0], nets):
+    for method in [m for m in METHODS if m in summary[net]]:
+      pts = sorted((1 - np.mean(v["used"]) / v["dense"], np.mean(v["acc"]), np.std(v["acc"]))
+                   for v in summary[net][method].values())
+      xs, ys, es = (np.array(t) for t in zip(*pts))
+      ax.errorbar(100 * xs, 100 * ys, yerr=100 * es, fmt=styles[method], capsize=2,
+                  label=METHOD_LABELS[method], markersize=5)
+    if net in dense:
+      ax.axhline(100 * dense[net][0], color="k", lw=1, label="dense")
+      ax.axhline(100 * dense[net][1], color="k", lw=1, ls=":", label="dense + same epochs")
+    ax.set_title(net)
+    ax.set_xlabel("crossbar reduction over pruned layers (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    lows = [100 * np.mean(v["acc"]) for m in summary[net].values() for v in m.values()]
+    top = 100 * max(dense[net][:2]) if net in dense else max(lows)
+    ax.set_ylim(max(min(lows) - 1, top - 15), top + 1.5)
+  axes[0][0].legend(fontsize=7, loc="lower left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def render(out: pathlib.Path, data: dict, command: str) -> None:
+  (out / "bench_quality.md").write_text(markdown(data, command))
+  plot(data, out / "bench_quality.png")
+
+
+# ---------------------------------------------------------------------------- main
+
+def plan(args) -> list[tuple[tuple[str, float], int, str, float]]:
+  """Cells in run order: first seed everywhere, then the other seeds at the multi-seed cuts."""
+  cells = []
+  for i, seed in enumerate(args.seed_list):
+    for net in args.network_list:
+      for r in args.reduction_list:
+        if i and not any(abs(r - m) < 1e-9 for m in args.multi_list):
+          continue
+        for method in args.method_list:
+          if method == "rpp-crossbar-st" and not any(abs(r - m) < 1e-9
+                                                     for m in args.regrowth_list):
+            continue
+          cells.append((net, seed, method, r))
+  return cells
+
+
+def command_line(argv: list[str] | None) -> str:
+  argv = sys.argv[1:] if argv is None else argv
+  return " ".join([".venv/bin/python tools/bench_quality.py"] + argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = parse_args(argv)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  results = Results(out, args)
+  command = command_line(argv)
+  if args.render_only:
+    render(out, results.data, results.data.get("command", command))
+    print(f"wrote {out / 'bench_quality.md'} and {out / 'bench_quality.png'}")
+    return results.data
+  if args.dataset == "cifar10":
+    load_cifar10(args.data)  # fail early, naming the missing path
+
+  def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+  import tensorflow as tf
+  log(f"tf {tf.__version__}, python {platform.python_version()}; out {out}; "
+      f"{len(plan(args))} cells planned, {len(results.done())} done")
+  results.data.setdefault("command", command)
+  benches: dict = {}
+  t0 = time.perf_counter()
+  for net, seed, method, r in plan(args):
+    key = Results.key(net, seed, method, r)
+    if key in results.done():
+      continue
+    if (net, seed) not in benches:
+      benches.clear()  # one (network, seed) in memory at a time
+      benches[(net, seed)] = Bench(args, net, seed, log)
+    b = benches[(net, seed)]
+    dense_model, record = b.dense()
+    if b.tag not in results.data["baselines"]:
+      results.set_baseline(b.tag, {**record, "network": f"{net[0]}:{net[1]:g}", "seed": seed})
+    start = time.perf_counter()
+    model, extra = run_method(b, method, r)
+    seconds = time.perf_counter() - start
+    names = record["pruned_layers"]
+    counts = b.counts(model, names)
+    budgets = b.budgets(dense_model, r)
+    cell = {"key": key, "network": f"{net[0]}:{net[1]:g}", "seed": seed, "method": method,
+            "reduction": r, "accuracy": b.accuracy(model), "counts": counts,
+            "budget": int(sum(budgets.values())),
+            "reduction_measured": 1 - counts["packed"] / counts["dense"],
+            "seconds": seconds, **extra}
+    results.add_cell(cell)
+    log(f"{key}: acc {cell['accuracy']:.4f}, crossbars {counts['packed']}/{counts['dense']} "
+        f"(blocks {counts['blocks']}, budget {cell['budget']}), {seconds:.0f} s")
+  results.data["seconds_this_run"] = time.perf_counter() - t0
+  results.save()
+  render(out, results.data, results.data.get("command", command))
+  log(f"done in {time.perf_counter() - t0:.0f} s; wrote {out / 'bench_quality.md'}, "
+      f"{out / 'bench_quality.png'}")
+  return results.data
+
+
+if __name__ == "__main__":
+  main()
