@@ -286,16 +286,17 @@ class Bench:
       else:
         start = time.perf_counter()
         self.fit(model, self.args.dense_epochs)
-        seconds = time.perf_counter() - start
-        record = {"accuracy": self.accuracy(model), "seconds": seconds}
+        record = {"accuracy": self.accuracy(model), "seconds": time.perf_counter() - start}
+        model.save_weights(str(path))
+        record_path.write_text(json.dumps(record))
+      if record.get("finetune_epochs") != self.args.epochs:  # the dense + method epochs line
         tuned = self.compile(self.copy(model), self.args.finetune_lr, self.args.epochs)
         start = time.perf_counter()
         self.fit(tuned, self.args.epochs)
-        record.update(accuracy_finetuned=self.accuracy(tuned),
+        record.update(accuracy_finetuned=self.accuracy(tuned), finetune_epochs=self.args.epochs,
                       seconds_finetuned=time.perf_counter() - start)
-        model.save_weights(str(path))
         record_path.write_text(json.dumps(record))
-        self.log(f"{self.tag}: dense {record['accuracy']:.4f} ({seconds:.0f} s), + "
+        self.log(f"{self.tag}: dense {record['accuracy']:.4f} ({record['seconds']:.0f} s), + "
                  f"{self.args.epochs} epochs {record['accuracy_finetuned']:.4f}")
       names = self.pruned_names(model)
       record.update(counts=self.counts(model, names), pruned_layers=names)
@@ -594,7 +595,7 @@ def markdown(data: dict, command: str) -> str:
       f"{s['temperature']:g}; group lasso lambda {s['gl_lambda']:g}.", "",
       f"Regenerate: `{command}`", "",
       "Cells: test accuracy in % (mean ± std over seeds where more than one), then crossbars "
-      f"used / dense over the pruned layers (every mapped layer but {s['leave_dense']}, the same "
+      f"used / dense over the pruned layers (every mapped layer but {s.get('leave_dense', 'first-conv')}, the same "
       "for every method; column grain counted with output recombination, which for "
       "crossbar-grain and TFMOT masks is never more than the non-zero blocks).", ""]
   for net in sorted(summary):
@@ -618,7 +619,44 @@ def markdown(data: dict, command: str) -> str:
                    f"{', seeds ' + ','.join(map(str, slot['seeds'])) if len(slot['seeds']) > 1 else ''})")
       lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(row) + " |")
     lines.append("")
+  lines += reading(data, summary, dense)
   return "\n".join(lines) + "\n"
+
+
+def reading(data: dict, summary: dict, dense: dict, at: float = 0.72) -> list[str]:
+  """The goal check at reduction `at` and the regrowth comparison, per network."""
+  lines = [f"Reading at the {at:.0%} target (means over the seeds run there):", ""]
+  for net in sorted(summary):
+    cells = {m: v[at] for m, v in summary[net].items() if at in v}
+    lgd = {m: c for m, c in cells.items() if m in LGD_METHODS and m != "rpp-crossbar-st"}
+    if not lgd or net not in dense:
+      continue
+    best = max(lgd, key=lambda m: np.mean(lgd[m]["acc"]))
+    acc = np.mean(lgd[best]["acc"])
+    ref = max(dense[net][:2])
+    text = (f"- {net}: best LGD variant {METHOD_LABELS[best]} {100 * acc:.2f}% with "
+            f"{np.mean(lgd[best]['used']):.0f}/{lgd[best]['dense']} crossbars; dense reference "
+            f"(the better of dense and dense + the same epochs) {100 * ref:.2f}%: "
+            f"{100 * (acc - ref):+.2f} points (goal: within 1.0).")
+    used = np.mean(lgd[best]["used"])
+    base = {m: c for m, c in cells.items() if m in BASELINES and np.mean(c["used"]) <= used}
+    if base:
+      top = max(base, key=lambda m: np.mean(base[m]["acc"]))
+      text += (f" Best baseline at no more crossbars: {METHOD_LABELS[top]} "
+               f"{100 * np.mean(base[top]['acc']):.2f}%: LGD "
+               f"{100 * (acc - np.mean(base[top]['acc'])):+.2f} points.")
+    for m, c in cells.items():
+      if m in BASELINES and m not in base:
+        text += (f" ({METHOD_LABELS[m]}: {100 * np.mean(c['acc']):.2f}% but "
+                 f"{np.mean(c['used']):.0f}/{c['dense']} crossbars.)")
+    lines.append(text)
+    if "rpp-crossbar" in cells and "rpp-crossbar-st" in cells:
+      r, st = cells["rpp-crossbar"], cells["rpp-crossbar-st"]
+      lines.append(f"- {net}: regrowth reset {_fmt(r['acc'])}% vs straight_through "
+                   f"{_fmt(st['acc'])}% (crossbar grain, seeds "
+                   f"{','.join(map(str, r['seeds']))}): reset "
+                   f"{100 * (np.mean(r['acc']) - np.mean(st['acc'])):+.2f} points.")
+  return lines + [""]
 
 
 def plot(data: dict, path: pathlib.Path) -> None:
@@ -715,8 +753,9 @@ def main(argv: list[str] | None = None) -> dict:
       benches[(net, seed)] = Bench(args, net, seed, log)
     b = benches[(net, seed)]
     dense_model, record = b.dense()
-    if b.tag not in results.data["baselines"]:
-      results.set_baseline(b.tag, {**record, "network": f"{net[0]}:{net[1]:g}", "seed": seed})
+    baseline = {**record, "network": f"{net[0]}:{net[1]:g}", "seed": seed}
+    if results.data["baselines"].get(b.tag) != baseline:
+      results.set_baseline(b.tag, baseline)
     start = time.perf_counter()
     model, extra = run_method(b, method, r)
     seconds = time.perf_counter() - start
