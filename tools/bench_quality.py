@@ -628,16 +628,19 @@ def reading(data: dict, summary: dict, dense: dict, at: float = 0.72) -> list[st
   lines = [f"Reading at the {at:.0%} target (means over the seeds run there):", ""]
   for net in sorted(summary):
     cells = {m: v[at] for m, v in summary[net].items() if at in v}
-    lgd = {m: c for m, c in cells.items() if m in LGD_METHODS and m != "rpp-crossbar-st"}
+    lgd = {m: c for m, c in cells.items() if m in LGD_METHODS and m.startswith("rpp-")}
     if not lgd or net not in dense:
       continue
     best = max(lgd, key=lambda m: np.mean(lgd[m]["acc"]))
     acc = np.mean(lgd[best]["acc"])
     ref = max(dense[net][:2])
-    text = (f"- {net}: best LGD variant {METHOD_LABELS[best]} {100 * acc:.2f}% with "
+    text = (f"- {net}: best LGD-RPP variant {METHOD_LABELS[best]} {100 * acc:.2f}% with "
             f"{np.mean(lgd[best]['used']):.0f}/{lgd[best]['dense']} crossbars; dense reference "
             f"(the better of dense and dense + the same epochs) {100 * ref:.2f}%: "
             f"{100 * (acc - ref):+.2f} points (goal: within 1.0).")
+    if "topk-crossbar" in cells:
+      topk = np.mean(cells["topk-crossbar"]["acc"])
+      text += f" The top-k ablation (no RPP sampling) {100 * topk:.2f}%."
     used = np.mean(lgd[best]["used"])
     base = {m: c for m, c in cells.items() if m in BASELINES and np.mean(c["used"]) <= used}
     if base:
@@ -741,7 +744,7 @@ def main(argv: list[str] | None = None) -> dict:
   import tensorflow as tf
   log(f"tf {tf.__version__}, python {platform.python_version()}; out {out}; "
       f"{len(plan(args))} cells planned, {len(results.done())} done")
-  results.data.setdefault("command", command)
+  results.data["command"] = command  # the latest invocation
   benches: dict = {}
   t0 = time.perf_counter()
   for net, seed, method, r in plan(args):
