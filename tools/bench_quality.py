@@ -58,7 +58,7 @@ DEFAULT_NETWORKS = {"fashion_mnist": "vgg8:0.5,resnet20:1", "cifar10": "vgg8:1"}
 # Settings that change results: an --out folder holds one setting.
 SETTING_KEYS = ("dataset", "spec", "leave_dense", "train_size", "test_size", "dense_epochs", "epochs", "batch",
                 "lr", "finetune_lr", "prune_fraction", "frequency", "temperature",
-                "gl_lambda")
+                "gl_lambda", "bn_recalibration")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--frequency", type=int, default=10, help="mask update every N steps")
   p.add_argument("--temperature", type=float, default=1.0, help="initial RPP temperature")
   p.add_argument("--gl-lambda", type=float, default=1e-3, help="group-lasso coefficient")
+  p.add_argument("--bn-recalibration", type=int, default=5000,
+                 help="before every evaluation, re-estimate BatchNorm statistics on this many "
+                      "training images (forward passes only, all models alike; 0: off)")
   p.add_argument("--quick", action="store_true",
                  help="tiny setting for tests: 300 training / 500 test images, vgg8:0.25, "
                       "1 epoch, reduction 0.72, seed 0 (explicit options still win)")
@@ -233,7 +236,30 @@ class Bench:
       model.fit(self.x, self.y, batch_size=self.args.batch, epochs=epochs, shuffle=True,
                 verbose=0, callbacks=list(callbacks))
 
-  def accuracy(self, model) -> float:
+  def recalibrate(self, model) -> None:
+    """Re-estimates BatchNorm moving statistics as the average over `--bn-recalibration`
+    training images (batches of 500, forward only; no weight changes).
+
+    Pruning with a short fine-tuning leaves the moving averages far from the pruned network's
+    statistics (channels with tiny variance amplify the error): without this, ResNet20 at 72%
+    scored 10-30% where batch statistics gave about 80%.
+    """
+    bns = [l for l in self.xlayers.iter_layers(model)
+           if type(self.xlayers.unwrap(l)).__name__ == "BatchNormalization"]
+    n = min(self.args.bn_recalibration, len(self.y))
+    if not bns or n < 1:
+      return
+    momenta = [l.momentum for l in bns]
+    for k, start in enumerate(range(0, n, 500)):
+      for l in bns:
+        l.momentum = k / (k + 1)  # cumulative average of the batch statistics
+      model(self.x[start:min(n, start + 500)], training=True)
+    for l, m in zip(bns, momenta):
+      l.momentum = m
+
+  def accuracy(self, model, recalibrate: bool = True) -> float:
+    if recalibrate and self.args.bn_recalibration:
+      self.recalibrate(model)
     logits = model.predict(self.x_test, batch_size=1000, verbose=0)
     return float(np.mean(np.argmax(logits, axis=1) == self.y_test))
 
@@ -286,9 +312,13 @@ class Bench:
       else:
         start = time.perf_counter()
         self.fit(model, self.args.dense_epochs)
-        record = {"accuracy": self.accuracy(model), "seconds": time.perf_counter() - start}
+        record = {"accuracy": self.accuracy(self.copy(model)),
+                  "seconds": time.perf_counter() - start}
         model.save_weights(str(path))
         record_path.write_text(json.dumps(record))
+      if record.get("bn_recalibration") != self.args.bn_recalibration:
+        record.update(accuracy=self.accuracy(self.copy(model)),
+                      bn_recalibration=self.args.bn_recalibration, finetune_epochs=None)
       if record.get("finetune_epochs") != self.args.epochs:  # the dense + method epochs line
         tuned = self.compile(self.copy(model), self.args.finetune_lr, self.args.epochs)
         start = time.perf_counter()
