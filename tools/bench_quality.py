@@ -720,7 +720,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     ax.grid(alpha=0.3)
     lows = [100 * np.mean(v["acc"]) for m in summary[net].values() for v in m.values()]
     top = 100 * max(dense[net][:2]) if net in dense else max(lows)
-    ax.set_ylim(max(min(lows) - 1, top - 15), top + 1.5)
+    ax.set_ylim(max(min(lows) - 1, top - 25), top + 1.5)
   axes[0][0].legend(fontsize=7, loc="lower left")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
