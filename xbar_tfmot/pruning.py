@@ -50,7 +50,8 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
     projection: `rpp` (relaxant probabilistic projection: Gumbel-top-k sampling, temperature
       annealed to 0 at `end_step`) or `topk` (the exact projection at every update). Both
       follow the schedule's budget.
-    regrowth: `reset` (pruned weights are set to zero every step, as TFMOT does) or
+    regrowth: `reset` (default; it beat `straight_through` in tools/bench_quality.py: pruned
+      weights are set to zero every step, as TFMOT does) or
       `straight_through` (pruned weights keep their values and receive the gradient through
       the mask, so they can win back at the next update; from `end_step` on the mask is
       frozen and they are zeroed; with `end_step=-1` nothing freezes, and
