@@ -145,7 +145,7 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
       f"- crossbars: {xb['dense']} dense, {xb['pruned']} pruned, reduction {xb['reduction']:.1%}",
       f"- utilization of the used crossbars {m['utilization']:.1%}; kept energy of the pruned "
       f"layers {m['kept_energy']:.1%}",
-      f"- time per phase (s): " + ", ".join(f"{k} {v}" for k, v in m["seconds"].items()), "",
+      "- time per phase (s): " + ", ".join(f"{k} {v}" for k, v in m["seconds"].items()), "",
       "| layer | type | Kin | Kout | dense | pruned | reduction | utilization | kept energy |",
       "|---|---|---|---|---|---|---|---|---|",
   ]
