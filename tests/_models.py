@@ -5,18 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from xbar_tfmot import layers as layers_lib
+from xbar_tfmot.layers import FLAVOURS, keras_module  # noqa: F401  (used by the tests)
 from xbar_tfmot.projection import crossbar_budget, project
 from xbar_tfmot.spec import CrossbarSpec
 
-FLAVOURS = ("tf_keras", "keras3")
-
-
-def keras_module(flavour: str):
-  if flavour == "tf_keras":
-    import tf_keras
-    return tf_keras
-  import keras
-  return keras
 
 
 def vgg(flavour: str, seed: int = 0):

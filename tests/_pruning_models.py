@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from xbar_tfmot import layers as xlayers
+from xbar_tfmot.layers import keras_module
 from xbar_tfmot.spec import CrossbarSpec
 
 # Kin = 4 channels of 3x3 (36 rows) or 36 Dense inputs, Kout = 8: every layer spans several
@@ -20,15 +21,6 @@ def digits(limit: int | None = None):
   order = np.random.default_rng(0).permutation(len(data.target))[:limit]
   x = (data.images[order] / 16.0).astype("float32")[..., None]
   return x, data.target[order].astype("int64")
-
-
-def keras_module(flavour: str):
-  """`tf_keras` or Keras 3 (`keras`)."""
-  if flavour == "tf_keras":
-    import tf_keras
-    return tf_keras
-  import keras
-  return keras
 
 
 def cnn(seed: int = 0, name: str = "digits_cnn", flavour: str = "tf_keras"):

@@ -17,7 +17,7 @@ from xbar_tfmot.configuration import ConfigError
 from xbar_tfmot.exporting import read_mapping
 from xbar_tfmot.projection import crossbar_budget
 from xbar_tfmot.report import crossbar_report
-from xbar_tfmot.zoo import FLAVOURS
+from xbar_tfmot.layers import FLAVOURS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_digits.py"

@@ -17,7 +17,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("flavour", zoo.FLAVOURS)
+@pytest.mark.parametrize("flavour", layers_lib.FLAVOURS)
 @pytest.mark.parametrize("name,shape,width,mapped", CASES, ids=[c[0] for c in CASES])
 def test_builders(flavour, name, shape, width, mapped):
   model = zoo.build_model(name, shape, 7, width, flavour, seed=1)

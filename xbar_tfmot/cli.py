@@ -7,17 +7,7 @@ import json
 import os
 import sys
 
-from xbar_tfmot.spec import CrossbarSpec
-
-
-def parse_spec(text: str) -> CrossbarSpec:
-  """A spec from a JSON preset file (see configs/hardware/) or the short form `128x128,...`."""
-  if text.endswith(".json"):
-    if not os.path.exists(text):
-      raise ValueError(f"crossbar preset {text!r} does not exist.")
-    with open(text, encoding="utf-8") as f:
-      return CrossbarSpec.from_dict(json.load(f))
-  return CrossbarSpec.from_string(text)
+from xbar_tfmot.spec import CrossbarSpec, parse_spec
 
 
 def report_main(argv: list[str] | None = None) -> int:

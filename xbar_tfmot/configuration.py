@@ -16,7 +16,8 @@ import ml_collections
 from xbar_tfmot.datasets import DATASETS
 from xbar_tfmot.projection import GRANULARITIES
 from xbar_tfmot.pruning import PROJECTIONS, REGROWTHS
-from xbar_tfmot.zoo import BUILDERS, FLAVOURS
+from xbar_tfmot.layers import FLAVOURS
+from xbar_tfmot.zoo import BUILDERS
 
 EXPORT_FORMATS = ("saved_model", "tflite", "json")
 # Fields that do not change results: a rerun may change them without starting over.

@@ -24,14 +24,6 @@ from xbar_tfmot import layers as layers_lib
 from xbar_tfmot import mapping as mapping_lib
 
 
-def _keras(flavour: str):
-  if flavour == "tf_keras":
-    import tf_keras
-    return tf_keras
-  import keras
-  return keras
-
-
 def patch_index(kernel_shape: tuple[int, ...]) -> np.ndarray:
   """For each channel-major matrix row `c*taps + t`, its index in an extracted patch, which
   TensorFlow orders tap-major (`t*cin + c`)."""
@@ -81,7 +73,7 @@ def crossbar_forward(x: tf.Tensor, weights: tf.Tensor, rows: np.ndarray, columns
 @functools.lru_cache(maxsize=None)
 def layer_class(flavour: str):
   """`CrossbarLayer` for the given Keras flavour (`tf_keras` or `keras3`)."""
-  K = _keras(flavour)
+  K = layers_lib.keras_module(flavour)
 
   class CrossbarLayer(K.layers.Layer):
     """A mapped layer computed crossbar by crossbar from its packed weights."""
@@ -185,7 +177,7 @@ def crossbar_model(model: Any, mapping: mapping_lib.CrossbarMapping) -> Any:
   of the first bad field rather than with a silently different output.
   """
   mapping.validate_against(model)
-  K = _keras(layers_lib.flavour(model))
+  K = layers_lib.keras_module(layers_lib.flavour(model))
   names = set(mapping.layer_names)
 
   def clone(layer):

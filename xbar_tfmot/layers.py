@@ -29,6 +29,20 @@ UNMAPPED_REASONS = {
 }
 
 
+FLAVOURS = ("tf_keras", "keras3")
+
+
+def keras_module(flavour: str):
+  """The Keras package of a flavour: `tf_keras`, or Keras 3 (`import keras`). Imported lazily."""
+  if flavour == "tf_keras":
+    import tf_keras
+    return tf_keras
+  if flavour == "keras3":
+    import keras
+    return keras
+  raise ValueError(f"flavour={flavour!r} is unknown; valid: {', '.join(FLAVOURS)}.")
+
+
 def flavour(obj: Any) -> str:
   """`tf_keras` or `keras3`, from the module of the object's class."""
   for cls in type(obj).__mro__:

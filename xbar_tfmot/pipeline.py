@@ -15,7 +15,6 @@ fields is refused), `state.json`, `checkpoints/` (`baseline.keras`, `reordered.k
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -31,28 +30,16 @@ from xbar_tfmot.configuration import ConfigError
 from xbar_tfmot.policy import CrossbarPolicy
 from xbar_tfmot.projection import project
 from xbar_tfmot.schedules import CrossbarPolynomialDecay
+from xbar_tfmot import spec as spec_lib
 from xbar_tfmot.spec import CrossbarSpec
 
 PHASES = ("baseline", "reorder", "prune", "export", "report")
 
 
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
 def parse_spec(text: str) -> CrossbarSpec:
-  """`crossbar.spec`: a preset JSON file or `ROWSxCOLS[,field=value]`.
-
-  A relative preset path is looked up from the working folder, then from the project root
-  (so `configs/hardware/isaac_128x128.json` works from anywhere in a source checkout).
-  """
+  """`crossbar.spec` (see `spec.parse_spec`); a bad value is a `ConfigError` naming the field."""
   try:
-    if text.endswith(".json"):
-      path = pathlib.Path(text)
-      if not path.is_absolute() and not path.exists():
-        path = PROJECT_ROOT / path
-      with open(path, encoding="utf-8") as f:
-        return CrossbarSpec.from_dict(json.load(f))
-    return CrossbarSpec.from_string(text)
+    return spec_lib.parse_spec(text)
   except (OSError, ValueError, TypeError) as e:
     raise ConfigError(f"config.crossbar.spec={text!r}: {e}") from None
 
@@ -81,7 +68,7 @@ class Pipeline:
     self.log = log
     self.workdir = pathlib.Path(config.workdir or os.path.join("runs", config.name))
     self.spec = parse_spec(config.crossbar.spec)
-    self.K = zoo.keras_module(config.flavour)
+    self.K = layers_lib.keras_module(config.flavour)
     self.state: dict[str, Any] = {"phases": {}}
     self.data = None
 
@@ -175,19 +162,14 @@ class Pipeline:
                         for k, v in result.items() if not isinstance(v, (dict, list)))
     self.log(f"[{phase}] done: {summary}")
 
-  def _scope(self):
-    if self.config.flavour == "tf_keras":
-      from xbar_tfmot.pruning import crossbar_pruning_scope
-      return crossbar_pruning_scope("tf_keras")
-    return contextlib.nullcontext()
-
   def _save(self, model, path: pathlib.Path) -> None:
     tmp = path.with_name(f".tmp.{path.name}")
     model.save(tmp)
     os.replace(tmp, path)
 
   def _load(self, path: pathlib.Path):
-    with self._scope():
+    from xbar_tfmot.pruning import crossbar_pruning_scope
+    with crossbar_pruning_scope(self.config.flavour):
       return self.K.models.load_model(path)
 
   def _compile(self, model, learning_rate: float) -> None:

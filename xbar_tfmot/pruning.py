@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from xbar_tfmot import layers as xlayers
+from xbar_tfmot.layers import FLAVOURS
 from xbar_tfmot.policy import CrossbarPolicy
 from xbar_tfmot.projection import GRANULARITIES
 from xbar_tfmot.schedules import CrossbarConstant, CrossbarSchedule, CrossbarTemperatureDecay
@@ -21,7 +22,6 @@ from xbar_tfmot.spec import CrossbarSpec
 
 PROJECTIONS = ("rpp", "topk")
 REGROWTHS = ("reset", "straight_through")
-FLAVOURS = ("tf_keras", "keras3")
 _ADAPTERS = {"tf_keras": "xbar_tfmot.pruning_tf_keras", "keras3": "xbar_tfmot.pruning_keras3"}
 
 

@@ -299,18 +299,10 @@ def _state_ratios(names, graph, space_perms, geometries, kernels, budgets,
   return out
 
 
-def _keras(model: Any):
-  if layers_lib.flavour(model) == "tf_keras":
-    import tf_keras
-    return tf_keras
-  import keras
-  return keras
-
-
 def apply_permutations(model: Any, graph: channels_lib.ChannelGraph,
                        space_perms: Mapping[int, np.ndarray]) -> Any:
   """A copy of `model` with the channel spaces permuted (same function)."""
-  K = _keras(model)
+  K = layers_lib.keras_module(layers_lib.flavour(model))
   copy = K.models.clone_model(model)
   outputs_of = {}
   for name, sid in graph.outputs.items():

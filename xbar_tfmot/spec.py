@@ -7,7 +7,9 @@ round-trips through `to_dict`/`from_dict` and the short command-line form of `to
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import pathlib
 from typing import Any, Mapping
 
 MAPPINGS = ("kernel_aligned", "flat", "direct")
@@ -142,6 +144,27 @@ class CrossbarSpec:
         raise ValueError(f"crossbar {text!r}: unknown field {key!r}.")
       config[key] = _parse_value(key, value.strip())
     return cls.from_dict(config)
+
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse_spec(text: str) -> CrossbarSpec:
+  """A spec from a JSON preset file (configs/hardware/) or the short form `128x128,...`.
+
+  A relative preset path is looked up from the working folder, then from the project root
+  (so `configs/hardware/isaac_128x128.json` works from anywhere in a source checkout).
+  """
+  if not text.endswith(".json"):
+    return CrossbarSpec.from_string(text)
+  path = pathlib.Path(text)
+  if not path.is_absolute() and not path.exists():
+    path = PROJECT_ROOT / path
+  if not path.exists():
+    raise ValueError(f"crossbar preset {text!r} does not exist (looked in the working folder "
+                     f"and in {PROJECT_ROOT}).")
+  with open(path, encoding="utf-8") as f:
+    return CrossbarSpec.from_dict(json.load(f))
 
 
 def _parse_value(key: str, value: str) -> Any:

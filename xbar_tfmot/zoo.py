@@ -18,18 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-FLAVOURS = ("tf_keras", "keras3")
-
-
-def keras_module(flavour: str):
-  """The Keras package of a flavour: `tf_keras` or Keras 3 (`import keras`)."""
-  if flavour == "tf_keras":
-    import tf_keras
-    return tf_keras
-  if flavour == "keras3":
-    import keras
-    return keras
-  raise ValueError(f"flavour={flavour!r} is unknown; valid: {', '.join(FLAVOURS)}.")
+from xbar_tfmot.layers import keras_module
 
 
 def _width(channels: int, width: float) -> int:
