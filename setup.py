@@ -10,7 +10,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(include=["xbar_tfmot", "xbar_tfmot.*"]),
-    package_data={"xbar_tfmot": ["*.json"]},
+    package_data={"xbar_tfmot": ["core/*.json", "core/presets/*.json"]},
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
@@ -29,9 +29,9 @@ setuptools.setup(
     },
     entry_points={
         "console_scripts": [
-            "xbar-report=xbar_tfmot.cli:report_main",
-            "xbar-verify=xbar_tfmot.cli:verify_main",
-            "xbar-prune=xbar_tfmot.pipeline:main",
+            "xbar-report=xbar_tfmot.app.cli:report_main",
+            "xbar-verify=xbar_tfmot.app.cli:verify_main",
+            "xbar-prune=xbar_tfmot.app.pipeline:main",
         ],
     },
 )

@@ -4,7 +4,7 @@ Kout 4), column grain with output recombination and reorder, 72% fewer crossbars
 Needs CIFAR-10 as `cifar10_vgg8.py` does. Sized for a GPU or a long CPU run.
 """
 
-from xbar_tfmot.configuration import defaults
+from xbar_tfmot.app.configuration import defaults
 
 
 def get_config():
@@ -13,7 +13,7 @@ def get_config():
   c.data.name = "cifar10"
   c.model.name = "resnet20"
   c.model.width = 1.0
-  c.crossbar.spec = "configs/hardware/semi_folded_k16x4.json"
+  c.crossbar.spec = "semi_folded_k16x4"
   c.crossbar.granularity = "column"
   c.crossbar.reduction = 0.72
   c.crossbar.reorder = True

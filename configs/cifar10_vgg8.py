@@ -6,7 +6,7 @@ Keras' cache `~/.keras/datasets/cifar-10-batches-py`) or `--config.data.download
 Sized for a GPU or a long CPU run.
 """
 
-from xbar_tfmot.configuration import defaults
+from xbar_tfmot.app.configuration import defaults
 
 
 def get_config():
@@ -15,7 +15,7 @@ def get_config():
   c.data.name = "cifar10"
   c.model.name = "vgg8"
   c.model.width = 1.0
-  c.crossbar.spec = "configs/hardware/isaac_128x128.json"
+  c.crossbar.spec = "isaac_128x128"
   c.crossbar.granularity = "crossbar"
   c.crossbar.reduction = 0.72
   c.crossbar.reorder = True

@@ -3,7 +3,7 @@
 Runs end to end in a few minutes on 2 CPU cores: `xbar-prune --config configs/fashion_mnist_vgg8.py`.
 """
 
-from xbar_tfmot.configuration import defaults
+from xbar_tfmot.app.configuration import defaults
 
 
 def get_config():
@@ -12,7 +12,7 @@ def get_config():
   c.data.name = "fashion_mnist"
   c.model.name = "vgg8"
   c.model.width = 0.25
-  c.crossbar.spec = "configs/hardware/semi_folded_k16x4.json"
+  c.crossbar.spec = "semi_folded_k16x4"
   c.crossbar.granularity = "column"
   c.crossbar.reduction = 0.72
   c.crossbar.reorder = True

@@ -4,7 +4,7 @@ the report and the mapping JSON (`report/mapping.json`). The weights are Keras' 
 initialisation, so the counts are what matters here, not the accuracy.
 """
 
-from xbar_tfmot.configuration import defaults
+from xbar_tfmot.app.configuration import defaults
 
 
 def get_config():
@@ -14,7 +14,7 @@ def get_config():
   c.model.name = "vgg16"
   c.model.input_shape = "224,224,3"
   c.model.classes = 1000
-  c.crossbar.spec = "configs/hardware/isaac_128x128.json"
+  c.crossbar.spec = "isaac_128x128"
   c.crossbar.granularity = "column"
   c.crossbar.reduction = 0.7
   c.crossbar.reorder = False

@@ -3,7 +3,7 @@
 Small batches give BatchNorm enough steps for its moving statistics to settle.
 """
 
-from xbar_tfmot.configuration import defaults
+from xbar_tfmot.app.configuration import defaults
 
 
 def get_config():

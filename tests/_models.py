@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from xbar_tfmot import layers as layers_lib
-from xbar_tfmot.layers import FLAVOURS, keras_module  # noqa: F401  (used by the tests)
-from xbar_tfmot.projection import crossbar_budget, project
-from xbar_tfmot.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models.introspection import FLAVOURS, keras_module  # noqa: F401  (used by the tests)
+from xbar_tfmot.core.projection import crossbar_budget, project
+from xbar_tfmot.core.spec import CrossbarSpec
 
 
 

@@ -18,13 +18,13 @@ import numpy as np  # noqa: E402  (after the device set-up)
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _pruning_models as pm  # noqa: E402
-from xbar_tfmot.callbacks import UpdateCrossbarPruning  # noqa: E402
-from xbar_tfmot.pruning import prune_crossbar, strip_crossbar_pruning  # noqa: E402
-from xbar_tfmot.schedules import CrossbarPolynomialDecay  # noqa: E402
+from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning  # noqa: E402
+from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning  # noqa: E402
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay  # noqa: E402
 
 
 def main(regrowth: str, granularity: str) -> dict:
-  from xbar_tfmot import pruning_tf_keras
+  from xbar_tfmot.pruning import tf_keras as pruning_tf_keras
   strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   x, y = pm.digits()
   with strategy.scope():
@@ -33,7 +33,7 @@ def main(regrowth: str, granularity: str) -> dict:
     pm.compile_model(pruned)
   pruned.fit(x, y, batch_size=64, epochs=3, shuffle=False, verbose=0,
              callbacks=[UpdateCrossbarPruning()])
-  wrappers = pruning_tf_keras.crossbar_wrappers(pruned)
+  wrappers = pruning_tf_keras.ADAPTER.crossbar_wrappers(pruned)
   field = "blocks" if granularity == "crossbar" else "packed"
   final = strip_crossbar_pruning(pruned)
   counts = pm.mapped_counts(final)

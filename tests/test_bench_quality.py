@@ -34,7 +34,7 @@ def _run(out: pathlib.Path) -> subprocess.CompletedProcess:
 
 def test_quick_run_cells_budget_and_resume(tmp_path):
   pytest.importorskip("tensorflow_model_optimization")
-  from xbar_tfmot.datasets import FASHION_MNIST_DIR
+  from xbar_tfmot.app.datasets import FASHION_MNIST_DIR
   if not pathlib.Path(FASHION_MNIST_DIR).is_dir():
     pytest.skip("dataset-fashion-mnist is not installed")
   out = tmp_path / "bq"

@@ -42,3 +42,111 @@ def test_bazel_query_passes(tmp_path):
   listed = set(result.stdout.split())
   assert "//:xbar_tfmot" in listed
   assert {f"//:{name}" for rule, name, _ in build_calls() if rule == "py_test"} <= listed
+
+
+# The tiers, lowest first. A module may import its own tier and lower ones; `xbar_tfmot`
+# (the public API in __init__.py) sits above export; nothing but app imports app.
+TIERS = {"compat": 0, "core": 0, "models": 1, "pruning": 2, "export": 3, "xbar_tfmot": 4,
+         "app": 5}
+KERAS = ("keras", "tf_keras", "tensorflow_model_optimization")
+APP_ONLY = ("absl", "ml_collections", "matplotlib", "sklearn")
+
+
+def tier_of(module: str) -> str:
+  """`xbar_tfmot.models.reorder` -> `models`, `xbar_tfmot._compat` -> `compat`, and the
+  package itself or a public name of it (`xbar_tfmot.prune_crossbar`) -> `xbar_tfmot`."""
+  parts = module.split(".") + [""]
+  if parts[1] == "_compat":
+    return "compat"
+  return parts[1] if parts[1] in TIERS else "xbar_tfmot"
+
+
+def imports_of(path: pathlib.Path, module: str) -> set[str]:
+  """Every module a file imports, at module level or inside functions."""
+  out = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      out |= {alias.name for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      base = node.module
+      if node.level:
+        base = ".".join(module.split(".")[:-node.level] + [node.module])
+      out |= {f"{base}.{alias.name}" for alias in node.names}
+  return out
+
+
+def package_imports() -> dict[str, set[str]]:
+  """`{module: imported modules}` for every module of the xbar_tfmot package."""
+  out = {}
+  for path in (ROOT / "xbar_tfmot").rglob("*.py"):
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+    module = ".".join(parts)
+    out[module] = imports_of(path, module)
+  return out
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+  """What breaks the tiers in a module graph (see TIERS, KERAS, APP_ONLY)."""
+  out = []
+  for module, imported in sorted(graph.items()):
+    tier = tier_of(module)
+    for name in sorted(imported):
+      root = name.split(".")[0]
+      if tier == "core" and root in KERAS:
+        out.append(f"{module} (core) imports {name}")
+      if tier != "app" and root in APP_ONLY:
+        out.append(f"{module} imports the application dependency {name}")
+      if root != "xbar_tfmot":
+        continue
+      target = tier_of(name)
+      if target == "app" and tier != "app":
+        out.append(f"{module} ({tier}) imports the application tier: {name}")
+      elif TIERS[target] > TIERS[tier]:
+        out.append(f"{module} ({tier}) imports the higher tier {target}: {name}")
+  return out
+
+
+def test_the_package_keeps_its_tiers():
+  graph = package_imports()
+  assert {tier_of(m) for m in graph} <= set(TIERS), sorted({tier_of(m) for m in graph})
+  assert layering_violations(graph) == []
+
+
+@pytest.mark.parametrize("module, imported, expected", [
+    ("xbar_tfmot.core.spec", {"keras"}, "(core) imports keras"),
+    ("xbar_tfmot.core.policy", {"tensorflow_model_optimization.python"}, "(core) imports"),
+    ("xbar_tfmot.core.mapping", {"xbar_tfmot.models.introspection"}, "higher tier models"),
+    ("xbar_tfmot.models.report", {"xbar_tfmot.pruning.api"}, "higher tier pruning"),
+    ("xbar_tfmot.pruning.api", {"xbar_tfmot.export.exporter"}, "higher tier export"),
+    ("xbar_tfmot.export.exporter", {"xbar_tfmot.app.datasets"}, "imports the application tier"),
+    ("xbar_tfmot", {"xbar_tfmot.app.pipeline"}, "imports the application tier"),
+    ("xbar_tfmot.models.channels", {"matplotlib.pyplot"}, "application dependency"),
+    ("xbar_tfmot._compat", {"xbar_tfmot.models.introspection"}, "higher tier models"),
+])
+def test_the_checker_finds_planted_violations(module, imported, expected):
+  graph = {module: imported, "xbar_tfmot.app.pipeline": {"xbar_tfmot.core.spec", "absl"}}
+  found = layering_violations(graph)
+  assert len(found) == 1 and expected in found[0], found
+
+
+def test_build_deps_follow_the_tiers():
+  """Each subpackage's py_library depends on exactly the tiers its modules import."""
+  deps = {}
+  tree = ast.parse((ROOT / "BUILD").read_text())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "py_library":
+      kwargs = {k.arg: k.value for k in node.keywords}
+      name = ast.literal_eval(kwargs["name"])
+      if name in TIERS:
+        deps[name] = {d.lstrip(":") for d in ast.literal_eval(kwargs.get("deps", ast.List([])))}
+  assert set(deps) == set(TIERS)
+  used: dict[str, set[str]] = {name: set() for name in TIERS}
+  for module, imported in package_imports().items():
+    for name in imported:
+      if name.split(".")[0] == "xbar_tfmot":
+        used[tier_of(module)].add(tier_of(name))
+  for name in TIERS:
+    used[name].discard(name)
+    assert deps[name] == used[name], f"BUILD :{name} deps {sorted(deps[name])}, imports " \
+                                     f"{sorted(used[name])}"

@@ -3,7 +3,7 @@
 import pytest
 
 import _models
-from xbar_tfmot.channels import analyze
+from xbar_tfmot.models.channels import analyze
 
 
 def _space_of(graph, producer):

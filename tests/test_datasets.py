@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from xbar_tfmot import datasets
+from xbar_tfmot.app import datasets
 
 HAVE_FASHION = all((pathlib.Path(datasets.FASHION_MNIST_DIR) / f).is_file()
                    for f in datasets.FASHION_MNIST_FILES.values())

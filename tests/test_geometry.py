@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xbar_tfmot.geometry import LayerGeometry
-from xbar_tfmot.spec import CrossbarSpec
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.spec import CrossbarSpec
 
 # 8-bit weights in 2-bit cells, differential pairs: 8 columns a weight, Kout = 16 // 8 = 2.
 SLICED = CrossbarSpec(rows=36, cols=16, weight_bits=8, cell_bits=2, differential=True)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import _models
-from xbar_tfmot import layers as layers_lib
-from xbar_tfmot.mapping import CrossbarMapping, MappingError, build_mapping, schema
-from xbar_tfmot.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.core.mapping import CrossbarMapping, MappingError, schema
+from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
+from xbar_tfmot.core.spec import CrossbarSpec
 
 SPEC = CrossbarSpec(rows=36, cols=4)
 SPECS = [SPEC, CrossbarSpec(rows=20, cols=6, cell_bits=4, mapping="flat", replicas=2),
@@ -52,7 +53,7 @@ def test_counts_equal_geometry_and_json_round_trips(flavour, builder, spec, gran
   mapping.to_json(path)
   again = CrossbarMapping.from_json(path)
   assert again.data == json.loads(json.dumps(mapping.data))
-  again.validate_against(model)
+  validate_mapping(again, model)
   data = json.loads(path.read_text())
   assert data["format"] == "xbar_tfmot.crossbar_mapping" and data["version"] == 1
   assert data["model"] == {"name": model.name, "input_shape": [None, *model.input_shape[1:]]}
@@ -134,28 +135,28 @@ def test_mismatched_models_name_the_path(pruned):
   more = _models.resnet("keras3")
   _models.prune(more, SPEC, 0.8, "column")
   with pytest.raises(MappingError) as error:
-    mapping.validate_against(more)
+    validate_mapping(mapping, more)
   assert ".crossbars[" in error.value.path and ".columns[" in error.value.path
   dense = _models.resnet("keras3")
   with pytest.raises(MappingError) as error:
-    mapping.validate_against(dense)
+    validate_mapping(mapping, dense)
   assert error.value.path.endswith("].crossbars")
   assert "in no crossbar" in str(error.value)
   other = _models.vgg("keras3")
   with pytest.raises(MappingError) as error:
-    mapping.validate_against(other)
+    validate_mapping(mapping, other)
   assert error.value.path == "layers[0].kernel_shape" or error.value.path.endswith(".name")
   data = copy.deepcopy(mapping.data)
   data["layers"][2]["name"] = "nope"
   with pytest.raises(MappingError, match="layers\\[2\\].name: layer 'nope'"):
-    CrossbarMapping(data).validate_against(model)
+    validate_mapping(CrossbarMapping(data), model)
   data = copy.deepcopy(mapping.data)
   data["layers"].pop(3)
   data["totals"]["dense"] -= mapping.data["layers"][3]["counts"]["dense"]
   data["totals"]["crossbars"] -= mapping.data["layers"][3]["counts"]["crossbars"]
   data["totals"]["nonzero_weights"] -= mapping.data["layers"][3]["counts"]["nonzero_weights"]
   with pytest.raises(MappingError, match="^layers: model layers \\['br_b'\\]"):
-    CrossbarMapping(data).validate_against(model)
+    validate_mapping(CrossbarMapping(data), model)
 
 
 def test_wrapped_layer_reads_kernel_times_mask_and_unmapped_layers_are_listed():
@@ -189,10 +190,10 @@ def test_wrapped_layer_reads_kernel_times_mask_and_unmapped_layers_are_listed():
   assert mapping.data["unmapped"] == [
       {"name": "dw", "type": "DepthwiseConv2D",
        "reason": "depthwise convolution (one filter per channel) is not mapped"}]
-  mapping.validate_against(model)
+  validate_mapping(mapping, model)
   wrapper.mask.assign(np.ones_like(mask))
   with pytest.raises(MappingError, match="layers\\[0\\].crossbars: the non-zero weights"):
-    mapping.validate_against(model)
+    validate_mapping(mapping, model)
 
 
 def test_unknown_permutation_layer_is_an_error(pruned):

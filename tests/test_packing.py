@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from xbar_tfmot.geometry import LayerGeometry
-from xbar_tfmot.packing import pack_layer, unrolled
-from xbar_tfmot.projection import project
-from xbar_tfmot.spec import CrossbarSpec
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.packing import pack_layer, unrolled
+from xbar_tfmot.core.projection import project
+from xbar_tfmot.core.spec import CrossbarSpec
 
 SPECS = [
     CrossbarSpec(rows=18, cols=4),

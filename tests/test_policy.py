@@ -3,10 +3,10 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from xbar_tfmot.geometry import LayerGeometry
-from xbar_tfmot.policy import CrossbarPolicy
-from xbar_tfmot.projection import crossbar_budget
-from xbar_tfmot.spec import CrossbarSpec
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import crossbar_budget
+from xbar_tfmot.core.spec import CrossbarSpec
 
 SPEC = CrossbarSpec(rows=36, cols=8)
 

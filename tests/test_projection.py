@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from xbar_tfmot import projection
-from xbar_tfmot.geometry import LayerGeometry
-from xbar_tfmot.spec import CrossbarSpec
+from xbar_tfmot.core import projection
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.spec import CrossbarSpec
 
 
 @st.composite

@@ -13,13 +13,13 @@ import pytest
 import tensorflow as tf
 
 import _pruning_models as pm
-from xbar_tfmot import layers as xlayers
-from xbar_tfmot.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
-from xbar_tfmot.policy import CrossbarPolicy
-from xbar_tfmot.projection import crossbar_budget
-from xbar_tfmot.pruning import (FLAVOURS, crossbar_pruning_scope, crossbar_wrappers,
+from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import crossbar_budget
+from xbar_tfmot.pruning.api import (FLAVOURS, crossbar_pruning_scope, crossbar_wrappers,
                                 prune_crossbar, strip_crossbar_pruning)
-from xbar_tfmot.schedules import CrossbarConstant, CrossbarPolynomialDecay
+from xbar_tfmot.core.schedules import CrossbarConstant, CrossbarPolynomialDecay
 
 SPEC = pm.SPEC
 X, Y = pm.digits()
@@ -359,3 +359,39 @@ def test_summaries_write_counts_and_kept_energy(flavour, tmp_path):
   first = STEPS_PER_EPOCH  # mid-schedule: straight-through weights still carry energy
   assert values[("kept_energy/fc1", first)] < 1.0
   assert values[("crossbars/fc1", first)] > values[("crossbars/fc1", last)]
+
+
+# --- files saved by earlier releases, and callbacks that follow the model ------------------
+
+
+def test_a_model_saved_before_the_layout_move_loads(flavour):
+  """tests/fixtures holds a pruned model per flavour saved by release 21b80ec (flat modules)."""
+  import pathlib
+  fixtures = pathlib.Path(__file__).with_name("fixtures")
+  keras = xlayers.keras_module(flavour)
+  with crossbar_pruning_scope(flavour):
+    model = keras.models.load_model(fixtures / f"pruned_{flavour}.keras")
+  saved = np.load(fixtures / f"pruned_{flavour}_io.npz")
+  np.testing.assert_allclose(model.predict(saved["x"], verbose=0), saved["y"], rtol=1e-5,
+                             atol=1e-6)
+  assert [(w.layer.name, w.current_budget()) for w in wrappers(model)] == [("conv2", 2),
+                                                                           ("fc", 8)]
+  assert all(type(w).__module__ == f"xbar_tfmot.pruning.{flavour}" for w in wrappers(model))
+
+
+def test_callbacks_take_the_flavour_of_the_fitted_model():
+  """One callback object per kind serves both flavours, whatever was built last."""
+  callback = UpdateCrossbarPruning()
+  summaries = CrossbarPruningSummaries(log_dir="/tmp/unused-summaries")
+  for flavour in ("tf_keras", "keras3", "tf_keras"):
+    model = prune_crossbar(cnn(flavour), spec=SPEC, schedule=schedule(end_step=4, frequency=2),
+                           seed=1)
+    prune_crossbar(cnn("keras3" if flavour == "tf_keras" else "tf_keras"), spec=SPEC, seed=1)
+    callback.set_model(model)
+    summaries.set_model(model)
+    assert xlayers.flavour(callback.implementation) == flavour
+    assert xlayers.flavour(summaries.implementation) == flavour
+  assert isinstance(callback, UpdateCrossbarPruning)
+  assert not isinstance(callback, CrossbarPruningSummaries)
+  with pytest.raises(ValueError, match="update_freq=0"):
+    CrossbarPruningSummaries(log_dir="/tmp/x", update_freq=0)

@@ -13,7 +13,7 @@ import pytest
 
 import _pruning_models as pm
 import xbar_tfmot as xt
-from xbar_tfmot import schedules as xschedules
+from xbar_tfmot.core import schedules as xschedules
 
 
 def test_using_xbar_tfmot_on_keras3_leaves_tf_keras_alone():
@@ -77,7 +77,7 @@ def test_keras3_errors_name_the_fix():
     xt.UpdateCrossbarPruning(flavour="jax")
   dense = keras.layers.DepthwiseConv2D(3)
   with pytest.raises(ValueError, match="cannot be mapped"):
-    from xbar_tfmot.pruning_keras3 import CrossbarPrune
+    from xbar_tfmot.pruning.keras3 import CrossbarPrune
     CrossbarPrune(dense, spec=pm.SPEC, final_budget=1)
   assert isinstance(xt.UpdateCrossbarPruning(flavour="keras3"), keras.callbacks.Callback)
   assert isinstance(xt.UpdateCrossbarPruning(flavour="keras3"), xt.UpdateCrossbarPruning)

@@ -3,16 +3,15 @@ TFMOT schedules, TFMOT's own `UpdatePruningStep`, and the RPP mask update inside
 `Pruning` object. The shared behaviour of both flavours is in test_pruning.py.
 """
 
-import inspect
-
 import numpy as np
 import pytest
 import tf_keras as keras
 
 import _pruning_models as pm
-from xbar_tfmot.callbacks import UpdateCrossbarPruning
-from xbar_tfmot.pruning import crossbar_wrappers, prune_crossbar, strip_crossbar_pruning
-from xbar_tfmot.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
+from xbar_tfmot.core.projection import project
+from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
+from xbar_tfmot.pruning.api import crossbar_wrappers, prune_crossbar, strip_crossbar_pruning
+from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
                                   CrossbarTemperatureDecay)
 
 SPEC = pm.SPEC
@@ -25,18 +24,13 @@ def schedule(end_step=100, frequency=10, final=0.7):
 
 
 def adapter():
-  from xbar_tfmot import pruning_tf_keras
+  from xbar_tfmot.pruning import tf_keras as pruning_tf_keras
   return pruning_tf_keras
 
 
-def test_tfmot_override_point_is_pinned():
+def test_wrapper_is_tfmot_wrapper_with_crossbar_pruning_object():
   tk = adapter()
-  import tensorflow_model_optimization as tfmot
   from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl, pruning_wrapper
-  assert tfmot.__version__ == "0.8.1", "xbar_tfmot overrides TFMOT 0.8.1 internals; re-check them"
-  params = list(inspect.signature(pruning_impl.Pruning._maybe_update_block_mask).parameters)
-  assert params == ["self", "weights"], "Pruning._maybe_update_block_mask(weights) moved"
-  assert "_maybe_update_block_mask" in inspect.getsource(pruning_impl.Pruning.conditional_mask_update)
   layer = tk.CrossbarPrune(keras.layers.Dense(16), spec=SPEC, final_budget=1)
   layer.build((None, 72))
   assert isinstance(layer, pruning_wrapper.PruneLowMagnitude)
@@ -63,13 +57,13 @@ def test_rpp_samples_by_seed_and_step_and_is_exact_at_temperature_zero(granulari
   def mask_at(step, seed=1, index=2):
     layer.pruning_step.assign(step)
     obj.seed, obj.layer_index = seed, index
-    return obj._maybe_update_block_mask(kernel)[1].numpy()
+    return obj._maybe_update_block_mask(kernel)[1].numpy()  # the hook TFMOT calls
 
   np.testing.assert_array_equal(mask_at(50), mask_at(50))
   assert not np.array_equal(mask_at(50), mask_at(50, seed=2))
   assert not np.array_equal(mask_at(50), mask_at(50, index=3))
   assert not np.array_equal(mask_at(50), mask_at(60))
-  exact = tk.project(layer.geometry, kernel, 20, granularity).numpy()
+  exact = project(layer.geometry, kernel, 20, granularity).numpy()
   np.testing.assert_array_equal(mask_at(100), exact)
   np.testing.assert_array_equal(mask_at(100, seed=9), exact)
 
@@ -84,4 +78,6 @@ def test_tfmot_update_pruning_step_works_unchanged():
   for w in crossbar_wrappers(pruned):
     assert counts[w.layer.name].blocks == w.final_budget
   assert isinstance(UpdateCrossbarPruning(flavour="tf_keras"), UpdatePruningStep)
-  assert isinstance(UpdateCrossbarPruning(), UpdatePruningStep)  # the last wrapper's flavour
+  callback = UpdateCrossbarPruning()  # flavour from the model it is set on
+  callback.set_model(pruned)
+  assert isinstance(callback.implementation, UpdatePruningStep)

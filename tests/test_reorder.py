@@ -6,12 +6,12 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import _models
-from xbar_tfmot import explicit
-from xbar_tfmot.geometry import LayerGeometry
-from xbar_tfmot.mapping import build_mapping
-from xbar_tfmot.projection import crossbar_budget, project
-from xbar_tfmot.reorder import kept_energy, project_permuted, reorder_model
-from xbar_tfmot.spec import CrossbarSpec
+from xbar_tfmot.models import crossbar_model as explicit
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.models.model_mapping import build_mapping
+from xbar_tfmot.core.projection import crossbar_budget, project
+from xbar_tfmot.models.reorder import kept_energy, project_permuted, reorder_model
+from xbar_tfmot.core.spec import CrossbarSpec
 
 SPECS = [CrossbarSpec(rows=36, cols=4), CrossbarSpec(rows=20, cols=3, mapping="flat")]
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 import _pruning_models as pm
-from xbar_tfmot import explicit
-from xbar_tfmot import layers as xlayers
-from xbar_tfmot.callbacks import UpdateCrossbarPruning
-from xbar_tfmot.datasets import load_digits
-from xbar_tfmot.mapping import build_mapping
-from xbar_tfmot.projection import crossbar_budget
-from xbar_tfmot.pruning import prune_crossbar, strip_crossbar_pruning
-from xbar_tfmot.reorder import reorder_model
-from xbar_tfmot.schedules import CrossbarPolynomialDecay
+from xbar_tfmot.models import crossbar_model as explicit
+from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
+from xbar_tfmot.app.datasets import load_digits
+from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
+from xbar_tfmot.core.projection import crossbar_budget
+from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
+from xbar_tfmot.models.reorder import reorder_model
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
 
 SPEC = pm.SPEC  # 36x8: Kin 4 channels of 3x3, Kout 8
 REDUCTION = 0.7
@@ -93,7 +93,7 @@ def test_pruned_reordered_copy_meets_the_budget_exactly(pipeline):
 def test_mapping_of_the_stripped_model_validates_and_reproduces_it(pipeline):
   stripped = pipeline["stripped"]
   mapping = build_mapping(stripped, SPEC, "column")
-  mapping.validate_against(stripped)
+  validate_mapping(mapping, stripped)
   budgets = {}
   for name in PRUNED:
     geometry = xlayers.geometry_of(stripped.get_layer(name), SPEC)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xbar_tfmot.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
+from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
                                   CrossbarTemperatureDecay, deserialize, serialize)
 
 

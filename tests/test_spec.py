@@ -7,10 +7,7 @@ import pathlib
 import pytest
 from hypothesis import given, strategies as st
 
-from xbar_tfmot.spec import CrossbarSpec
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs" / "hardware"
-
+from xbar_tfmot.core.spec import CrossbarSpec, parse_spec, preset_names
 
 @pytest.mark.parametrize("kwargs, kout", [
     (dict(rows=128, cols=128), 128),
@@ -87,9 +84,38 @@ def test_bad_strings(text, match):
     CrossbarSpec.from_string(text)
 
 
-def test_presets_load():
-  presets = {p.stem: CrossbarSpec.from_dict(json.loads(p.read_text())) for p in CONFIGS.glob("*.json")}
+def test_presets_load_by_name():
+  presets = {name: CrossbarSpec.preset(name) for name in preset_names()}
   assert presets["isaac_128x128"].logical_cols == 16  # 8-bit weights, 2-bit cells, pairs
   assert presets["single_cell_256x256"].logical_cols == 256
   semi = presets["semi_folded_k16x4"]
   assert (semi.mapping, semi.kin, semi.kout) == ("direct", 16, 4)
+
+
+def test_parse_spec_reads_names_files_and_short_forms(tmp_path):
+  assert parse_spec("isaac_128x128") == CrossbarSpec.preset("isaac_128x128")
+  path = tmp_path / "mine.json"
+  path.write_text(json.dumps({"rows": 64, "cols": 32}))
+  assert parse_spec(str(path)) == CrossbarSpec(rows=64, cols=32)
+  assert parse_spec("64x32") == CrossbarSpec(rows=64, cols=32)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("isaac", "not a preset name.*isaac_128x128"),
+    ("nope.json", "does not exist.*isaac_128x128"),
+])
+def test_parse_spec_names_the_presets_on_bad_input(text, match):
+  with pytest.raises(ValueError, match=match):
+    parse_spec(text)
+
+
+def test_unknown_preset_and_bad_preset_file(tmp_path):
+  with pytest.raises(ValueError, match="'isaac' is unknown; valid: isaac_128x128"):
+    CrossbarSpec.preset("isaac")
+  path = tmp_path / "list.json"
+  path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match="list.json.*expected a JSON object"):
+    parse_spec(str(path))
+  path.write_text("{broken")
+  with pytest.raises(ValueError, match="list.json.*cannot be read as JSON"):
+    parse_spec(str(path))

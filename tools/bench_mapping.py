@@ -15,10 +15,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from xbar_tfmot import layers as layers_lib  # noqa: E402
-from xbar_tfmot.mapping import CrossbarMapping, build_mapping  # noqa: E402
-from xbar_tfmot.projection import crossbar_budget, project  # noqa: E402
-from xbar_tfmot.spec import CrossbarSpec  # noqa: E402
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.core.mapping import CrossbarMapping  # noqa: E402
+from xbar_tfmot.models.model_mapping import build_mapping  # noqa: E402
+from xbar_tfmot.core.projection import crossbar_budget, project  # noqa: E402
+from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
 
 MODELS = {
     "resnet50": keras.applications.ResNet50,

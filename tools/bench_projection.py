@@ -18,8 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from xbar_tfmot import layers as layers_lib, projection  # noqa: E402
-from xbar_tfmot.spec import CrossbarSpec  # noqa: E402
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.core import projection
+from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
 
 
 def best_times(fns, repeats: int) -> list[float]:

@@ -147,7 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _network(text: str) -> tuple[str, float]:
-  from xbar_tfmot.zoo import BUILDERS
+  from xbar_tfmot.app.zoo import BUILDERS
   name, _, width = text.partition(":")
   if name not in BUILDERS:
     raise SystemExit(f"--networks: {name!r} is unknown; valid: {', '.join(sorted(BUILDERS))} "
@@ -170,7 +170,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_cifar10(path: str | None):
   """CIFAR-10 from a local `cifar-10-batches-py` folder (`xbar_tfmot.datasets`); never downloads."""
-  from xbar_tfmot.datasets import load_cifar10 as load
+  from xbar_tfmot.app.datasets import load_cifar10 as load
   try:
     return load(path)
   except FileNotFoundError as e:
@@ -181,7 +181,7 @@ def load_data(args, seed: int):
   if args.dataset == "cifar10":
     (x, y), (xt, yt) = load_cifar10(args.data)
   else:
-    from xbar_tfmot.datasets import load_fashion_mnist
+    from xbar_tfmot.app.datasets import load_fashion_mnist
     (x, y), (xt, yt) = load_fashion_mnist(args.data)
   order = np.random.default_rng(seed).permutation(len(y))[: args.train_size]
   if args.test_size:
@@ -197,7 +197,7 @@ class Bench:
   def __init__(self, args, network: tuple[str, float], seed: int, log: Callable[[str], None]):
     import tf_keras as keras
     import xbar_tfmot as xt
-    from xbar_tfmot import layers as xlayers
+    from xbar_tfmot.models import introspection as xlayers
     self.keras, self.xt, self.xlayers = keras, xt, xlayers
     self.args, self.network, self.seed, self.log = args, network, seed, log
     self.spec = spec_of(args.spec)
@@ -213,7 +213,7 @@ class Bench:
 
   # -- building blocks
   def build(self):
-    from xbar_tfmot.zoo import build_model
+    from xbar_tfmot.app.zoo import build_model
     return build_model(self.network[0], self.x.shape[1:], 10, self.network[1], "tf_keras",
                        seed=self.seed)
 
@@ -491,7 +491,7 @@ def run_tfmot(b: Bench, reduction: float):
 
 def _copy_into_wrapped(source, wrapped) -> None:
   """Copies the weights of `source` into `wrapped` layer by layer (wrappers add mask vars)."""
-  from xbar_tfmot import layers as xlayers
+  from xbar_tfmot.models import introspection as xlayers
   for layer in wrapped.layers:
     inner = xlayers.unwrap(layer)
     src = source.get_layer(inner.name)

@@ -3,7 +3,7 @@
 Trains a small VGG-style tf_keras CNN (conv 32-32-pool-64-64-pool-dense 128-10) on a subset of
 Fashion-MNIST (Debian package `dataset-fashion-mnist`; nothing is downloaded), then reports:
 
-(a) the kept-energy ratio of the exact projection (DESIGN.md section 3) of the pruned layers
+(a) the kept-energy ratio of the exact projection (docs/design.md, "The projection") of the pruned layers
     before and after `reorder_model`, at several reductions, column and crossbar grain, on
     crossbars where grouping matters;
 (b) test accuracy of LGD-RPP pruning (column grain) with and without a materialised reorder
@@ -35,14 +35,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from xbar_tfmot import layers as xlayers  # noqa: E402
-from xbar_tfmot.callbacks import UpdateCrossbarPruning  # noqa: E402
-from xbar_tfmot.datasets import load_fashion_mnist  # noqa: E402
-from xbar_tfmot.projection import crossbar_budget, project  # noqa: E402
-from xbar_tfmot.pruning import prune_crossbar, strip_crossbar_pruning  # noqa: E402
-from xbar_tfmot.reorder import reorder_model  # noqa: E402
-from xbar_tfmot.schedules import CrossbarPolynomialDecay  # noqa: E402
-from xbar_tfmot.spec import CrossbarSpec  # noqa: E402
+from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning  # noqa: E402
+from xbar_tfmot.app.datasets import load_fashion_mnist  # noqa: E402
+from xbar_tfmot.core.projection import crossbar_budget, project  # noqa: E402
+from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning  # noqa: E402
+from xbar_tfmot.models.reorder import reorder_model  # noqa: E402
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay  # noqa: E402
+from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
 
 SPECS = {
     "72x16 (Kin 8 ch, Kout 16)": CrossbarSpec(rows=72, cols=16),

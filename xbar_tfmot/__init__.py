@@ -1,30 +1,37 @@
 """xbar_tfmot: crossbar-aware pruning and crossbar mapping for Keras models.
 
+The public API, one import away. The code is tiered (docs/design.md, "The tiers of the code"):
+`core` (crossbar maths and the mapping document, no Keras), `models` (reading and rewriting
+Keras models), `pruning` (the two flavour adapters over one implementation), `export`, and
+the application `app` (`xbar-prune`), which the library never imports.
+
 Importing this package never imports TFMOT: the tf_keras adapter loads it on first use, so a
 Keras 3 user's `tf.keras` is left alone. It imports the Keras 3 adapter, which registers the
 Keras 3 wrapper and schedules as serialisables, so pruned `.keras` files load without a scope.
 """
 
-from xbar_tfmot.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
-from xbar_tfmot.channels import ChannelGraph, ChannelSpace, analyze
-from xbar_tfmot.explicit import crossbar_model
-from xbar_tfmot.exporting import ExportError, export, read_mapping
-from xbar_tfmot.geometry import Counts, LayerGeometry
-from xbar_tfmot.mapping import CrossbarMapping, MappingError, build_mapping
-from xbar_tfmot.packing import LayerPacking, pack_layer
-from xbar_tfmot.policy import CrossbarPolicy
-from xbar_tfmot.projection import crossbar_budget, project, stateless_seed
-from xbar_tfmot.pruning import (crossbar_pruning_scope, crossbar_wrappers, prune_crossbar,
+from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.geometry import Counts, LayerGeometry
+from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
+from xbar_tfmot.core.packing import LayerPacking, pack_layer
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import crossbar_budget, project, stateless_seed
+from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
+                                       CrossbarTemperatureDecay)
+from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.export.exporter import ExportError, export, read_mapping
+from xbar_tfmot.export.verification import verify
+from xbar_tfmot.models.channels import ChannelGraph, ChannelSpace, analyze
+from xbar_tfmot.models.crossbar_model import crossbar_model
+from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
+from xbar_tfmot.models.reorder import ReorderResult, project_permuted, reorder_model
+from xbar_tfmot.models.report import CrossbarReport, LayerReport, crossbar_report
+from xbar_tfmot.pruning import (CrossbarPruningSummaries, UpdateCrossbarPruning,
+                                crossbar_pruning_scope, crossbar_wrappers, prune_crossbar,
                                 strip_crossbar_pruning)
-from xbar_tfmot.reorder import ReorderResult, project_permuted, reorder_model
-from xbar_tfmot.report import CrossbarReport, LayerReport, crossbar_report
-from xbar_tfmot.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
-                                  CrossbarTemperatureDecay)
-from xbar_tfmot.spec import CrossbarSpec
-from xbar_tfmot.verification import verify
 
 try:  # registers the Keras 3 serialisables; Keras 3 is a dependency, but keep the core importable
-  from xbar_tfmot import pruning_keras3 as _pruning_keras3  # noqa: F401
+  from xbar_tfmot.pruning import keras3 as _keras3  # noqa: F401
 except ImportError:  # pragma: no cover
   pass
 
@@ -32,9 +39,9 @@ __all__ = [
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",
     "CrossbarPolicy", "CrossbarPolynomialDecay", "CrossbarPruningSummaries", "CrossbarReport",
     "CrossbarSpec", "CrossbarTemperatureDecay", "ExportError", "LayerGeometry", "LayerPacking",
-    "LayerReport", "MappingError", "ReorderResult", "UpdateCrossbarPruning", "analyze",
-    "build_mapping", "crossbar_budget", "crossbar_model", "crossbar_pruning_scope",
-    "crossbar_wrappers", "export",
-    "pack_layer", "project", "project_permuted", "prune_crossbar", "read_mapping",
-    "reorder_model", "stateless_seed", "strip_crossbar_pruning", "verify", "crossbar_report",
+    "LayerReport", "MappingError", "ReorderResult", "UpdateCrossbarPruning", "XbarError",
+    "analyze", "build_mapping", "crossbar_budget", "crossbar_model", "crossbar_pruning_scope",
+    "crossbar_report", "crossbar_wrappers", "export", "pack_layer", "project",
+    "project_permuted", "prune_crossbar", "read_mapping", "reorder_model", "stateless_seed",
+    "strip_crossbar_pruning", "validate_mapping", "verify",
 ]

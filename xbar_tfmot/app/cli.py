@@ -1,0 +1,73 @@
+"""Command-line programs installed as console scripts (`xbar-report`, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from xbar_tfmot.core.spec import CrossbarSpec, parse_spec
+
+
+def report_main(argv: list[str] | None = None) -> int:
+  """`xbar-report MODEL --crossbar 128x128`: crossbars per layer and in total."""
+  parser = argparse.ArgumentParser(
+      prog="xbar-report", description="Count the crossbars a Keras model takes, per layer.")
+  parser.add_argument("model", help="a .keras or .h5 file, a SavedModel folder, or builtin:NAME "
+                      "(vgg16, vgg19, resnet50, resnet101, mobilenet_v2; weights=None)")
+  parser.add_argument("--crossbar",
+                      help="ROWSxCOLS[,field=value...] or a preset .json (default: the export's "
+                      "spec for an export folder, else 128x128)")
+  parser.add_argument("--mapping", choices=("kernel_aligned", "flat", "direct"),
+                      help="override the crossbar mapping mode")
+  parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+  args = parser.parse_args(argv)
+  from xbar_tfmot.export.model_io import load_model
+  from xbar_tfmot.models.report import crossbar_report
+  try:
+    mapping, source = None, args.model
+    if os.path.isfile(os.path.join(args.model, "model.keras")):
+      from xbar_tfmot.export.exporter import read_mapping
+      mapping, source = read_mapping(args.model), os.path.join(args.model, "model.keras")
+    spec = parse_spec(args.crossbar) if args.crossbar else (
+        mapping.spec if mapping else CrossbarSpec(rows=128, cols=128))
+    if args.mapping:
+      spec = CrossbarSpec.from_dict({**spec.to_dict(), "mapping": args.mapping})
+    report = crossbar_report(load_model(source), spec)
+  except (ValueError, FileNotFoundError) as err:
+    print(f"xbar-report: error: {err}", file=sys.stderr)
+    return 2
+  print(report.format_table())
+  if mapping:
+    t = mapping.totals
+    print(f"export mapping ({mapping.granularity} grain, {mapping.spec}): {t['crossbars']} of "
+          f"{t['dense']} crossbars, reduction {t['reduction']:.1%}, utilization "
+          f"{t['utilization']:.1%}")
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(report.to_dict(), f, indent=2)
+  return 0
+
+
+def verify_main(argv: list[str] | None = None) -> int:
+  """`xbar-verify EXPORT_DIR`: exported artefacts and crossbar-explicit model agree."""
+  parser = argparse.ArgumentParser(
+      prog="xbar-verify", description="Check an export folder of xbar_tfmot.export().")
+  parser.add_argument("export_dir")
+  parser.add_argument("--samples", type=int, default=8, help="random inputs to compare on")
+  parser.add_argument("--tolerance", type=float, default=1e-4,
+                      help="largest relative difference accepted (default 1e-4)")
+  args = parser.parse_args(argv)
+  from xbar_tfmot.export.verification import verify
+  try:
+    result = verify(args.export_dir, args.samples, args.tolerance)
+  except (ValueError, FileNotFoundError) as err:
+    print(f"xbar-verify: error: {err}", file=sys.stderr)
+    return 1
+  print(result.format())
+  return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+  sys.exit(report_main())

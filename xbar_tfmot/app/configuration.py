@@ -1,0 +1,204 @@
+"""The `xbar-prune` configuration: defaults, the field schema and its checks.
+
+A config file in `configs/` defines `get_config()` returning `defaults()` with its own values
+(the ml_collections idiom of TF/JAX research code); `--config.field=value` overrides any
+field. `check(config)` runs before any data is loaded or model trained: unknown fields, wrong
+types and values out of range are errors that name the field and say what is valid.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from xbar_tfmot.core.errors import XbarError
+
+from xbar_tfmot.app.datasets import DATASETS
+from xbar_tfmot.core.projection import GRANULARITIES
+from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
+from xbar_tfmot.models.introspection import FLAVOURS
+from xbar_tfmot.app.zoo import BUILDERS
+
+EXPORT_FORMATS = ("saved_model", "tflite", "json")
+# Fields that do not change results: a rerun may change them without starting over.
+COSMETIC = ("train.verbose", "report.plots", "report.tensorboard")
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every field with its default (the values of the default config where it has none)."""
+  c = ml_collections.ConfigDict()
+  c.name = "run"
+  c.workdir = ""  # "" = runs/<name>
+  c.seed = 0
+  c.flavour = "tf_keras"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "fashion_mnist"  # fashion_mnist | cifar10 | digits | synthetic | none
+  c.data.path = ""  # folder of local files; "" = the dataset's default place
+  c.data.download = False  # let Keras download when local files are missing
+  c.data.train_size = 0  # first N training images; 0 = all
+  c.data.test_size = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "vgg8"  # a zoo builder
+  c.model.width = 1.0
+  c.model.file = ""  # a .keras/.h5/SavedModel to start from instead of the zoo
+  c.model.input_shape = ""  # "H,W,C" when data.name is none
+  c.model.classes = 0  # when data.name is none
+
+  c.crossbar = ml_collections.ConfigDict()
+  c.crossbar.spec = "128x128"  # ROWSxCOLS[,field=value] or a preset JSON file
+  c.crossbar.granularity = "column"
+  c.crossbar.reduction = 0.7
+  c.crossbar.projection = "rpp"
+  c.crossbar.regrowth = "reset"
+  c.crossbar.temperature = 1.0
+  c.crossbar.reorder = True
+  c.crossbar.leave_dense = "default"  # default (first conv) | "" (none) | comma-separated names
+  c.crossbar.mode = "per_layer"  # or global
+  c.crossbar.ramp = 0.75  # fraction of the pruning epochs over which the budget falls
+  c.crossbar.updates_per_epoch = 4
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.learning_rate = 1e-3
+  c.train.finetune_learning_rate = 3e-4
+  c.train.baseline_epochs = 3
+  c.train.prune_epochs = 2
+  c.train.finetune_epochs = 1
+  c.train.verbose = 1
+
+  c.export = ml_collections.ConfigDict()
+  c.export.enabled = True
+  c.export.formats = "saved_model,tflite,json"
+  c.export.verify = True
+
+  c.report = ml_collections.ConfigDict()
+  c.report.plots = True
+  c.report.tensorboard = False
+  return c
+
+
+_CHOICES = {
+    "flavour": FLAVOURS,
+    "data.name": DATASETS + ("none",),
+    "model.name": tuple(sorted(BUILDERS)),
+    "crossbar.granularity": GRANULARITIES,
+    "crossbar.projection": PROJECTIONS,
+    "crossbar.regrowth": REGROWTHS,
+    "crossbar.mode": ("per_layer", "global"),
+}
+_POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",
+             "train.finetune_learning_rate", "crossbar.updates_per_epoch")
+_NON_NEGATIVE = ("seed", "data.train_size", "data.test_size", "model.classes",
+                 "train.baseline_epochs", "train.prune_epochs", "train.finetune_epochs",
+                 "train.verbose", "crossbar.temperature")
+
+
+class ConfigError(XbarError, ValueError):
+  """A config field is unknown, of the wrong type or out of range."""
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+  """`{"train.batch_size": 128, ...}` of a ConfigDict or nested dict."""
+  items = config.items() if hasattr(config, "items") else ()
+  out = {}
+  for key, value in items:
+    path = f"{prefix}{key}"
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(value, f"{path}."))
+    else:
+      out[path] = value
+  return out
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` naming the first bad field of `config` (see the module docstring)."""
+  expected, given = flatten(defaults()), flatten(config)
+  for path in given:
+    if path not in expected:
+      parent = path.rpartition(".")[0]
+      valid = sorted(p for p in expected if p.rpartition(".")[0] == parent)
+      raise ConfigError(f"config.{path}: unknown field; valid fields here: {', '.join(valid)}.")
+  for path, default in expected.items():
+    if path not in given:
+      raise ConfigError(f"config.{path}: missing; start the config from "
+                        f"xbar_tfmot.app.configuration.defaults().")
+    value = given[path]
+    kind = type(default)
+    ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+          or kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+      raise ConfigError(f"config.{path}={value!r}: wrong type {type(value).__name__}; valid: "
+                        f"{kind.__name__}.")
+  c = given
+  for path, valid in _CHOICES.items():
+    if c[path] not in valid:
+      raise ConfigError(f"config.{path}={c[path]!r}: unknown; valid: {', '.join(valid)}.")
+  for path in _POSITIVE:
+    if not c[path] > 0:
+      raise ConfigError(f"config.{path}={c[path]!r}: valid: a number > 0.")
+  for path in _NON_NEGATIVE:
+    if c[path] < 0:
+      raise ConfigError(f"config.{path}={c[path]!r}: valid: a number >= 0.")
+  if not 0.0 < c["crossbar.reduction"] < 1.0:
+    raise ConfigError(f"config.crossbar.reduction={c['crossbar.reduction']!r}: valid: "
+                      f"0 < reduction < 1 (the fraction of crossbars removed).")
+  if not 0.0 < c["crossbar.ramp"] <= 1.0:
+    raise ConfigError(f"config.crossbar.ramp={c['crossbar.ramp']!r}: valid: 0 < ramp <= 1.")
+  formats = export_formats(config)
+  bad = sorted(set(formats) - set(EXPORT_FORMATS))
+  if bad or not formats:
+    raise ConfigError(f"config.export.formats={c['export.formats']!r}: valid: a comma-separated "
+                      f"non-empty subset of {', '.join(EXPORT_FORMATS)}.")
+  if "tflite" in formats and "saved_model" not in formats:
+    raise ConfigError("config.export.formats: tflite is converted from the SavedModel; add "
+                      "saved_model.")
+  if c["data.name"] == "none":
+    if c["train.baseline_epochs"] or c["train.prune_epochs"] or c["train.finetune_epochs"]:
+      raise ConfigError("config.data.name='none' (mapping only) needs train.baseline_epochs, "
+                        "train.prune_epochs and train.finetune_epochs = 0.")
+    if not c["model.file"]:
+      input_shape(config)
+      if c["model.classes"] < 2:
+        raise ConfigError("config.model.classes: valid: >= 2 when data.name is none.")
+  elif c["data.name"] in ("digits", "synthetic") and c["data.path"]:
+    raise ConfigError(f"config.data.path: {c['data.name']} has no files; leave it empty.")
+  if c["model.file"] and not pathlib.Path(c["model.file"]).exists():
+    raise ConfigError(f"config.model.file={c['model.file']!r}: no such file or folder; valid: a "
+                      f".keras or .h5 file or a SavedModel folder, or '' to build model.name.")
+  if c["data.path"] and not pathlib.Path(c["data.path"]).expanduser().is_dir():
+    raise ConfigError(f"config.data.path={c['data.path']!r}: no such folder; valid: the folder "
+                      f"holding the dataset's files, or '' for its default place.")
+
+
+def export_formats(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return tuple(f.strip() for f in config.export.formats.split(",") if f.strip())
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """`model.input_shape` ("H,W,C") as integers."""
+  try:
+    shape = tuple(int(d) for d in config.model.input_shape.split(","))
+  except ValueError:
+    shape = ()
+  if len(shape) != 3 or min(shape) < 1:
+    raise ConfigError(f"config.model.input_shape={config.model.input_shape!r}: valid: 'H,W,C' "
+                      f"with positive integers, e.g. '224,224,3'.")
+  return shape
+
+
+def leave_dense(config: ml_collections.ConfigDict) -> Any:
+  """The `CrossbarPolicy.leave_dense` value of `crossbar.leave_dense`."""
+  value = config.crossbar.leave_dense.strip()
+  if value == "default":
+    return None
+  return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """Fields (flattened paths) whose values differ and matter for the results."""
+  keys = set(old) | set(new)
+  return sorted(k for k in keys if k not in COSMETIC and old.get(k) != new.get(k))

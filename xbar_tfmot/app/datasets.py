@@ -1,0 +1,227 @@
+"""Real data for the pipeline, tests and benchmarks (docs/usage.md), read offline.
+
+- `load_fashion_mnist`: the gzipped IDX files of Debian's `dataset-fashion-mnist` package (or
+  the same four files in a folder you give). A missing file is an error, never a fallback to
+  other data, so a benchmark cannot silently run on something else.
+- `load_digits`: scikit-learn's bundled 8x8 digits, split train/test with a fixed seed.
+- `load_cifar10`: a local copy of CIFAR-10's python batches (Keras' cache folder by default).
+- `synthetic`: class prototypes plus noise, for tests.
+- `load_dataset`: one of them by name; only with `download=True` (the `xbar-prune` config
+  field `data.download`) may Keras download Fashion-MNIST or CIFAR-10 when local files are
+  missing. Tests and benchmarks never download.
+
+All return `((x_train, y_train), (x_test, y_test))`: float32 images NHWC in [0, 1] and int64
+labels, as `keras.datasets.*.load_data()` does (but already scaled and with a channel axis).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+# IDX type codes (third byte of the magic number) -> numpy big-endian dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def read_idx(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
+  """One IDX file (gzipped if its name ends in `.gz`) as a numpy array.
+
+  The header is checked: two zero bytes, a known type code, the number of dimensions, and a
+  payload of exactly the size the dimensions give. `limit` keeps the first items only.
+  """
+  path = pathlib.Path(path)
+  opener = gzip.open if path.suffix == ".gz" else open
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    raise ValueError(f"{path}: cannot read it as {'gzipped ' if opener is gzip.open else ''}"
+                     f"IDX: {e}") from e
+  if len(data) < 4:
+    raise ValueError(f"{path}: {len(data)} bytes, too short for an IDX header (4-byte magic "
+                     f"number).")
+  zero, code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
+  if zero != 0 or code not in _IDX_DTYPES or ndim < 1:
+    raise ValueError(
+        f"{path}: bad IDX magic number 0x{data[:4].hex()}; valid: 0x0000 then a type code "
+        f"({', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}) then the number of dimensions (>= 1), "
+        f"e.g. 0x00000803 for images, 0x00000801 for labels.")
+  header = 4 + 4 * ndim
+  if len(data) < header:
+    raise ValueError(f"{path}: IDX header declares {ndim} dimensions but the file has "
+                     f"{len(data)} bytes, fewer than the {header} of the header.")
+  shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  dtype = np.dtype(_IDX_DTYPES[code])
+  expected = int(np.prod(shape)) * dtype.itemsize
+  if len(data) - header != expected:
+    raise ValueError(f"{path}: IDX payload is {len(data) - header} bytes; the header's shape "
+                     f"{shape} of {dtype.name} needs {expected}.")
+  array = np.frombuffer(data, dtype, offset=header).reshape(shape)
+  if limit is not None:
+    array = array[:limit]
+  return array.astype(dtype.newbyteorder("="))
+
+
+def load_fashion_mnist(path: str | os.PathLike | None = None,
+                       limit: int | None = None) -> tuple[Split, Split]:
+  """Fashion-MNIST from local gzipped IDX files.
+
+  Args:
+    path: folder holding the four files of `FASHION_MNIST_FILES`; default the Debian package's
+      folder `/usr/share/datasets/fashion-mnist`.
+    limit: keep the first `limit` images of each split (train and test), for quick runs.
+
+  Returns:
+    `((x_train, y_train), (x_test, y_test))`: float32 `(N, 28, 28, 1)` in [0, 1] and int64
+    labels in 0..9.
+  """
+  if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    raise ValueError(f"load_fashion_mnist: limit={limit!r} is invalid; valid: None or an int >= 1.")
+  folder = pathlib.Path(FASHION_MNIST_DIR if path is None else path)
+  missing = [name for name in FASHION_MNIST_FILES.values() if not (folder / name).is_file()]
+  if missing:
+    raise FileNotFoundError(
+        f"Fashion-MNIST: {', '.join(missing)} not found in {folder}. Install the Debian "
+        f"package (`apt-get install dataset-fashion-mnist`, files in {FASHION_MNIST_DIR}) or "
+        f"pass path= a folder holding {', '.join(FASHION_MNIST_FILES.values())}. Nothing is "
+        f"downloaded and no other data is substituted.")
+  arrays = {key: read_idx(folder / name, limit) for key, name in FASHION_MNIST_FILES.items()}
+  splits = []
+  for part in ("train", "test"):
+    images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+    where = folder / FASHION_MNIST_FILES[f"{part}_images"]
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+      raise ValueError(f"{where}: images of shape {images.shape} and type {images.dtype}; "
+                       f"expected (N, 28, 28) uint8.")
+    if labels.ndim != 1 or len(labels) != len(images):
+      raise ValueError(f"{folder / FASHION_MNIST_FILES[f'{part}_labels']}: labels of shape "
+                       f"{labels.shape} for {len(images)} images; expected ({len(images)},).")
+    if labels.size and labels.max() > 9:
+      raise ValueError(f"{folder / FASHION_MNIST_FILES[f'{part}_labels']}: label "
+                       f"{int(labels.max())} out of range; valid: 0..9.")
+    splits.append(((images.astype(np.float32) / 255.0)[..., None], labels.astype(np.int64)))
+  return splits[0], splits[1]
+
+
+def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[Split, Split]:
+  """scikit-learn's 8x8 digits (1797 images, bundled with scikit-learn: no download).
+
+  Shuffled with `numpy.random.default_rng(seed)` and split so the last `test_fraction` is the
+  test set. Returns `((x_train, y_train), (x_test, y_test))`: float32 `(N, 8, 8, 1)` in [0, 1]
+  and int64 labels in 0..9.
+  """
+  if not 0.0 < test_fraction < 1.0:
+    raise ValueError(f"load_digits: test_fraction={test_fraction!r} is invalid; valid: 0 < f < 1.")
+  from sklearn.datasets import load_digits as sk_load_digits
+  data: Any = sk_load_digits()
+  order = np.random.default_rng(seed).permutation(len(data.target))
+  x = (data.images[order] / 16.0).astype(np.float32)[..., None]
+  y = data.target[order].astype(np.int64)
+  n_test = int(round(len(y) * test_fraction))
+  cut = len(y) - n_test
+  return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+CIFAR10_DIR = "~/.keras/datasets/cifar-10-batches-py"
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+DATASETS = ("fashion_mnist", "cifar10", "digits", "synthetic")
+
+
+def load_cifar10(path: str | os.PathLike | None = None) -> tuple[Split, Split]:
+  """CIFAR-10 from a local copy of the python version (`cifar-10-batches-py`).
+
+  Args:
+    path: the folder holding `data_batch_1..5` and `test_batch`; default Keras' cache folder
+      `~/.keras/datasets/cifar-10-batches-py` (where `keras.datasets.cifar10` puts it).
+
+  Returns:
+    `((x_train, y_train), (x_test, y_test))`: float32 `(N, 32, 32, 3)` in [0, 1], int64 labels.
+  """
+  import pickle
+  folder = pathlib.Path(os.path.expanduser(CIFAR10_DIR if path is None else path))
+  missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
+  if missing:
+    raise FileNotFoundError(
+        f"CIFAR-10: {', '.join(missing)} not found in {folder}. Unpack "
+        f"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there (or call "
+        f"keras.datasets.cifar10.load_data() once, which caches it in {CIFAR10_DIR}), or give "
+        f"the folder holding {', '.join(CIFAR10_FILES)}. No other data is substituted.")
+  parts = {}
+  for name in CIFAR10_FILES:
+    with open(folder / name, "rb") as f:
+      batch = pickle.load(f, encoding="bytes")
+    try:
+      data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    except KeyError as e:
+      raise ValueError(f"{folder / name}: not a CIFAR-10 python batch (no {e} entry).") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+      raise ValueError(f"{folder / name}: data of shape {data.shape} with {len(labels)} labels; "
+                       f"expected (N, 3072) uint8 and N labels.")
+    parts[name] = (data, labels)
+
+  def split(names):
+    data = np.concatenate([parts[n][0] for n in names])
+    labels = np.concatenate([parts[n][1] for n in names])
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return (images.astype(np.float32) / 255.0), labels.astype(np.int64)
+
+  return split(CIFAR10_FILES[:5]), split(CIFAR10_FILES[5:])
+
+
+def synthetic(shape: tuple[int, int, int] = (8, 8, 1), classes: int = 4, train: int = 512,
+              test: int = 128, seed: int = 0) -> tuple[Split, Split]:
+  """A learnable synthetic set for tests: each class is a fixed random image plus noise."""
+  rng = np.random.default_rng(seed)
+  prototypes = rng.uniform(0.0, 1.0, (classes, *shape)).astype(np.float32)
+
+  def draw(n):
+    labels = rng.integers(0, classes, n)
+    noise = rng.normal(0.0, 0.25, (n, *shape)).astype(np.float32)
+    return np.clip(prototypes[labels] + noise, 0.0, 1.0), labels.astype(np.int64)
+
+  return draw(train), draw(test)
+
+
+def load_dataset(name: str, path: str | None = None, download: bool = False,
+                 seed: int = 0) -> tuple[Split, Split]:
+  """A dataset by name (`DATASETS`) from local files, or Keras' download when `download`.
+
+  Local files are always tried first; `download=True` lets Keras fetch Fashion-MNIST or
+  CIFAR-10 (into its cache) when they are missing. Never substitutes other data.
+  """
+  if name == "digits":
+    return load_digits(seed=seed)
+  if name == "synthetic":
+    return synthetic(seed=seed)
+  if name not in ("fashion_mnist", "cifar10"):
+    raise ValueError(f"dataset {name!r} is unknown; valid: {', '.join(DATASETS)}.")
+  local = load_fashion_mnist if name == "fashion_mnist" else load_cifar10
+  try:
+    return local(path or None)
+  except FileNotFoundError:
+    if not download or path:
+      raise
+  import keras  # Keras 3's downloader; importing it does not change tf.keras.
+  (x, y), (xt, yt) = getattr(keras.datasets, name).load_data()
+  return _scaled(x, y), _scaled(xt, yt)
+
+
+def _scaled(images: np.ndarray, labels: np.ndarray) -> Split:
+  x = images.astype(np.float32) / 255.0
+  return (x[..., None] if x.ndim == 3 else x), labels.reshape(-1).astype(np.int64)

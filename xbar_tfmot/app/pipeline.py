@@ -1,0 +1,411 @@
+"""The `xbar-prune` pipeline: baseline, reorder, LGD-RPP pruning, fine-tuning, export, report.
+
+Every phase writes its outputs under the run's workdir and records itself in `state.json`
+when done; training checkpoints the model (optimizer included) after every epoch. Rerunning
+the same command skips finished phases and continues an interrupted one from its last epoch.
+Each epoch starts from `keras.utils.set_random_seed(f(seed, phase, epoch))` and RPP draws
+from stateless seeds of (seed, layer, step), so a resumed run prunes as a straight one.
+
+Workdir layout: `config.json` (the flattened config; a rerun with different results-relevant
+fields is refused), `state.json`, `checkpoints/` (`baseline.keras`, `reordered.keras`,
+`pruned.keras`, and `<phase>/model.keras` + `progress.json` during training), `export/`
+(`xt.export`), `report/` (`report.md`, `metrics.json`, `mapping.json`, PNG plots), `logs/`
+(TensorBoard, when asked).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from xbar_tfmot.app import configuration
+from xbar_tfmot.app import datasets
+from xbar_tfmot.app import run_report
+from xbar_tfmot.app import zoo
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.app.configuration import ConfigError
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import project
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
+from xbar_tfmot.core import spec as spec_lib
+from xbar_tfmot.core.spec import CrossbarSpec
+
+PHASES = ("baseline", "reorder", "prune", "export", "report")
+
+
+def parse_spec(text: str) -> CrossbarSpec:
+  """`crossbar.spec` (see `spec.parse_spec`); a bad value is a `ConfigError` naming the field."""
+  try:
+    return spec_lib.parse_spec(text)
+  except (OSError, ValueError, TypeError) as e:
+    raise ConfigError(f"config.crossbar.spec={text!r}: {e}") from None
+
+
+def _write_json(path: pathlib.Path, data: Any) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_jsonable) + "\n",
+                 encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, (tuple, np.ndarray)):
+    return list(value)
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class Pipeline:
+  """One run of a checked config; `run()` does (or finishes) every phase."""
+
+  def __init__(self, config, log: Callable[[str], None] = print):
+    configuration.check(config)
+    self.config = config
+    self.log = log
+    self.workdir = pathlib.Path(config.workdir or os.path.join("runs", config.name))
+    self.spec = parse_spec(config.crossbar.spec)
+    self.K = layers_lib.keras_module(config.flavour)
+    self.state: dict[str, Any] = {"phases": {}}
+    self.data = None
+
+  # --- set-up, all before any training -----------------------------------------------------
+
+  def prepare(self) -> None:
+    """Loads the data, checks the model, then claims the workdir: config errors surface here."""
+    self.data = self._load_data()
+    self._fresh_model = self._initial_model()
+    flat = configuration.flatten(self.config)
+    config_file = self.workdir / "config.json"
+    if config_file.exists():
+      old = json.loads(config_file.read_text(encoding="utf-8"))
+      changed = configuration.differences(old, flat)
+      if changed:
+        raise ConfigError(
+            f"{self.workdir} holds a run with a different config ({', '.join(changed)}); rerun "
+            f"with the same config to resume it, or give another config.workdir.")
+    (self.workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _write_json(config_file, flat)
+    state_file = self.workdir / "state.json"
+    if state_file.exists():
+      self.state = json.loads(state_file.read_text(encoding="utf-8"))
+
+  def _load_data(self):
+    c = self.config.data
+    if c.name == "none":
+      return None
+    try:
+      (x, y), (xt, yt) = datasets.load_dataset(c.name, c.path or None, c.download,
+                                               seed=self.config.seed)
+    except FileNotFoundError as e:
+      raise ConfigError(f"config.data.name={c.name!r}: {e} (or set config.data.download=True "
+                        f"to let Keras download it)") from None
+    if c.train_size:
+      x, y = x[:c.train_size], y[:c.train_size]
+    if c.test_size:
+      xt, yt = xt[:c.test_size], yt[:c.test_size]
+    return (x, y), (xt, yt)
+
+  def _initial_model(self):
+    c = self.config
+    if c.model.file:
+      try:
+        model = self._load(pathlib.Path(c.model.file))
+      except Exception as e:  # Keras raises many kinds for files it cannot read
+        raise ConfigError(f"config.model.file={c.model.file!r}: cannot load it as a "
+                          f"{c.flavour} model (config.flavour): {e}") from None
+      field = "config.model.file"
+    else:
+      if self.data is None:
+        shape, classes = configuration.input_shape(c), c.model.classes
+      else:
+        (x, y), _ = self.data
+        shape, classes = x.shape[1:], int(max(y.max(), 1)) + 1
+      model = zoo.build_model(c.model.name, shape, classes, c.model.width, c.flavour, c.seed)
+      field = "config.model.name"
+    mapped = [l.name for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(l)]
+    if not mapped:
+      raise ConfigError(f"{field}: the model {model.name!r} has no mappable layer (Conv1D, "
+                        f"Conv2D or Dense); nothing to prune.")
+    for name in mapped:
+      try:
+        layers_lib.geometry_of(layers_lib.unwrap(model.get_layer(name)), self.spec)
+      except ValueError as e:
+        raise ConfigError(f"config.crossbar.spec={self.config.crossbar.spec!r}: layer {name}: "
+                          f"{e}") from None
+    if self.data is not None:
+      (x, y), _ = self.data
+      if tuple(model.input_shape[1:]) != tuple(x.shape[1:]):
+        raise ConfigError(f"{field}: the model takes inputs {tuple(model.input_shape[1:])} but "
+                          f"{c.data.name} images are {tuple(x.shape[1:])}.")
+      if int(model.output_shape[-1]) <= int(y.max()):
+        raise ConfigError(f"{field}: the model has {model.output_shape[-1]} outputs but "
+                          f"{c.data.name} has labels up to {int(y.max())}.")
+    return model
+
+  # --- helpers -----------------------------------------------------------------------------
+
+  def _path(self, name: str) -> pathlib.Path:
+    return self.workdir / "checkpoints" / name
+
+  def _done(self, phase: str) -> dict[str, Any] | None:
+    return self.state["phases"].get(phase)
+
+  def _finish(self, phase: str, result: dict[str, Any], started: float) -> None:
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    self.state["phases"][phase] = result
+    _write_json(self.workdir / "state.json", self.state)
+    summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in result.items() if not isinstance(v, (dict, list)))
+    self.log(f"[{phase}] done: {summary}")
+
+  def _save(self, model, path: pathlib.Path) -> None:
+    tmp = path.with_name(f".tmp.{path.name}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+  def _load(self, path: pathlib.Path):
+    from xbar_tfmot.pruning.api import crossbar_pruning_scope
+    with crossbar_pruning_scope(self.config.flavour):
+      return self.K.models.load_model(path)
+
+  def _compile(self, model, learning_rate: float) -> None:
+    K = self.K
+    model.compile(optimizer=K.optimizers.Adam(learning_rate),
+                  loss=K.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+
+  def _evaluate(self, model) -> float:
+    _, (xt, yt) = self.data
+    self._compile(model, self.config.train.learning_rate)
+    return float(model.evaluate(xt, yt, batch_size=512, verbose=0)[1])
+
+  def _fit(self, model, phase: str, epochs: int, learning_rate: Callable[[int], float],
+           callbacks: list, on_epoch: Callable[[int], None] = lambda e: None):
+    """Trains `epochs` epochs with a checkpoint after each; continues from the last one."""
+    folder = self._path(phase)
+    folder.mkdir(exist_ok=True)
+    progress_file = folder / "progress.json"
+    history: dict[str, list[float]] = {}
+    start = 0
+    if progress_file.exists():
+      progress = json.loads(progress_file.read_text(encoding="utf-8"))
+      start, history = progress["epoch"], progress["history"]
+      model = self._load(folder / "model.keras")
+      self.log(f"[{phase}] resuming after epoch {start} of {epochs} from {folder}")
+    (x, y), (xt, yt) = self.data
+    seed = self.config.seed
+    for epoch in range(start, epochs):
+      on_epoch(epoch)
+      self.K.utils.set_random_seed((seed * 7919 + PHASES.index(phase) * 1009 + epoch) % 2**31)
+      model.optimizer.learning_rate.assign(learning_rate(epoch))
+      h = model.fit(x, y, batch_size=self.config.train.batch_size, epochs=epoch + 1,
+                    initial_epoch=epoch, validation_data=(xt, yt), shuffle=True,
+                    callbacks=callbacks, verbose=self.config.train.verbose)
+      for key, values in h.history.items():
+        history.setdefault(key, []).append(float(values[-1]))
+      self._save(model, folder / "model.keras")
+      _write_json(progress_file, {"epoch": epoch + 1, "history": history})
+    return model, history
+
+  def _tensorboard(self, phase: str) -> list:
+    if not self.config.report.tensorboard:
+      return []
+    return [self.K.callbacks.TensorBoard(str(self.workdir / "logs" / phase))]
+
+  # --- phases ------------------------------------------------------------------------------
+
+  def baseline(self) -> None:
+    if self._done("baseline"):
+      return
+    started, c = time.perf_counter(), self.config
+    model, history = self._fresh_model, {}
+    epochs = c.train.baseline_epochs
+    self.log(f"[baseline] {model.name}: {model.count_params():,} parameters, "
+             f"{epochs} epochs" + (f" from {c.model.file}" if c.model.file else ""))
+    if epochs:
+      self._compile(model, c.train.learning_rate)
+      model, history = self._fit(model, "baseline", epochs, lambda e: c.train.learning_rate,
+                                 self._tensorboard("baseline"))
+    self._save(model, self._path("baseline.keras"))
+    result = {"history": history}
+    if self.data is not None:
+      result["accuracy"] = self._evaluate(model)
+    self._finish("baseline", result, started)
+
+  def reorder(self) -> None:
+    if self._done("reorder"):
+      return
+    started, c = time.perf_counter(), self.config
+    if not c.crossbar.reorder:
+      self._finish("reorder", {"applied": False}, started)
+      return
+    from xbar_tfmot.models.reorder import reorder_model
+    self.log(f"[reorder] searching input-channel orders for {c.crossbar.granularity} grain at "
+             f"reduction {c.crossbar.reduction}")
+    model = self._load(self._path("baseline.keras"))
+    reordered, result = reorder_model(model, self.spec, c.crossbar.reduction,
+                                      c.crossbar.granularity, seed=c.seed)
+    self._save(reordered, self._path("reordered.keras"))
+    out = {"applied": True, "kept_before": result.kept_before, "kept_after": result.kept_after,
+           "skipped": result.skipped}
+    if self.data is not None:
+      out["accuracy"] = self._evaluate(reordered)
+    self._finish("reorder", out, started)
+
+  def _prune_input(self) -> pathlib.Path:
+    reordered = self._path("reordered.keras")
+    return reordered if self._done("reorder").get("applied") else self._path("baseline.keras")
+
+  def _policy(self) -> CrossbarPolicy:
+    return CrossbarPolicy(leave_dense=configuration.leave_dense(self.config),
+                          mode=self.config.crossbar.mode)
+
+  def prune(self) -> None:
+    if self._done("prune"):
+      return
+    started, c = time.perf_counter(), self.config
+    model = self._load(self._prune_input())
+    x = self.data[0][0] if self.data is not None else None
+    if c.train.prune_epochs == 0:
+      self.log(f"[prune] one-shot exact projection to reduction {c.crossbar.reduction}")
+      stripped, history = self._one_shot(model), {}
+    else:
+      stripped, history = self._prune_training(model, len(x))
+    self._save(stripped, self._path("pruned.keras"))
+    result = {"history": history}
+    if self.data is not None:
+      result["accuracy"] = self._evaluate(stripped)
+    self._finish("prune", result, started)
+
+  def _one_shot(self, model):
+    c = self.config
+    mapped = [l for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(l)]
+    geometries = [layers_lib.geometry_of(l, self.spec) for l in mapped]
+    budgets = self._policy().plan(geometries, c.crossbar.reduction)
+    for layer, g in zip(mapped, geometries):
+      if budgets[g.name] is not None:
+        kernel = np.asarray(layer.kernel)
+        mask = np.asarray(project(g, kernel, budgets[g.name], c.crossbar.granularity))
+        layer.kernel.assign(kernel * mask)
+    return model
+
+  def _prune_training(self, model, n_train: int):
+    from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
+    from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
+    c, t = self.config, self.config.train
+    steps_per_epoch = math.ceil(n_train / t.batch_size)
+    end_step = max(1, round(c.crossbar.ramp * t.prune_epochs * steps_per_epoch))
+    frequency = max(1, steps_per_epoch // c.crossbar.updates_per_epoch)
+    schedule = CrossbarPolynomialDecay(c.crossbar.reduction, begin_step=0, end_step=end_step,
+                                       frequency=frequency)
+    epochs = t.prune_epochs + t.finetune_epochs
+    self.log(f"[prune] LGD-{c.crossbar.projection.upper()} {c.crossbar.granularity} grain to "
+             f"reduction {c.crossbar.reduction} on {self.spec}: budget falls over {end_step} "
+             f"steps, masks every {frequency} steps, {t.prune_epochs} pruning + "
+             f"{t.finetune_epochs} fine-tuning epochs")
+    pruned = prune_crossbar(model, self.spec, granularity=c.crossbar.granularity,
+                            schedule=schedule, projection=c.crossbar.projection,
+                            regrowth=c.crossbar.regrowth, policy=self._policy(), seed=c.seed,
+                            temperature=c.crossbar.temperature)
+    self._compile(pruned, t.learning_rate)
+    callbacks = [UpdateCrossbarPruning(), *self._tensorboard("prune")]
+    if c.report.tensorboard:
+      callbacks.append(CrossbarPruningSummaries(str(self.workdir / "logs" / "prune")))
+
+    def on_epoch(epoch: int) -> None:
+      if epoch == t.prune_epochs:
+        self.log(f"[finetune] masks frozen; {t.finetune_epochs} epochs at learning rate "
+                 f"{t.finetune_learning_rate}")
+
+    pruned, history = self._fit(
+        pruned, "prune", epochs,
+        lambda e: t.learning_rate if e < t.prune_epochs else t.finetune_learning_rate,
+        callbacks, on_epoch)
+    history["phase_boundary"] = [t.prune_epochs]
+    return strip_crossbar_pruning(pruned), history
+
+  def export(self) -> None:
+    if self._done("export"):
+      return
+    started, c = time.perf_counter(), self.config
+    if not c.export.enabled:
+      self._finish("export", {"enabled": False}, started)
+      return
+    from xbar_tfmot.export.exporter import export
+    from xbar_tfmot.export.verification import verify
+    formats = configuration.export_formats(c)
+    self.log(f"[export] {', '.join(formats)} to {self.workdir / 'export'}")
+    model = self._load(self._path("pruned.keras"))
+    export(model, self.workdir / "export", self.spec, c.crossbar.granularity, formats,
+           overwrite=True)
+    result: dict[str, Any] = {"enabled": True, "formats": list(formats)}
+    if c.export.verify:
+      check = verify(str(self.workdir / "export"))
+      result.update(verified=check.ok, differences=check.differences)
+      self.log(check.format())
+      if not check.ok:
+        raise RuntimeError(f"[export] xbar-verify failed for {self.workdir / 'export'}:\n"
+                           f"{check.format()}")
+    self._finish("export", result, started)
+
+  def report(self) -> dict[str, Any]:
+    started = time.perf_counter()
+    dense = self._load(self._prune_input())
+    pruned = self._load(self._path("pruned.keras"))
+    metrics = run_report.write(self.workdir / "report", self.config, self.spec, dense, pruned,
+                               self.state, self.config.report.plots)
+    self._finish("report", {"crossbars": metrics["crossbars"]["pruned"],
+                            "reduction": metrics["crossbars"]["reduction"]}, started)
+    return metrics
+
+  def run(self) -> dict[str, Any]:
+    """Every phase in order; returns the metrics written to `report/metrics.json`."""
+    self.prepare()
+    self.log(f"[run] {self.config.name}: workdir {self.workdir}, {self.config.flavour}, "
+             f"{self.spec}")
+    self.baseline()
+    self.reorder()
+    self.prune()
+    self.export()
+    metrics = self.report()
+    self.log(f"[run] report: {self.workdir / 'report' / 'report.md'}")
+    return metrics
+
+
+def run(config, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Checks `config`, then runs (or resumes) the pipeline; returns the metrics."""
+  return Pipeline(config, log).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`xbar-prune --config configs/NAME.py [--config.field=value ...]`."""
+  import sys
+
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+
+  config_flag = config_flags.DEFINE_config_file(
+      "config", None, "a config file from configs/ (its get_config()); override fields with "
+      "--config.field=value", lock_config=True)
+
+  def _main(args: list[str]) -> None:
+    logging.set_verbosity(logging.WARNING)
+    if len(args) > 1:
+      raise app.UsageError(f"unexpected arguments {args[1:]}; use --config.field=value.")
+    if config_flag.value is None:
+      raise app.UsageError("--config is required, e.g. --config configs/fashion_mnist_vgg8.py.")
+    try:
+      run(config_flag.value)
+    except ConfigError as e:
+      print(f"xbar-prune: config error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  flags.FLAGS.unparse_flags()
+  app.run(_main, argv=argv or sys.argv)

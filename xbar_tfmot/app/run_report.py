@@ -1,0 +1,172 @@
+"""The report folder of an `xbar-prune` run: `metrics.json`, `report.md`, `mapping.json`, plots.
+
+Crossbar counts come from the crossbar report of the model before pruning (after reorder) and
+of the stripped pruned model; the count that matters is `packed` (columns packed per input
+group, output recombination) at column grain and `blocks` at crossbar grain. Kept energy of a
+layer is the share of its pre-pruning kernel's energy on the weights that survive.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from xbar_tfmot.app import configuration
+from xbar_tfmot.app import plots
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models.model_mapping import build_mapping
+from xbar_tfmot.models.report import crossbar_report
+from xbar_tfmot.core.spec import CrossbarSpec
+
+
+def count_field(granularity: str) -> str:
+  return "packed" if granularity == "column" else "blocks"
+
+
+def layer_rows(dense_model, pruned_model, spec: CrossbarSpec, granularity: str) -> list[dict]:
+  """Per mapped layer: dense and pruned crossbars, reduction, utilization, kept energy."""
+  field = count_field(granularity)
+  dense = {r.name: r for r in crossbar_report(dense_model, spec).mapped}
+  rows = []
+  for r in crossbar_report(pruned_model, spec).mapped:
+    before = np.asarray(layers_lib.effective_kernel(dense_model.get_layer(r.name)), np.float64)
+    after = np.asarray(layers_lib.effective_kernel(pruned_model.get_layer(r.name)))
+    energy = float(np.sum(before**2))
+    d, p = dense[r.name].counts.dense, getattr(r.counts, field)
+    rows.append({
+        "name": r.name, "type": r.type, "kernel_shape": list(r.kernel_shape),
+        "kin": r.geometry.kin, "kout": r.geometry.kout, "dense": d, "pruned": p,
+        "blocks": r.counts.blocks, "packed": r.counts.packed,
+        "reduction": 1.0 - p / d, "utilization": r.counts.utilization(p),
+        "nonzero_weights": r.counts.nonzero_weights,
+        "cells_per_crossbar": r.counts.cells_per_crossbar,
+        "kept_energy": float(np.sum((before * (after != 0))**2)) / energy if energy else 1.0,
+    })
+  return rows
+
+
+def occupancy_maps(model, spec: CrossbarSpec, granularity: str) -> list[tuple[str, np.ndarray, str]]:
+  """Which crossbar blocks (crossbar grain) or column segments (column grain) hold weights."""
+  maps = []
+  for layer in layers_lib.iter_layers(model):
+    if not layers_lib.is_mapped(layer):
+      continue
+    g = layers_lib.geometry_of(layers_lib.unwrap(layer), spec)
+    seg = g.nonzero_segments(layers_lib.effective_kernel(layer))
+    if granularity == "crossbar":
+      padded = np.zeros((g.g_in, g.g_out * g.kout), bool)
+      padded[:, :g.cout] = seg
+      maps.append((layer.name, padded.reshape(g.g_in, g.g_out, g.kout).any(axis=2),
+                   "output group (crossbar column block)"))
+    else:
+      maps.append((layer.name, seg, "output channel"))
+  return maps
+
+
+def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_model,
+          state: dict[str, Any], plots_enabled: bool = True) -> dict[str, Any]:
+  """Writes the report folder; returns the metrics (also `metrics.json`)."""
+  folder.mkdir(parents=True, exist_ok=True)
+  granularity = config.crossbar.granularity
+  rows = layer_rows(dense_model, pruned_model, spec, granularity)
+  mapping = build_mapping(pruned_model, spec, granularity)
+  mapping.to_json(folder / "mapping.json", indent=1)
+  dense_total = sum(r["dense"] for r in rows)
+  pruned_total = sum(r["pruned"] for r in rows)
+  if mapping.totals["crossbars"] != pruned_total:
+    raise RuntimeError(f"the mapping packs {mapping.totals['crossbars']} crossbars but the "
+                       f"report counts {pruned_total}: the two disagree.")
+  phases = state["phases"]
+  accuracy = {name: phases[name]["accuracy"] for name in ("baseline", "reorder", "prune")
+              if "accuracy" in phases.get(name, {})}
+  cells = sum(r["pruned"] * r["cells_per_crossbar"] for r in rows)
+  metrics = {
+      "name": config.name,
+      "flavour": config.flavour,
+      "spec": spec.to_dict(),
+      "granularity": granularity,
+      "count": count_field(granularity),
+      "accuracy": {"dense": accuracy.get("baseline"), "reordered": accuracy.get("reorder"),
+                   "pruned": accuracy.get("prune")},
+      "crossbars": {"dense": dense_total, "pruned": pruned_total,
+                    "reduction": 1.0 - pruned_total / dense_total if dense_total else 0.0},
+      "utilization": sum(r["nonzero_weights"] for r in rows) / cells if cells else 0.0,
+      "kept_energy": _weighted_kept(rows),
+      "layers": rows,
+      "mapping": mapping.totals,
+      "unmapped": mapping.data.get("unmapped", []),
+      "export": phases.get("export", {}),
+      "seconds": {name: phases[name].get("seconds") for name in phases},
+      "config": configuration.flatten(config),
+  }
+  images = []
+  if plots_enabled:
+    images = _plots(folder, config, spec, pruned_model, rows, phases)
+  (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n",
+                                       encoding="utf-8")
+  (folder / "report.md").write_text(_markdown(metrics, spec, images), encoding="utf-8")
+  return metrics
+
+
+def _weighted_kept(rows: list[dict]) -> float:
+  pruned = [r for r in rows if r["pruned"] < r["dense"]]
+  weights = [r["dense"] for r in pruned]
+  return float(np.average([r["kept_energy"] for r in pruned], weights=weights)) if pruned else 1.0
+
+
+def _plots(folder, config, spec, pruned_model, rows, phases) -> list[tuple[str, str]]:
+  title = f"{config.name}: {config.model.name} on {spec}, {config.crossbar.granularity} grain"
+  plots.crossbars_per_layer(rows, folder / "crossbars_per_layer.png", title)
+  plots.occupancy(occupancy_maps(pruned_model, spec, config.crossbar.granularity),
+                  folder / "occupancy.png", f"{title}: surviving units (dark)")
+  images = [("Crossbars per layer", "crossbars_per_layer.png"),
+            ("Crossbar occupancy", "occupancy.png")]
+  histories = [(name, phases[name].get("history", {})) for name in ("baseline", "prune")
+               if name in phases]
+  if plots.training_curves(histories, folder / "training_curves.png", title):
+    images.append(("Training curves", "training_curves.png"))
+  return images
+
+
+def _fmt(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.4f}"
+
+
+def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str]]) -> str:
+  acc, xb = m["accuracy"], m["crossbars"]
+  lines = [
+      f"# xbar-prune report: {m['name']}", "",
+      f"- crossbar: `{spec.to_string()}`, {m['granularity']} grain (count: `{m['count']}`)",
+      f"- accuracy: dense {_fmt(acc['dense'])}"
+      + (f", reordered {_fmt(acc['reordered'])}" if acc["reordered"] is not None else "")
+      + f", pruned {_fmt(acc['pruned'])}",
+      f"- crossbars: {xb['dense']} dense, {xb['pruned']} pruned, reduction {xb['reduction']:.1%}",
+      f"- utilization of the used crossbars {m['utilization']:.1%}; kept energy of the pruned "
+      f"layers {m['kept_energy']:.1%}",
+      "- time per phase (s): " + ", ".join(f"{k} {v}" for k, v in m["seconds"].items()), "",
+      "| layer | type | Kin | Kout | dense | pruned | reduction | utilization | kept energy |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in m["layers"]:
+    lines.append(f"| {r['name']} | {r['type']} | {r['kin']} | {r['kout']} | {r['dense']} | "
+                 f"{r['pruned']} | {r['reduction']:.1%} | {r['utilization']:.1%} | "
+                 f"{r['kept_energy']:.1%} |")
+  lines.append(f"| total | | | | {xb['dense']} | {xb['pruned']} | {xb['reduction']:.1%} | "
+               f"{m['utilization']:.1%} | {m['kept_energy']:.1%} |")
+  if m["unmapped"]:
+    lines += ["", "Not mapped: " + "; ".join(f"{u['name']} ({u['reason']})"
+                                             for u in m["unmapped"])]
+  export = m["export"]
+  if export.get("enabled"):
+    lines += ["", f"Export: `export/` ({', '.join(export['formats'])})"
+              + (f", xbar-verify {'passed' if export.get('verified') else 'FAILED'}"
+                 if "verified" in export else "")]
+  for caption, name in images:
+    lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
+  lines += ["", "## Config", "", "```"]
+  lines += [f"{k} = {v!r}" for k, v in sorted(m["config"].items())]
+  lines += ["```", ""]
+  return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""The crossbar mapping document and its versioned JSON form (docs/design.md, "The mapping").
+
+`CrossbarMapping` holds the JSON document; every write and read is checked against the JSON
+Schema shipped in the package (`mapping_schema.json`) and against its own consistency, and
+`check_kernels` checks it against a model's kernels (`xbar_tfmot.validate_mapping` reads them
+from a Keras model). Every error is a `MappingError` naming the path of the first bad field,
+e.g. `layers[3].crossbars[12].columns[5]`. Building a mapping from a model is
+`xbar_tfmot.models.model_mapping.build_mapping`; this module knows no Keras.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+from typing import Any, Iterable, Mapping
+
+import jsonschema
+import numpy as np
+
+from xbar_tfmot.core import packing
+from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.spec import CrossbarSpec
+
+FORMAT = "xbar_tfmot.crossbar_mapping"
+VERSION = 1
+SCHEMA_PATH = pathlib.Path(__file__).with_name("mapping_schema.json")
+
+
+class MappingError(XbarError, ValueError):
+  """A mapping document that is malformed or does not match a model; `path` names the field."""
+
+  def __init__(self, path: str, message: str):
+    super().__init__(f"{path or '<root>'}: {message}")
+    self.path = path
+
+
+@functools.lru_cache(maxsize=None)
+def schema() -> dict[str, Any]:
+  """The mapping JSON Schema (draft 2020-12)."""
+  return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=None)
+def _validator():
+  return jsonschema.Draft202012Validator(schema())
+
+
+def format_path(parts: Iterable[Any]) -> str:
+  """`['layers', 3, 'crossbars']` -> `layers[3].crossbars`."""
+  out = ""
+  for part in parts:
+    out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+  return out
+
+
+class CrossbarMapping:
+  """A validated mapping document; construct with `build_mapping` or `from_json`."""
+
+  def __init__(self, data: Mapping[str, Any]):
+    self.data = dict(data)
+    validate_document(self.data)
+
+  @property
+  def spec(self) -> CrossbarSpec:
+    return CrossbarSpec.from_dict(self.data["spec"])
+
+  @property
+  def granularity(self) -> str:
+    return self.data["granularity"]
+
+  @property
+  def totals(self) -> dict[str, Any]:
+    return dict(self.data["totals"])
+
+  @property
+  def layer_names(self) -> list[str]:
+    return [layer["name"] for layer in self.data["layers"]]
+
+  def layer(self, name: str) -> dict[str, Any]:
+    for layer in self.data["layers"]:
+      if layer["name"] == name:
+        return layer
+    raise KeyError(f"layer {name!r} is not in the mapping; mapped layers: {self.layer_names}.")
+
+  def geometry(self, name: str) -> LayerGeometry:
+    layer = self.layer(name)
+    return LayerGeometry(name, layer["type"], tuple(layer["kernel_shape"]), self.spec)
+
+  def packing(self, name: str) -> packing.LayerPacking:
+    """The layer's crossbars as arrays (`columns` -1 padded to `kout`)."""
+    layer = self.layer(name)
+    geometry = self.geometry(name)
+    crossbars = layer["crossbars"]
+    columns = np.full((len(crossbars), geometry.kout), -1, np.int64)
+    width = np.array([len(x["columns"]) for x in crossbars], np.int64)
+    flat = np.fromiter((o for x in crossbars for o in x["columns"]), np.int64, int(width.sum()))
+    columns[np.repeat(np.arange(len(crossbars)), width),
+            np.arange(flat.size) - np.repeat(np.cumsum(width) - width, width)] = flat
+    group = np.array([x["input_group"] for x in crossbars], np.int64)
+    perm = np.array(layer["input_permutation"], np.int64)
+    return packing.LayerPacking(geometry, self.granularity, perm,
+                                packing.group_units(geometry, perm), group, columns)
+
+  def to_json(self, path: str | pathlib.Path | None = None, indent: int | None = None) -> str:
+    """The JSON text (validated first); also written to `path` if given."""
+    validate_document(self.data)
+    text = json.dumps(self.data, indent=indent)
+    if path is not None:
+      pathlib.Path(path).write_text(text, encoding="utf-8")
+    return text
+
+  @classmethod
+  def from_json(cls, source: str | pathlib.Path) -> "CrossbarMapping":
+    """Reads a mapping from JSON text or a file path, validating schema and consistency."""
+    text = str(source)
+    if not text.lstrip().startswith("{"):
+      text = pathlib.Path(source).read_text(encoding="utf-8")
+    try:
+      data = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise MappingError("", f"not valid JSON: {e}") from None
+    return cls(data)
+
+  def check_kernels(self, kernels: Mapping[str, tuple[str, Any]], model_name: str) -> None:
+    """Raises MappingError (first bad path) unless the mapping fits the given kernels.
+
+    `kernels` is `{layer name: (layer type, kernel as computed)}` for every mapped layer of a
+    model. Checks names, types, kernel shapes, the tiling, and that every non-zero weight sits
+    in exactly one crossbar column while no crossbar column holds only zeros.
+    """
+    seen = set()
+    for i, layer in enumerate(self.data["layers"]):
+      path = f"layers[{i}]"
+      if layer["name"] not in kernels:
+        raise MappingError(f"{path}.name", f"layer {layer['name']!r} is not a mapped layer of "
+                           f"model {model_name!r}; its mapped layers: {sorted(kernels)}.")
+      seen.add(layer["name"])
+      kind, kernel = kernels[layer["name"]]
+      if kind != layer["type"]:
+        raise MappingError(f"{path}.type", f"{layer['type']} in the mapping, {kind} in the model.")
+      if list(np.shape(kernel)) != layer["kernel_shape"]:
+        raise MappingError(f"{path}.kernel_shape", f"{layer['kernel_shape']} in the mapping, "
+                           f"{list(np.shape(kernel))} in the model.")
+      _check_against_kernel(path, self.packing(layer["name"]), layer, kernel)
+    missing = sorted(set(kernels) - seen)
+    if missing:
+      raise MappingError("layers", f"model layers {missing} are mapped layers but have no entry.")
+
+
+def _check_against_kernel(path: str, pack: packing.LayerPacking, layer: dict, kernel) -> None:
+  geometry = pack.geometry
+  seg = packing.nonzero_segments(geometry, kernel, pack.permutation)
+  cols = pack.columns
+  used = cols >= 0
+  n, slot = np.nonzero(used)
+  g, o = pack.crossbar_group[n], cols[n, slot]
+  empty = ~seg[g, o]
+  if empty.any():
+    k = int(np.argmax(empty))
+    raise MappingError(
+        f"{path}.crossbars[{n[k]}].columns[{slot[k]}]",
+        f"output channel {o[k]} of input group {g[k]} holds no non-zero weight in the model, "
+        f"so it takes a crossbar column for nothing.")
+  covered = np.zeros_like(seg)
+  covered[g, o] = True
+  lost = seg & ~covered
+  if lost.any():
+    gl, ol = np.argwhere(lost)[0]
+    raise MappingError(
+        f"{path}.crossbars",
+        f"the non-zero weights of output channel {ol} in input group {gl} are in no crossbar.")
+  counts = geometry.counts(np.take(np.asarray(kernel), pack.permutation, axis=-2))
+  if layer["counts"]["nonzero_weights"] != counts.nonzero_weights:
+    raise MappingError(f"{path}.counts.nonzero_weights",
+                       f"{layer['counts']['nonzero_weights']} in the mapping, "
+                       f"{counts.nonzero_weights} in the model.")
+
+
+def validate_document(data: Any) -> None:
+  """Schema and internal consistency; raises MappingError naming the first bad path."""
+  errors = list(_validator().iter_errors(data))
+  if errors:
+    first = min(errors, key=lambda e: [(0, p) if isinstance(p, int) else (1, str(p))
+                                       for p in e.absolute_path])
+    raise MappingError(format_path(first.absolute_path), first.message)
+  try:
+    spec = CrossbarSpec.from_dict(data["spec"])
+  except (TypeError, ValueError) as e:
+    raise MappingError("spec", str(e)) from None
+  totals = {"dense": 0, "crossbars": 0, "nonzero_weights": 0, "cells": 0}
+  for i, layer in enumerate(data["layers"]):
+    _check_layer(f"layers[{i}]", layer, spec, data["granularity"], totals)
+  expected = {
+      "dense": totals["dense"],
+      "crossbars": totals["crossbars"],
+      "nonzero_weights": totals["nonzero_weights"],
+  }
+  for key, value in expected.items():
+    if data["totals"][key] != value:
+      raise MappingError(f"totals.{key}", f"{data['totals'][key]} but the layers sum to {value}.")
+
+
+def _check_layer(path: str, layer: dict, spec: CrossbarSpec, granularity: str,
+                 totals: dict) -> None:
+  try:
+    geometry = LayerGeometry(layer["name"], layer["type"], tuple(layer["kernel_shape"]), spec)
+  except ValueError as e:
+    raise MappingError(f"{path}.kernel_shape", str(e)) from None
+  unit = "row" if geometry.unit_rows == 1 and geometry.taps > 1 else "channel"
+  for key, value in (("unit", unit), ("unit_rows", geometry.unit_rows), ("kin", geometry.kin),
+                     ("kout", geometry.kout), ("replicas", geometry.replicas)):
+    if layer[key] != value:
+      raise MappingError(f"{path}.{key}", f"{layer[key]!r} but the spec and kernel shape give "
+                         f"{value!r}.")
+  try:
+    perm = packing.check_permutation(geometry, np.array(layer["input_permutation"], np.int64))
+  except ValueError as e:
+    raise MappingError(f"{path}.input_permutation", str(e)) from None
+  expected_groups = packing.group_units(geometry, perm)
+  if len(layer["groups"]) != geometry.g_in:
+    raise MappingError(f"{path}.groups", f"{len(layer['groups'])} groups; the layer has "
+                       f"{geometry.g_in} input groups.")
+  for g, members in enumerate(layer["groups"]):
+    want = expected_groups[g][expected_groups[g] >= 0].tolist()
+    if members != want:
+      raise MappingError(f"{path}.groups[{g}]", f"{members} does not match the input "
+                         f"permutation cut into groups of {geometry.kin}: {want}.")
+  crossbars = layer["crossbars"]
+  ids = np.array([x["id"] for x in crossbars], np.int64)
+  bad = np.nonzero(ids != np.arange(ids.size))[0]
+  if bad.size:
+    j = int(bad[0])
+    raise MappingError(f"{path}.crossbars[{j}].id", f"{ids[j]}; ids are 0, 1, ... in list order.")
+  group = np.array([x["input_group"] for x in crossbars], np.int64)
+  bad = np.nonzero(group >= geometry.g_in)[0]
+  if bad.size:
+    j = int(bad[0])
+    raise MappingError(f"{path}.crossbars[{j}].input_group",
+                       f"{group[j]}; valid: 0 <= group < {geometry.g_in}.")
+  width = np.array([len(x["columns"]) for x in crossbars], np.int64)
+  bad = np.nonzero(width > geometry.kout)[0]
+  if bad.size:
+    j = int(bad[0])
+    raise MappingError(f"{path}.crossbars[{j}].columns",
+                       f"{width[j]} columns; a crossbar holds {geometry.kout}.")
+  channel = np.fromiter((o for x in crossbars for o in x["columns"]), np.int64, int(width.sum()))
+  owner = np.repeat(np.arange(ids.size), width)
+  slot = np.arange(channel.size) - np.repeat(np.cumsum(width) - width, width)
+  where = lambda k: f"{path}.crossbars[{owner[k]}].columns[{slot[k]}]"
+  bad = np.nonzero(channel >= geometry.cout)[0]
+  if bad.size:
+    k = int(bad[0])
+    raise MappingError(where(k), f"output channel {channel[k]}; valid: 0 <= channel < "
+                       f"{geometry.cout}.")
+  key = group[owner] * geometry.cout + channel
+  _, first = np.unique(key, return_index=True)
+  repeated = np.ones(key.size, bool)
+  repeated[first] = False
+  if repeated.any():
+    k = int(np.argmax(repeated))
+    raise MappingError(where(k), f"output channel {channel[k]} of input group "
+                       f"{group[owner[k]]} is already held by another column.")
+  if granularity == "crossbar" and channel.size:
+    out_group = channel // geometry.kout
+    lead = np.repeat(out_group[np.cumsum(width) - width], width)
+    bad = np.nonzero(out_group != lead)[0]
+    if bad.size:
+      k = int(bad[0])
+      raise MappingError(where(k), f"output channel {channel[k]} is outside the output group "
+                         f"of the crossbar's first column; at crossbar grain a crossbar holds "
+                         f"one block.")
+  counts = layer["counts"]
+  r = geometry.replicas
+  for key, value in (("dense", geometry.dense_crossbars * r), ("crossbars", len(crossbars) * r),
+                     ("cells_per_crossbar", geometry.kin * geometry.unit_rows * geometry.kout)):
+    if counts[key] != value:
+      raise MappingError(f"{path}.counts.{key}", f"{counts[key]} but the layer gives {value}.")
+  totals["dense"] += counts["dense"]
+  totals["crossbars"] += counts["crossbars"]
+  totals["nonzero_weights"] += counts["nonzero_weights"]
+  totals["cells"] += counts["crossbars"] * counts["cells_per_crossbar"]
+
+
+def layer_entry(pack: packing.LayerPacking, kernel) -> dict[str, Any]:
+  """The JSON entry of one packed layer."""
+  geometry = pack.geometry
+  r = geometry.replicas
+  crossbars = pack.n_crossbars * r
+  nonzero = int(np.count_nonzero(np.asarray(kernel))) * r
+  cells = geometry.kin * geometry.unit_rows * geometry.kout
+  used = pack.columns >= 0
+  width = used.sum(axis=1)
+  flat = pack.columns[used].tolist()
+  bounds = np.concatenate([[0], np.cumsum(width)]).tolist()
+  groups = pack.groups.tolist()
+  group_sizes = (pack.groups >= 0).sum(axis=1).tolist()
+  return {
+      "name": geometry.name,
+      "type": geometry.kind,
+      "kernel_shape": list(geometry.kernel_shape),
+      "row_order": "channel_major",
+      "unit": "row" if geometry.unit_rows == 1 and geometry.taps > 1 else "channel",
+      "unit_rows": geometry.unit_rows,
+      "kin": geometry.kin,
+      "kout": geometry.kout,
+      "replicas": r,
+      "input_permutation": pack.permutation.tolist(),
+      "groups": [members[:size] for members, size in zip(groups, group_sizes)],
+      "counts": {
+          "dense": geometry.dense_crossbars * r,
+          "crossbars": crossbars,
+          "nonzero_weights": nonzero,
+          "cells_per_crossbar": cells,
+          "utilization": nonzero / (crossbars * cells) if crossbars else 0.0,
+      },
+      "crossbars": [
+          {"id": j, "input_group": g, "columns": flat[bounds[j]:bounds[j + 1]]}
+          for j, g in enumerate(pack.crossbar_group.tolist())
+      ],
+  }
+
+
+
+
+def document(spec: CrossbarSpec, granularity: str, model: Mapping[str, Any],
+             entries: list[dict[str, Any]], unmapped: list[dict[str, str]]) -> CrossbarMapping:
+  """A validated mapping from its layer entries (`layer_entry`), totals summed here."""
+  dense = sum(e["counts"]["dense"] for e in entries)
+  crossbars = sum(e["counts"]["crossbars"] for e in entries)
+  nonzero = sum(e["counts"]["nonzero_weights"] for e in entries)
+  cells = sum(e["counts"]["crossbars"] * e["counts"]["cells_per_crossbar"] for e in entries)
+  return CrossbarMapping({
+      "format": FORMAT,
+      "version": VERSION,
+      "spec": spec.to_dict(),
+      "model": dict(model),
+      "granularity": granularity,
+      "layers": entries,
+      "unmapped": unmapped,
+      "totals": {
+          "dense": dense,
+          "crossbars": crossbars,
+          "reduction": 1.0 - crossbars / dense if dense else 0.0,
+          "utilization": nonzero / cells if cells else 0.0,
+          "nonzero_weights": nonzero,
+      },
+  })

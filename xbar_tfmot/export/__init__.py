@@ -1,0 +1,1 @@
+"""Export (SavedModel, TFLite, `.keras`, the mapping JSON), verification and model loading."""

@@ -1,0 +1,248 @@
+"""Export a pruned model with its crossbar mapping: SavedModel, TFLite, JSON (one folder).
+
+The export is atomic: everything is written into a temporary folder beside the target and
+renamed into place at the end, so a failure leaves no partial export and names its step.
+
+Folder layout:
+  saved_model/   serving signature = the stripped model; `assets/mapping.json`; an extra
+                 signature `crossbar_mapping` returning the mapping JSON as a string. Keras 3
+                 models are written through Keras 3's own export path
+                 (`keras.export.ExportArchive`), tf_keras models as a `tf.Module`; both
+                 have the same signatures (`serving_default(input_0, ...) -> {"output"}`).
+  model.tflite   converted from that SavedModel; the mapping JSON in the flatbuffer's
+                 `metadata` list under the name `xbar_tfmot.crossbar_mapping`.
+  model.keras    the stripped Keras model (the weights `xbar-verify` rebuilds crossbars from).
+  mapping.json   the mapping; `summary.txt` a human-readable crossbar report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from xbar_tfmot import _compat
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
+from xbar_tfmot.models.model_mapping import build_mapping
+from xbar_tfmot.models.report import crossbar_report
+from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.spec import CrossbarSpec
+
+FORMATS = ("saved_model", "tflite", "json")
+METADATA_NAME = "xbar_tfmot.crossbar_mapping"
+SIGNATURE = "crossbar_mapping"
+
+
+class ExportError(XbarError, RuntimeError):
+  """An export step failed; the message names the step. Nothing was left at the target."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+  directory: pathlib.Path
+  mapping: CrossbarMapping
+  files: tuple[str, ...]
+
+
+def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
+           granularity: str = "column", formats: Iterable[str] = FORMATS,
+           permutations: Mapping[str, Any] | None = None, sparse_tflite: bool = False,
+           overwrite: bool = False) -> ExportResult:
+  """Strips pruning wrappers and writes the export folder (see the module docstring).
+
+  Args:
+    model: a pruned model (wrapped or stripped), tf_keras or Keras 3.
+    directory: the export folder; it must not exist unless `overwrite`.
+    spec: the crossbar the mapping is for.
+    granularity: `crossbar` or `column` (packed columns, output recombination).
+    formats: any of `saved_model`, `tflite`, `json` (`tflite` needs `saved_model`).
+    permutations: mapping-only input permutations (`ReorderResult.permutations`).
+    sparse_tflite: let the TFLite converter encode the zeros sparsely.
+    overwrite: replace an existing export folder.
+  """
+  formats = tuple(formats)
+  bad = sorted(set(formats) - set(FORMATS))
+  if bad or not formats:
+    raise ValueError(f"export formats {bad or formats}: valid: a non-empty subset of {FORMATS}.")
+  if "tflite" in formats and "saved_model" not in formats:
+    raise ValueError("export format 'tflite' is converted from the SavedModel; add 'saved_model'.")
+  target = pathlib.Path(directory)
+  if target.exists() and not overwrite:
+    raise FileExistsError(f"export folder {str(target)!r} exists; pass overwrite=True to replace it.")
+  target.parent.mkdir(parents=True, exist_ok=True)
+
+  stripped = _strip(model)
+  mapping = build_mapping(stripped, spec, granularity, permutations)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+  try:
+    with _step("mapping.json"):
+      mapping.to_json(tmp / "mapping.json", indent=1)
+      (tmp / "summary.txt").write_text(_summary(stripped, spec, mapping), encoding="utf-8")
+    with _step("model.keras"):
+      stripped.save(tmp / "model.keras")
+    if "saved_model" in formats:
+      with _step("saved_model"):
+        _write_saved_model(stripped, tmp / "saved_model", tmp / "mapping.json")
+    if "tflite" in formats:
+      with _step("tflite"):
+        flat = _convert_tflite(tmp / "saved_model", sparse_tflite)
+        (tmp / "model.tflite").write_bytes(add_tflite_metadata(flat, mapping.to_json()))
+    if "json" not in formats:
+      (tmp / "mapping.json").unlink()
+    _replace(tmp, target)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return ExportResult(target, mapping, tuple(sorted(p.name for p in target.iterdir())))
+
+
+def _strip(model: Any) -> Any:
+  if any(layer is not layers_lib.unwrap(layer) for layer in layers_lib.iter_layers(model)):
+    from xbar_tfmot.pruning.api import strip_crossbar_pruning
+    return strip_crossbar_pruning(model)
+  return model
+
+
+@contextlib.contextmanager
+def _step(name: str):
+  try:
+    yield
+  except Exception as err:  # noqa: BLE001 - re-raised with the step named
+    raise ExportError(f"export step {name!r} failed: {type(err).__name__}: {err}") from err
+
+
+def _replace(tmp: pathlib.Path, target: pathlib.Path) -> None:
+  old = None
+  if target.exists():
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    target.rename(old)
+  tmp.rename(target)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _summary(model: Any, spec: CrossbarSpec, mapping: CrossbarMapping) -> str:
+  totals = mapping.totals
+  return (f"{crossbar_report(model, spec).format_table()}\n\nmapping ({mapping.granularity} "
+          f"grain): {totals['crossbars']} of {totals['dense']} crossbars, reduction "
+          f"{totals['reduction']:.1%}, utilization {totals['utilization']:.1%}\n")
+
+
+class _MappingAsset(tf.Module):
+  """The mapping JSON as a SavedModel asset, and the signature that returns it."""
+
+  def __init__(self, mapping_file: pathlib.Path):
+    super().__init__()
+    self.mapping_asset = tf.saved_model.Asset(str(mapping_file))
+
+  @tf.function(input_signature=[])
+  def crossbar_mapping(self):
+    return {"mapping": tf.io.read_file(self.mapping_asset)}
+
+
+class _Exported(_MappingAsset):
+  """The stripped tf_keras model plus its mapping asset."""
+
+  def __init__(self, model: Any, mapping_file: pathlib.Path):
+    super().__init__(mapping_file)
+    self.model = model
+
+
+def _input_specs(model: Any) -> list[tf.TensorSpec]:
+  shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+  return [tf.TensorSpec((None, *shape[1:]), tf.float32, name=f"input_{i}")
+          for i, shape in enumerate(shapes)]
+
+
+def _serve(model: Any):
+  return lambda *x: {"output": model(list(x) if len(x) > 1 else x[0], training=False)}
+
+
+def _write_saved_model(model: Any, path: pathlib.Path, mapping_file: pathlib.Path) -> None:
+  specs = _input_specs(model)
+  if layers_lib.flavour(model) == "keras3":
+    _write_keras3_saved_model(model, path, mapping_file, specs)
+    return
+  module = _Exported(model, mapping_file)
+  serve = tf.function(_serve(model), input_signature=specs)
+  tf.saved_model.save(module, str(path), signatures={
+      "serving_default": serve, SIGNATURE: module.crossbar_mapping})
+
+
+def _write_keras3_saved_model(model: Any, path: pathlib.Path, mapping_file: pathlib.Path,
+                              specs: list[tf.TensorSpec]) -> None:
+  """Keras 3's export path (`ExportArchive`), plus the mapping asset and its signature."""
+  import keras
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint("serving_default", _serve(model), input_signature=specs)
+  mapping = _MappingAsset(mapping_file)
+  mapping.crossbar_mapping()  # traced, as add_endpoint requires of a tf.function
+  archive.add_endpoint(SIGNATURE, mapping.crossbar_mapping)
+  # ExportArchive keeps only variables and lookup tables of tracked objects; an Asset must be
+  # reachable from the saved root to be copied into assets/, so it is attached there (a
+  # private attribute of Keras 3's archive, see _compat).
+  _compat.export_archive_root(archive).crossbar_mapping_asset = mapping
+  archive.write_out(str(path), verbose=False)
+
+
+def _convert_tflite(saved_model: pathlib.Path, sparse: bool) -> bytes:
+  converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), ["serving_default"])
+  if sparse:
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+  return converter.convert()
+
+
+def add_tflite_metadata(flatbuffer: bytes, text: str) -> bytes:
+  """`flatbuffer` with `text` appended as a named entry of its `metadata` list."""
+  schema, flatbuffer_utils = _compat.tflite_flatbuffer_modules()
+  model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+  buffer = schema.BufferT()
+  buffer.data = np.frombuffer(text.encode("utf-8"), np.uint8)
+  model.buffers.append(buffer)
+  entry = schema.MetadataT()
+  entry.name = METADATA_NAME
+  entry.buffer = len(model.buffers) - 1
+  model.metadata = [*(model.metadata or []), entry]
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tflite_metadata(flatbuffer: bytes, name: str = METADATA_NAME) -> str:
+  """The text stored under `name` in a TFLite flatbuffer's metadata list."""
+  _, flatbuffer_utils = _compat.tflite_flatbuffer_modules()
+  model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+  for entry in model.metadata or []:
+    entry_name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+    if entry_name == name:
+      return bytes(model.buffers[entry.buffer].data).decode("utf-8")
+  raise MappingError("", f"the TFLite file holds no metadata entry named {name!r}.")
+
+
+def read_mapping(path: str | os.PathLike) -> CrossbarMapping:
+  """The validated mapping of an export folder, a SavedModel folder, a `.tflite` or `.json`."""
+  path = pathlib.Path(path)
+  if path.is_dir() and (path / "mapping.json").exists():
+    return CrossbarMapping.from_json(path / "mapping.json")
+  if path.is_dir() and (path / "saved_model").is_dir():
+    path = path / "saved_model"
+  if path.is_dir() and (path / "saved_model.pb").exists():
+    loaded = tf.saved_model.load(str(path))
+    if SIGNATURE not in loaded.signatures:
+      raise MappingError("", f"SavedModel {str(path)!r} has no {SIGNATURE!r} signature.")
+    text = loaded.signatures[SIGNATURE]()["mapping"].numpy().decode("utf-8")
+    return CrossbarMapping.from_json(text)
+  if path.suffix == ".tflite" and path.is_file():
+    return CrossbarMapping.from_json(tflite_metadata(path.read_bytes()))
+  if path.suffix == ".json" and path.is_file():
+    return CrossbarMapping.from_json(path)
+  raise FileNotFoundError(
+      f"{str(path)!r} is not an export folder, a SavedModel folder, a .tflite or a .json file.")

@@ -1,0 +1,154 @@
+"""The flavour-neutral core of crossbar pruning, shared by the tf_keras and Keras 3 adapters.
+
+Both adapters wrap layers, keep a mask and a step counter, and at the schedule's update steps
+call `mask_at`; which layers they wrap and to which budget is `plan_model` / `plan_list`. The
+adapters differ only in how they hook this into their Keras's wrapper, callbacks and cloning.
+Everything here is TensorFlow and numpy (usable inside `tf.function`): no Keras import.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import tensorflow as tf
+
+from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.core.geometry import KERNEL_RANK, LayerGeometry
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import crossbar_budget, project, stateless_seed
+from xbar_tfmot.core.schedules import CrossbarSchedule, CrossbarTemperatureDecay
+from xbar_tfmot.core.spec import CrossbarSpec
+
+CALLBACK_MISSING = (
+    "Prune() wrapper requires the UpdatePruningStep callback to be provided during training. "
+    "Please add it as a callback to your model.fit call: pass "
+    "xbar_tfmot.UpdateCrossbarPruning() (or TFMOT's UpdatePruningStep on tf_keras).")
+
+SUBCLASSED = (
+    "prune_crossbar can only prune a Sequential or functional keras model, a keras layer, or a "
+    "list of keras layers; subclassed models ({}) are not supported.")
+
+
+def budget_at(schedule: CrossbarSchedule, dense: int, final_budget: int, step) -> tf.Tensor:
+  """Crossbar budget at `step` (int32): from `dense` down to `final_budget` along the schedule,
+  `dense - round((dense - final_budget) * s(step) / s_final)`."""
+  cut = tf.round(tf.cast(dense - final_budget, tf.float64) * schedule.progress(step))
+  return dense - tf.cast(cut, tf.int32)
+
+
+def mask_at(geometry: LayerGeometry, kernel, budget, granularity: str, projection: str,
+            temperature: CrossbarTemperatureDecay, seed: int, layer_index: int,
+            step) -> tf.Tensor:
+  """The mask of one mask update: RPP's Gumbel-top-k sample seeded by (seed, layer, step) at
+  the step's temperature, or the exact projection (`topk`, and RPP at temperature 0)."""
+  if projection == "rpp":
+    t = temperature(step)
+    s = stateless_seed(seed, layer_index, step)
+  else:
+    t, s = 0.0, None
+  return tf.cast(project(geometry, kernel, budget, granularity, t, s), kernel.dtype)
+
+
+def frozen(schedule: CrossbarSchedule, step) -> tf.Tensor:
+  """True from the schedule's `end_step` on (never for `end_step=-1`)."""
+  if schedule.end_step < 0:
+    return tf.constant(False)
+  return tf.cast(step, tf.int64) >= schedule.end_step
+
+
+def straight_through_kernel(weight, mask, is_frozen) -> tf.Tensor:
+  """`weight * mask` forward; until the mask freezes the gradient reaches every weight."""
+  weight = tf.convert_to_tensor(weight)
+  mask = tf.cast(mask, weight.dtype)
+  passing = tf.cast(tf.logical_not(is_frozen), weight.dtype)
+  return weight * mask + passing * (1.0 - mask) * (weight - tf.stop_gradient(weight))
+
+
+def final_budget_of(geometry: LayerGeometry, final_budget: int | None,
+                    target_reduction: float | None) -> int:
+  """A wrapper's final budget, given directly or as a reduction (checked against the layer)."""
+  if final_budget is None:
+    return crossbar_budget(geometry.dense_crossbars, target_reduction)
+  if not 1 <= final_budget <= geometry.dense_crossbars:
+    raise ValueError(
+        f"layer {geometry.name!r}: final_budget={final_budget} is invalid; valid: 1 <= budget <= "
+        f"{geometry.dense_crossbars} (its dense crossbar count).")
+  return int(final_budget)
+
+
+def check_wrappable(owner: str, layer: Any, final_budget, target_reduction) -> None:
+  """The checks every crossbar wrapper runs on construction."""
+  if not xlayers.is_mapped(layer):
+    raise ValueError(
+        f"{owner}: layer {layer.name!r} ({type(layer).__name__}) cannot be mapped "
+        f"({xlayers.unmapped_reason(layer) or 'no kernel'}); valid: {', '.join(KERNEL_RANK)}.")
+  if final_budget is None and target_reduction is None:
+    raise ValueError(f"{owner}({layer.name!r}): give final_budget or target_reduction.")
+
+
+def no_mapped_error(layers: Sequence[Any]) -> ValueError:
+  reasons = [f"{l.name}: {xlayers.unmapped_reason(l)}" for l in layers if xlayers.unmapped_reason(l)]
+  detail = f" Not mapped: {'; '.join(reasons)}." if reasons else ""
+  return ValueError(
+      f"prune_crossbar: nothing to prune: no mappable layer (valid: {', '.join(KERNEL_RANK)})."
+      f"{detail}")
+
+
+def plan_model(leaves: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy,
+               reduction: float) -> dict[int, dict[str, int]]:
+  """`{id(layer): {"final_budget", "layer_index"}}` of the leaf layers of a model to wrap.
+
+  `layer_index` counts the mapped layers in model order (it seeds the random numbers).
+  Raises when nothing is mappable, a mapped layer is unbuilt, or no layer would lose a crossbar.
+  """
+  mapped = [l for l in leaves if xlayers.is_mapped(l)]
+  if not mapped:
+    raise no_mapped_error(leaves)
+  unbuilt = [l.name for l in mapped if not l.built]
+  if unbuilt:
+    raise ValueError(
+        f"prune_crossbar: layers {unbuilt} are not built, so their crossbar counts are unknown; "
+        f"build the model first (give it an input shape or call it once).")
+  geometries = [xlayers.geometry_of(l, spec) for l in mapped]
+  budgets = policy.plan(geometries, reduction)
+  plan = {}
+  for index, (layer, g) in enumerate(zip(mapped, geometries)):
+    budget = budgets[g.name]
+    if budget is not None and budget < g.dense_crossbars:
+      plan[id(layer)] = {"final_budget": budget, "layer_index": index}
+  if not plan:
+    dense = {g.name: g.dense_crossbars for g in geometries}
+    raise ValueError(
+        f"prune_crossbar: no layer would lose a crossbar at this target (dense crossbars per "
+        f"layer: {dense}; budgets: {budgets}). Use smaller crossbars in the spec, a higher "
+        f"reduction, or leave fewer layers dense.")
+  return plan
+
+
+def plan_list(items: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy,
+              reduction: float) -> list[dict[str, Any] | None]:
+  """Per item of a layer list: the wrapper arguments, or None to leave it as is.
+
+  Built layers get a `final_budget` from the policy's plan (no first-conv default); unbuilt
+  ones a `target_reduction`, turned into a budget when the wrapper is built.
+  """
+  mapped = [l for l in items if xlayers.is_mapped(l)]
+  if not mapped:
+    raise no_mapped_error(items)
+  built = all(l.built for l in mapped)
+  if built:
+    geometries = [xlayers.geometry_of(l, spec) for l in mapped]
+    budgets = policy.plan(geometries, reduction, default_leave_dense=False)
+  out: list[dict[str, Any] | None] = []
+  for layer in items:
+    if not xlayers.is_mapped(layer):
+      out.append(None)
+      continue
+    index = mapped.index(layer)
+    if built:
+      budget = budgets[layer.name]
+      out.append(None if budget is None else {"final_budget": budget, "layer_index": index})
+    else:
+      target = policy.reduction_for(layer.name, reduction)
+      out.append(None if target is None else {"target_reduction": target, "layer_index": index})
+  return out
