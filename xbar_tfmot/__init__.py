@@ -21,6 +21,7 @@ from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.export.exporter import ExportError, export, read_mapping
 from xbar_tfmot.export.verification import verify
+from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
 from xbar_tfmot.models.channels import ChannelGraph, ChannelSpace, analyze
 from xbar_tfmot.models.crossbar_model import crossbar_model
 from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
@@ -42,6 +43,6 @@ __all__ = [
     "LayerReport", "MappingError", "ReorderResult", "UpdateCrossbarPruning", "XbarError",
     "analyze", "build_mapping", "crossbar_budget", "crossbar_model", "crossbar_pruning_scope",
     "crossbar_report", "crossbar_wrappers", "export", "pack_layer", "project",
-    "project_permuted", "prune_crossbar", "read_mapping", "reorder_model", "stateless_seed",
+    "project_permuted", "prune_crossbar", "read_mapping", "recalibrate_batchnorm", "reorder_model", "stateless_seed",
     "strip_crossbar_pruning", "validate_mapping", "verify",
 ]
