@@ -173,7 +173,7 @@ def parse_spec(text: str) -> CrossbarSpec:
     return CrossbarSpec.from_string(text)
   path = pathlib.Path(text)
   if not path.exists():
-    raise ValueError(f"crossbar preset file {text!r} does not exist; valid: a JSON file or a "
+    raise ValueError(f"crossbar preset {text!r} does not exist; valid: a JSON file or a "
                      f"preset name ({', '.join(preset_names())}).")
   return _from_file(path)
 

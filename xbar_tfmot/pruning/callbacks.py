@@ -142,8 +142,7 @@ class SummariesMixin:
   the kernel as trained. With `straight_through` this tells how much the pruned weights
   still carry; with `reset` the pruned weights are zero, so it stays near 1.
 
-  The adapter supplies `_wrappers()` (crossbar wrappers of `self.model`, each with `layer`,
-  `mask`, `geometry`, `spec`, `granularity` and `current_budget()`) and `_leaves()`.
+  Each flavour's class combines this with its Keras's `Callback`.
   """
 
   def __init__(self, log_dir: str, update_freq: str | int = "epoch"):
@@ -181,13 +180,14 @@ class SummariesMixin:
 
   def _write(self):
     import tensorflow as tf
-    wrappers = self._wrappers()
+    flavour_adapter = adapter.adapter_for(xlayers.flavour(self.model))
+    wrappers = flavour_adapter.crossbar_wrappers(self.model)
     granularity = wrappers[0].granularity if wrappers else "crossbar"
     entries = [LayerState(w.geometry, np.asarray(w.layer.kernel), np.asarray(w.mask),
                           w.current_budget()) for w in wrappers]
     wrapped_inner = {id(w.layer) for w in wrappers}
     spec = wrappers[0].spec if wrappers else None
-    for layer in self._leaves():
+    for layer in flavour_adapter.walk(self.model):
       if (spec is not None and xlayers.is_mapped(layer) and id(layer) not in wrapped_inner
           and layer.built):
         g = xlayers.geometry_of(layer, spec)

@@ -26,6 +26,7 @@ from xbar_tfmot import _compat
 from xbar_tfmot.core import schedules as xschedules
 from xbar_tfmot.models import introspection as xlayers
 from xbar_tfmot.pruning import adapter
+from xbar_tfmot.pruning import allocation
 from xbar_tfmot.pruning import callbacks as xcallbacks
 from xbar_tfmot.pruning import plan as core
 
@@ -61,12 +62,13 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
   def __init__(self, layer, spec=None, granularity: str = "crossbar", pruning_schedule=None,
                projection: str = "rpp", regrowth: str = "reset", temperature=None,
                final_budget: int | None = None, target_reduction: float | None = None,
-               layer_index: int = 0, seed: int = 0, **kwargs):
+               layer_index: int = 0, seed: int = 0, allocation: dict | None = None, **kwargs):
     core.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
     kwargs.setdefault("name", f"crossbar_prune_{layer.name}")
     super().__init__(layer, **kwargs)
     self._init_fields(layer, spec, granularity, pruning_schedule, projection, regrowth,
-                      temperature, final_budget, target_reduction, layer_index, seed)
+                      temperature, final_budget, target_reduction, layer_index, seed,
+                      allocation)
 
   def build(self, input_shape=None):
     super().build(input_shape)
@@ -102,8 +104,11 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
     with tf.control_dependencies([check]):
 
       def update():
-        budget = core.budget_at(self.pruning_schedule, self.geometry.dense_crossbars,
-                                self.final_budget, step)
+        if self.allocation:  # set before this step by UpdateCrossbarPruning
+          budget = tf.convert_to_tensor(self.budget.value)
+        else:
+          budget = core.budget_at(self.pruning_schedule, self.geometry.dense_crossbars,
+                                  self.final_budget, step)
         value = tf.convert_to_tensor(kernel.value)
         self.mask.assign(core.mask_at(
             self.geometry, value, budget, self.granularity, self.projection, self.temperature,
@@ -167,9 +172,10 @@ class UpdateCrossbarPruning(keras.callbacks.Callback):
   the end of each epoch (what TFMOT's `UpdatePruningStep` does on tf_keras); the wrappers
   advance the step in each training call."""
 
-  def __init__(self):
+  def __init__(self, allocation_data=None):
     super().__init__()
     self._wrappers: list[CrossbarPrune] = []
+    self.allocation_data = allocation_data  # batches for CrossbarPolicy(score="saliency")
 
   def on_train_begin(self, logs=None):
     self._wrappers = ADAPTER.crossbar_wrappers(self.model)
@@ -180,6 +186,10 @@ class UpdateCrossbarPruning(keras.callbacks.Callback):
     for w in self._wrappers:
       if int(np.asarray(w.pruning_step)) == -1:
         w.pruning_step.assign(0)
+    allocation.check_data(self._wrappers, self.allocation_data)
+
+  def on_train_batch_begin(self, batch, logs=None):
+    allocation.before_batch(self.model, self._wrappers, self.allocation_data)
 
   def on_epoch_end(self, epoch, logs=None):
     for w in self._wrappers:
@@ -188,9 +198,3 @@ class UpdateCrossbarPruning(keras.callbacks.Callback):
 
 class CrossbarPruningSummaries(xcallbacks.SummariesMixin, keras.callbacks.Callback):
   __doc__ = xcallbacks.SummariesMixin.__doc__
-
-  def _wrappers(self):
-    return ADAPTER.crossbar_wrappers(self.model)
-
-  def _leaves(self):
-    return ADAPTER.walk(self.model)

@@ -21,6 +21,7 @@ from xbar_tfmot.core import schedules as xschedules
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.models import introspection as xlayers
 from xbar_tfmot.pruning import adapter
+from xbar_tfmot.pruning import allocation
 from xbar_tfmot.pruning import callbacks as xcallbacks
 from xbar_tfmot.pruning import plan as core
 
@@ -42,7 +43,8 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
 
   def __init__(self, training_step_fn, pruning_vars, pruning_schedule, geometry: LayerGeometry,
                granularity: str, final_budget: int, projection: str, regrowth: str,
-               temperature: xschedules.CrossbarTemperatureDecay, layer_index: int, seed: int):
+               temperature: xschedules.CrossbarTemperatureDecay, layer_index: int, seed: int,
+               allocation: dict | None = None):
     super().__init__(training_step_fn=training_step_fn, pruning_vars=pruning_vars,
                      pruning_schedule=pruning_schedule, block_size=(1, 1),
                      block_pooling_type="AVG")
@@ -54,11 +56,15 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
     self.temperature = temperature
     self.layer_index = layer_index
     self.seed = seed
+    self.allocation = allocation
     self.install_into = None  # a layer whose kernel is replaced by the masked kernel in call
 
   def budget(self, step) -> tf.Tensor:
     """Crossbar budget at `step`: from dense down to `final_budget` along the schedule."""
-    _, schedule, _ = _compat.tfmot_pruning_state(self)
+    _, schedule, state = _compat.tfmot_pruning_state(self)
+    if self.allocation:  # set before this step by UpdateCrossbarPruning (0: not yet, dense)
+      shared = tf.cast(state[0][2], tf.int32)
+      return tf.where(shared >= 1, shared, self.geometry.dense_crossbars)
     return core.budget_at(schedule, self.geometry.dense_crossbars,
                           self.final_budget, step)
 
@@ -122,14 +128,14 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLo
   def __init__(self, layer, spec=None, granularity: str = "crossbar", pruning_schedule=None,
                projection: str = "rpp", regrowth: str = "reset", temperature=None,
                final_budget: int | None = None, target_reduction: float | None = None,
-               layer_index: int = 0, seed: int = 0, **kwargs):
+               layer_index: int = 0, seed: int = 0, allocation: dict | None = None, **kwargs):
     for unused in ("block_size", "block_pooling_type", "sparsity_m_by_n"):
       kwargs.pop(unused, None)
     core.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
     schedule = self._deserialize_schedule(pruning_schedule) or xschedules.CrossbarConstant(0.5)
     super().__init__(layer, pruning_schedule=schedule, **kwargs)
     self._init_fields(layer, spec, granularity, schedule, projection, regrowth, temperature,
-                      final_budget, target_reduction, layer_index, seed)
+                      final_budget, target_reduction, layer_index, seed, allocation)
 
   def build(self, input_shape):
     super().build(input_shape)
@@ -143,7 +149,7 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLo
         pruning_schedule=self.pruning_schedule, geometry=self.geometry,
         granularity=self.granularity, final_budget=budget, projection=self.projection,
         regrowth=self.regrowth, temperature=self.temperature, layer_index=self.layer_index,
-        seed=self.seed)
+        seed=self.seed, allocation=self.allocation)
 
   def call(self, inputs, training=None, **kwargs):
     if self.regrowth == "reset":
@@ -199,19 +205,22 @@ class UpdateCrossbarPruning(_tfmot.pruning_callbacks.UpdatePruningStep):
   early, naming the fix, when the model being fit was never passed to `prune_crossbar`.
   """
 
+  def __init__(self, allocation_data=None):
+    super().__init__()
+    self.allocation_data = allocation_data  # batches for CrossbarPolicy(score="saliency")
+
   def on_train_begin(self, logs=None):
     if not ADAPTER.crossbar_wrappers(self.model):
       raise ValueError(
           "UpdateCrossbarPruning: the model has no crossbar-pruned layer; fit the model "
           "returned by xbar_tfmot.prune_crossbar.")
     super().on_train_begin(logs)
+    self._wrappers = ADAPTER.crossbar_wrappers(self.model)
+    allocation.check_data(self._wrappers, self.allocation_data)
+
+  def on_train_batch_begin(self, batch, logs=None):
+    allocation.before_batch(self.model, self._wrappers, self.allocation_data)
 
 
 class CrossbarPruningSummaries(xcallbacks.SummariesMixin, keras.callbacks.Callback):
   __doc__ = xcallbacks.SummariesMixin.__doc__
-
-  def _wrappers(self):
-    return ADAPTER.crossbar_wrappers(self.model)
-
-  def _leaves(self):
-    return ADAPTER.walk(self.model)
