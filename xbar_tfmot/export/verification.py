@@ -26,6 +26,7 @@ class Verification:
   # name -> (max absolute, max relative) difference from the Keras model's output
   differences: dict[str, tuple[float, float]]
   tolerance: float
+  tflite_runtime: str | None = None  # "litert" or "tensorflow" (the fallback), if TFLite ran
 
   @property
   def ok(self) -> bool:
@@ -36,6 +37,8 @@ class Verification:
     lines = [f"mapping: {self.mapping.granularity} grain, {totals['crossbars']} of "
              f"{totals['dense']} crossbars (reduction {totals['reduction']:.1%}, utilization "
              f"{totals['utilization']:.1%})"]
+    if self.tflite_runtime:
+      lines.append(f"tflite runtime: {TFLITE_RUNTIMES[self.tflite_runtime]}")
     for name, (abs_diff, rel_diff) in self.differences.items():
       verdict = "ok" if rel_diff <= self.tolerance else "MISMATCH"
       lines.append(f"{name:>16s} vs keras: max abs {abs_diff:.3g}, max rel {rel_diff:.3g}  {verdict}")
@@ -48,10 +51,24 @@ def _difference(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]
   return float(diff.max()), float(diff.max() / scale)
 
 
-def _tflite_outputs(path: pathlib.Path, x: np.ndarray) -> np.ndarray:
-  interpreter = tf.lite.Interpreter(model_path=str(path))
+TFLITE_RUNTIMES = {"litert": "LiteRT (ai-edge-litert)",
+                   "tensorflow": "tf.lite.Interpreter (fallback: ai-edge-litert is not installed)"}
+
+
+def tflite_interpreter(path: pathlib.Path):
+  """`(interpreter, runtime)`: LiteRT, the runtime users deploy `.tflite` files with, or
+  TensorFlow's deprecated `tf.lite.Interpreter` where `ai-edge-litert` is missing."""
+  try:
+    from ai_edge_litert.interpreter import Interpreter
+    return Interpreter(model_path=str(path)), "litert"
+  except ImportError:
+    return tf.lite.Interpreter(model_path=str(path)), "tensorflow"
+
+
+def _tflite_outputs(path: pathlib.Path, x: np.ndarray) -> tuple[np.ndarray, str]:
+  interpreter, runtime = tflite_interpreter(path)
   runner = interpreter.get_signature_runner("serving_default")
-  return np.concatenate([runner(input_0=x[i:i + 1])["output"] for i in range(len(x))])
+  return np.concatenate([runner(input_0=x[i:i + 1])["output"] for i in range(len(x))]), runtime
 
 
 def _same_mapping(mapping: CrossbarMapping, source: pathlib.Path) -> None:
@@ -78,8 +95,9 @@ def verify(directory: str, samples: int = 8, tolerance: float = 1e-4, seed: int 
     serve = tf.saved_model.load(str(root / "saved_model")).signatures["serving_default"]
     outputs["saved_model"] = serve(input_0=tf.constant(x))["output"].numpy()
     _same_mapping(mapping, root / "saved_model")
+  runtime = None
   if (root / "model.tflite").exists():
-    outputs["tflite"] = _tflite_outputs(root / "model.tflite", x)
+    outputs["tflite"], runtime = _tflite_outputs(root / "model.tflite", x)
     _same_mapping(mapping, root / "model.tflite")
   return Verification(mapping, {k: _difference(reference, v) for k, v in outputs.items()},
-                      tolerance)
+                      tolerance, runtime)
