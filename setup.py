@@ -10,7 +10,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(include=["xbar_tfmot", "xbar_tfmot.*"]),
-    package_data={"xbar_tfmot": ["core/*.json", "core/presets/*.json"]},
+    package_data={"xbar_tfmot": ["core/*.json", "core/presets/*.json",
+                                 "core/hardware_presets/*.json"]},
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
@@ -32,6 +33,7 @@ setuptools.setup(
             "xbar-report=xbar_tfmot.app.cli:report_main",
             "xbar-verify=xbar_tfmot.app.cli:verify_main",
             "xbar-prune=xbar_tfmot.app.pipeline:main",
+            "xbar-eval=xbar_tfmot.app.eval_cli:main",
         ],
     },
 )

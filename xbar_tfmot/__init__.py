@@ -11,6 +11,8 @@ Keras 3 wrapper and schedules as serialisables, so pruned `.keras` files load wi
 """
 
 from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.cost import CostReport, estimate_cost
+from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.core.geometry import Counts, LayerGeometry
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
 from xbar_tfmot.core.packing import LayerPacking, pack_layer
@@ -23,6 +25,7 @@ from xbar_tfmot.export.exporter import ExportError, export, read_mapping
 from xbar_tfmot.export.verification import verify
 from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
 from xbar_tfmot.models.channels import ChannelGraph, ChannelSpace, analyze
+from xbar_tfmot.models.analog_model import analog_accuracy, analog_model, output_positions
 from xbar_tfmot.models.crossbar_model import crossbar_model
 from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
 from xbar_tfmot.models.reorder import ReorderResult, project_permuted, reorder_model
@@ -37,6 +40,8 @@ except ImportError:  # pragma: no cover
   pass
 
 __all__ = [
+    "CostReport", "HardwareError", "HardwareSpec", "analog_accuracy", "analog_model",
+    "estimate_cost", "output_positions",
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",
     "CrossbarPolicy", "CrossbarPolynomialDecay", "CrossbarPruningSummaries", "CrossbarReport",
     "CrossbarSpec", "CrossbarTemperatureDecay", "ExportError", "LayerGeometry", "LayerPacking",

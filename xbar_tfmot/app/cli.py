@@ -22,6 +22,8 @@ def report_main(argv: list[str] | None = None) -> int:
   parser.add_argument("--mapping", choices=("kernel_aligned", "flat", "direct"),
                       help="override the crossbar mapping mode")
   parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+  parser.add_argument("--cost", metavar="HW", help="add energy/area/latency per layer on a "
+                      "hardware preset (isaac_32nm, puma_256x256) or JSON file")
   args = parser.parse_args(argv)
   from xbar_tfmot.export.model_io import load_model
   from xbar_tfmot.models.report import crossbar_report
@@ -34,11 +36,15 @@ def report_main(argv: list[str] | None = None) -> int:
         mapping.spec if mapping else CrossbarSpec(rows=128, cols=128))
     if args.mapping:
       spec = CrossbarSpec.from_dict({**spec.to_dict(), "mapping": args.mapping})
-    report = crossbar_report(load_model(source), spec)
+    model = load_model(source)
+    report = crossbar_report(model, spec)
+    cost = _cost_table(model, spec, mapping, args.cost) if args.cost else None
   except (ValueError, FileNotFoundError) as err:
     print(f"xbar-report: error: {err}", file=sys.stderr)
     return 2
   print(report.format_table())
+  if cost:
+    print(cost.format_table())
   if mapping:
     t = mapping.totals
     print(f"export mapping ({mapping.granularity} grain, {mapping.spec}): {t['crossbars']} of "
@@ -48,6 +54,18 @@ def report_main(argv: list[str] | None = None) -> int:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump(report.to_dict(), f, indent=2)
   return 0
+
+
+def _cost_table(model, spec, mapping, hardware: str):
+  """The cost report of the export's mapping, or of the model mapped at column grain on `spec`."""
+  from xbar_tfmot.core.cost import estimate_cost
+  from xbar_tfmot.core.hardware import parse_hardware
+  from xbar_tfmot.models.analog_model import output_positions
+  from xbar_tfmot.models.model_mapping import build_mapping
+  if mapping is None or mapping.spec != spec:
+    mapping = build_mapping(model, spec, "column")
+  return estimate_cost(mapping, parse_hardware(hardware),
+                       output_positions(model, mapping.layer_names))
 
 
 def verify_main(argv: list[str] | None = None) -> int:

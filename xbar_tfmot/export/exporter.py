@@ -12,6 +12,8 @@ Folder layout:
   model.tflite   converted from that SavedModel; the mapping JSON in the flatbuffer's
                  `metadata` list under the name `xbar_tfmot.crossbar_mapping`.
   model.keras    the stripped Keras model (the weights `xbar-verify` rebuilds crossbars from).
+  neurosim/      `network.csv` (NeuroSim's layer table) and `crossbars.csv` (the mapping's
+                 per-layer crossbar counts and utilisation); format `neurosim`, opt-in.
   mapping.json   the mapping; `summary.txt` a human-readable crossbar report.
 """
 
@@ -36,7 +38,7 @@ from xbar_tfmot.models.report import crossbar_report
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.spec import CrossbarSpec
 
-FORMATS = ("saved_model", "tflite", "json")
+FORMATS = ("saved_model", "tflite", "json", "neurosim")
 METADATA_NAME = "xbar_tfmot.crossbar_mapping"
 SIGNATURE = "crossbar_mapping"
 
@@ -53,7 +55,7 @@ class ExportResult:
 
 
 def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
-           granularity: str = "column", formats: Iterable[str] = FORMATS,
+           granularity: str = "column", formats: Iterable[str] = FORMATS[:3],
            permutations: Mapping[str, Any] | None = None, sparse_tflite: bool = False,
            overwrite: bool = False) -> ExportResult:
   """Strips pruning wrappers and writes the export folder (see the module docstring).
@@ -63,7 +65,7 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
     directory: the export folder; it must not exist unless `overwrite`.
     spec: the crossbar the mapping is for.
     granularity: `crossbar` or `column` (packed columns, output recombination).
-    formats: any of `saved_model`, `tflite`, `json` (`tflite` needs `saved_model`).
+    formats: any of `saved_model`, `tflite`, `json`, `neurosim` (`tflite` needs `saved_model`).
     permutations: mapping-only input permutations (`ReorderResult.permutations`).
     sparse_tflite: let the TFLite converter encode the zeros sparsely.
     overwrite: replace an existing export folder.
@@ -95,6 +97,10 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
       with _step("tflite"):
         flat = _convert_tflite(tmp / "saved_model", sparse_tflite)
         (tmp / "model.tflite").write_bytes(add_tflite_metadata(flat, mapping.to_json()))
+    if "neurosim" in formats:
+      with _step("neurosim"):
+        from xbar_tfmot.export import neurosim
+        neurosim.write(stripped, mapping, tmp / "neurosim")
     if "json" not in formats:
       (tmp / "mapping.json").unlink()
     _replace(tmp, target)
