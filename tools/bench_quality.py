@@ -24,9 +24,14 @@ masks) summed over them. Each finished cell is appended to `<out>/results.json` 
 rerun skips finished cells (and refuses an `--out` holding another setting). Writes
 `<out>/bench_quality.md` and `<out>/bench_quality.png`.
 
-  python tools/bench_quality.py --out out/bench_quality
+  python tools/bench_quality.py --cpu --out out/bench_quality
   python tools/bench_quality.py --out out/bench_quality --render-only
-  python tools/bench_quality.py --quick --out /tmp/bq_quick   # a tiny setting, for the test
+  python tools/bench_quality.py --cpu --quick --out /tmp/bq_quick   # a tiny setting, for the test
+
+The crossbar spec is read by `xbar_tfmot.core.spec.parse_spec`, the layers left dense and the
+per-layer budgets come from `CrossbarPolicy`, one-shot masks from the library's projection, and
+compiling, training, BatchNorm re-estimation and evaluation from `xbar_tfmot.app.training`,
+which the `xbar-prune` pipeline shares. Each method is one row of `METHOD_TABLE`.
 """
 
 from __future__ import annotations
@@ -40,18 +45,50 @@ import platform
 import re
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+import numpy as np
 
-import numpy as np  # noqa: E402
 
-METHODS = ("rpp-crossbar", "rpp-crossbar-st", "rpp-column", "rpp-column-reorder",
-           "topk-crossbar", "oneshot-crossbar", "tfmot-unstructured", "group-lasso")
-LGD_METHODS = ("rpp-crossbar", "rpp-crossbar-st", "rpp-column", "rpp-column-reorder",
-               "topk-crossbar")
-BASELINES = ("oneshot-crossbar", "tfmot-unstructured", "group-lasso")
+class Method(NamedTuple):
+  """One compared method: its label in the table, plot style, family and how to run it.
+
+  `run(bench, reduction)` returns `(stripped model, extra fields of the result cell)`.
+  """
+
+  label: str
+  style: str
+  family: str  # "lgd": LGD with a projection; "baseline": the methods LGD is compared with
+  run: Callable[["Bench", float], tuple[Any, dict]]
+
+
+def _lgd(granularity: str, projection: str, regrowth: str, reorder: bool):
+  return lambda b, r: run_lgd(b, r, granularity, projection, regrowth, reorder)
+
+
+# Order: table rows, plot legend and run order within a cell group.
+METHOD_TABLE: dict[str, Method] = {
+    "rpp-crossbar": Method("1. LGD-RPP crossbar grain", "o-", "lgd",
+                           _lgd("crossbar", "rpp", "reset", False)),
+    "rpp-crossbar-st": Method("LGD-RPP crossbar grain, regrowth straight_through", "o:", "lgd",
+                              _lgd("crossbar", "rpp", "straight_through", False)),
+    "rpp-column": Method("2. LGD-RPP column grain", "s-", "lgd",
+                         _lgd("column", "rpp", "reset", False)),
+    "rpp-column-reorder": Method("3. LGD-RPP column grain + reorder", "D-", "lgd",
+                                 _lgd("column", "rpp", "reset", True)),
+    "topk-crossbar": Method("4. LGD top-k (no RPP), crossbar grain", "^--", "lgd",
+                            _lgd("crossbar", "topk", "reset", False)),
+    "oneshot-crossbar": Method("5. one-shot block magnitude + fine-tune", "v--", "baseline",
+                               lambda b, r: run_oneshot(b, r)),
+    "tfmot-unstructured": Method("6. TFMOT prune_low_magnitude (unstructured)", "x--",
+                                 "baseline", lambda b, r: run_tfmot(b, r)),
+    "group-lasso": Method("7. group lasso on blocks + threshold + fine-tune", "P--", "baseline",
+                          lambda b, r: run_group_lasso(b, r)),
+}
+METHODS = tuple(METHOD_TABLE)
+LGD_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "lgd")
+BASELINES = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "baseline")
+METHOD_LABELS = {m: spec.label for m, spec in METHOD_TABLE.items()}
 DATASETS = ("fashion_mnist", "cifar10")
 CIFAR10_DEFAULT = "~/.keras/datasets/cifar-10-batches-py"
 DEFAULT_NETWORKS = {"fashion_mnist": "vgg8:0.5,resnet20:1", "cifar10": "vgg8:1"}
@@ -105,6 +142,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "1 epoch, reduction 0.72, seed 0 (explicit options still win)")
   p.add_argument("--render-only", action="store_true",
                  help="only rewrite the markdown and plot from results.json")
+  p.add_argument("--cpu", action="store_true",
+                 help="hide GPUs from TensorFlow (CUDA_VISIBLE_DEVICES=''), as the published "
+                      "numbers were measured; takes effect only if given before TensorFlow is "
+                      "imported, i.e. on the command line")
+  p.add_argument("--tf-log", action="store_true", help="show TensorFlow's C++ log lines")
   argv = sys.argv[1:] if argv is None else argv
   args = p.parse_args(argv)
   given = {a.split("=")[0] for a in argv if a.startswith("--")}
@@ -197,8 +239,9 @@ class Bench:
   def __init__(self, args, network: tuple[str, float], seed: int, log: Callable[[str], None]):
     import tf_keras as keras
     import xbar_tfmot as xt
+    from xbar_tfmot.app import training
     from xbar_tfmot.models import introspection as xlayers
-    self.keras, self.xt, self.xlayers = keras, xt, xlayers
+    self.keras, self.xt, self.xlayers, self.training = keras, xt, xlayers, training
     self.args, self.network, self.seed, self.log = args, network, seed, log
     self.spec = spec_of(args.spec)
     (self.x, self.y), (self.x_test, self.y_test) = load_data(args, seed)
@@ -219,10 +262,9 @@ class Bench:
 
   def compile(self, model, lr: float, epochs: int):
     """Adam with the learning rate on a cosine decay to 0 over `epochs` epochs of steps."""
-    k = self.keras
-    schedule = k.optimizers.schedules.CosineDecay(lr, max(1, epochs * self.steps_per_epoch))
-    model.compile(k.optimizers.Adam(schedule),
-                  k.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    schedule = self.keras.optimizers.schedules.CosineDecay(
+        lr, max(1, epochs * self.steps_per_epoch))
+    self.training.compile_classifier(model, self.keras, schedule)
     return model
 
   def copy(self, model):
@@ -231,10 +273,8 @@ class Bench:
     return c
 
   def fit(self, model, epochs: int, callbacks=()) -> None:
-    self.keras.utils.set_random_seed(self.seed)
-    if epochs > 0:
-      model.fit(self.x, self.y, batch_size=self.args.batch, epochs=epochs, shuffle=True,
-                verbose=0, callbacks=list(callbacks))
+    self.training.fit_seeded(model, self.x, self.y, self.keras, epochs, self.args.batch,
+                             self.seed, callbacks)
 
   def recalibrate(self, model) -> None:
     """Re-estimates BatchNorm moving statistics as the average over `--bn-recalibration`
@@ -244,24 +284,12 @@ class Bench:
     statistics (channels with tiny variance amplify the error): without this, ResNet20 at 72%
     scored 10-30% where batch statistics gave about 80%.
     """
-    bns = [l for l in self.xlayers.iter_layers(model)
-           if type(self.xlayers.unwrap(l)).__name__ == "BatchNormalization"]
-    n = min(self.args.bn_recalibration, len(self.y))
-    if not bns or n < 1:
-      return
-    momenta = [l.momentum for l in bns]
-    for k, start in enumerate(range(0, n, 500)):
-      for l in bns:
-        l.momentum = k / (k + 1)  # cumulative average of the batch statistics
-      model(self.x[start:min(n, start + 500)], training=True)
-    for l, m in zip(bns, momenta):
-      l.momentum = m
+    self.training.recalibrate_batchnorm(model, self.x, self.args.bn_recalibration)
 
   def accuracy(self, model, recalibrate: bool = True) -> float:
     if recalibrate and self.args.bn_recalibration:
       self.recalibrate(model)
-    logits = model.predict(self.x_test, batch_size=1000, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=1) == self.y_test))
+    return self.training.accuracy(model, self.x_test, self.y_test, batch_size=1000)
 
   def dense_names(self, model) -> list[str]:
     """Mapped layers left dense by `--leave-dense`."""
@@ -279,19 +307,25 @@ class Bench:
                          f"first-conv, classifier, {', '.join(l.name for l in mapped)}")
     return out
 
+  def policy(self, model):
+    """The `CrossbarPolicy` of every method: `--leave-dense` layers dense, the rest at the
+    target reduction each (per layer)."""
+    return self.xt.CrossbarPolicy(leave_dense=[re.escape(n) for n in self.dense_names(model)])
+
+  def budgets(self, model, reduction: float) -> dict[str, int]:
+    """`{pruned layer: crossbar budget}` at `reduction`, from the policy."""
+    mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
+    plan = self.policy(model).plan([self.xlayers.geometry_of(l, self.spec) for l in mapped],
+                                   reduction)
+    return {n: b for n, b in plan.items() if b is not None}
+
   def pruned_names(self, model) -> list[str]:
     """Mapped layers that every method prunes (all but `--leave-dense`)."""
-    mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
-    dense = set(self.dense_names(model))
-    return [l.name for l in mapped if l.name not in dense]
+    return list(self.budgets(model, 0.5))
 
   def geometries(self, model) -> dict[str, Any]:
     return {n: self.xlayers.geometry_of(model.get_layer(n), self.spec)
             for n in self.pruned_names(model)}
-
-  def budgets(self, model, reduction: float) -> dict[str, int]:
-    return {n: self.xt.crossbar_budget(g.dense_crossbars, reduction)
-            for n, g in self.geometries(model).items()}
 
   def counts(self, model, names: list[str]) -> dict[str, int]:
     report = self.xt.crossbar_report(model, self.spec)
@@ -335,13 +369,12 @@ class Bench:
 
 
 def spec_of(text: str):
-  import xbar_tfmot as xt
-  if text.endswith(".json"):
-    path = pathlib.Path(text)
-    if not path.is_file():
-      raise SystemExit(f"--spec: {path} not found")
-    return xt.CrossbarSpec.from_dict(json.loads(path.read_text()))
-  return xt.CrossbarSpec.from_string(text)
+  """`--spec`: a preset name, a JSON file or `ROWSxCOLS[,field=value...]` (`parse_spec`)."""
+  from xbar_tfmot.core.spec import parse_spec
+  try:
+    return parse_spec(text)
+  except (OSError, ValueError, TypeError) as e:
+    raise SystemExit(f"--spec: {e}") from None
 
 
 def fixed_masks(model, masks: dict[str, np.ndarray]):
@@ -383,7 +416,7 @@ def run_lgd(b: Bench, reduction: float, granularity: str, projection: str, regro
   pruned = xt.prune_crossbar(
       model, spec=b.spec, granularity=granularity, projection=projection, regrowth=regrowth,
       seed=b.seed, temperature=b.args.temperature,
-      policy=xt.CrossbarPolicy(leave_dense=[re.escape(n) for n in b.dense_names(model)]),
+      policy=b.policy(model),
       schedule=xt.CrossbarPolynomialDecay(final_reduction=reduction, begin_step=0,
                                           end_step=b.end_step, frequency=b.args.frequency))
   wrapped = sorted(l.layer.name for l in pruned.layers if type(l).__name__ == "CrossbarPrune")
@@ -396,20 +429,13 @@ def run_lgd(b: Bench, reduction: float, granularity: str, projection: str, regro
 
 def exact_masks(b: Bench, model, reduction: float) -> dict[str, np.ndarray]:
   """Crossbar-grain exact projection of each pruned layer's kernel at its budget."""
-  out = {}
-  for n, budget in b.budgets(model, reduction).items():
-    layer = model.get_layer(n)
-    g = b.xlayers.geometry_of(layer, b.spec)
-    out[n] = b.xt.project(g, layer.kernel, budget, "crossbar").numpy()
-  return out
+  return b.training.one_shot_masks(model, b.spec, b.policy(model), reduction, "crossbar")
 
 
 def finetune_masked(b: Bench, model, masks: dict[str, np.ndarray], epochs: int):
   b.compile(model, b.args.finetune_lr, epochs)
   b.fit(model, epochs, [fixed_masks(model, masks)])
-  for n, m in masks.items():  # exact zeros for the count, whatever the last step did
-    k = model.get_layer(n).kernel
-    k.assign(k * m)
+  b.training.apply_masks(model, masks)  # exact zeros for the count, whatever the last step did
   return model
 
 
@@ -500,23 +526,9 @@ def _copy_into_wrapped(source, wrapped) -> None:
 
 
 def run_method(b: Bench, method: str, reduction: float):
-  if method == "rpp-crossbar":
-    return run_lgd(b, reduction, "crossbar", "rpp", "reset", False)
-  if method == "rpp-crossbar-st":
-    return run_lgd(b, reduction, "crossbar", "rpp", "straight_through", False)
-  if method == "rpp-column":
-    return run_lgd(b, reduction, "column", "rpp", "reset", False)
-  if method == "rpp-column-reorder":
-    return run_lgd(b, reduction, "column", "rpp", "reset", True)
-  if method == "topk-crossbar":
-    return run_lgd(b, reduction, "crossbar", "topk", "reset", False)
-  if method == "oneshot-crossbar":
-    return run_oneshot(b, reduction)
-  if method == "tfmot-unstructured":
-    return run_tfmot(b, reduction)
-  if method == "group-lasso":
-    return run_group_lasso(b, reduction)
-  raise ValueError(f"--methods: {method!r} is unknown; valid: {', '.join(METHODS)}")
+  if method not in METHOD_TABLE:
+    raise ValueError(f"--methods: {method!r} is unknown; valid: {', '.join(METHODS)}")
+  return METHOD_TABLE[method].run(b, reduction)
 
 
 # ---------------------------------------------------------------------------- results file
@@ -555,33 +567,11 @@ class Results:
     self.save()
 
   def save(self) -> None:
-    tmp = self.path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(self.data, indent=1, default=_json_default))
-    tmp.replace(self.path)
-
-
-def _json_default(o):
-  if isinstance(o, (np.integer,)):
-    return int(o)
-  if isinstance(o, (np.floating,)):
-    return float(o)
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  raise TypeError(type(o).__name__)
+    from xbar_tfmot.app.training import write_json
+    write_json(self.path, self.data, sort_keys=False)
 
 
 # ---------------------------------------------------------------------------- rendering
-
-METHOD_LABELS = {
-    "rpp-crossbar": "1. LGD-RPP crossbar grain",
-    "rpp-column": "2. LGD-RPP column grain",
-    "rpp-column-reorder": "3. LGD-RPP column grain + reorder",
-    "topk-crossbar": "4. LGD top-k (no RPP), crossbar grain",
-    "oneshot-crossbar": "5. one-shot block magnitude + fine-tune",
-    "tfmot-unstructured": "6. TFMOT prune_low_magnitude (unstructured)",
-    "group-lasso": "7. group lasso on blocks + threshold + fine-tune",
-    "rpp-crossbar-st": "LGD-RPP crossbar grain, regrowth straight_through",
-}
 
 
 def summarise(data: dict) -> dict:
@@ -701,15 +691,12 @@ def plot(data: dict, path: pathlib.Path) -> None:
   if not nets:
     return
   fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.8), squeeze=False)
-  styles = {"rpp-crossbar": "o-", "rpp-crossbar-st": "o:", "rpp-column": "s-",
-            "rpp-column-reorder": "D-", "topk-crossbar": "^--", "oneshot-crossbar": "v--",
-            "tfmot-unstructured": "x--", "group-lasso": "P--"}
   for ax, net in zip(axes[0], nets):
     for method in [m for m in METHODS if m in summary[net]]:
       pts = sorted((1 - np.mean(v["used"]) / v["dense"], np.mean(v["acc"]), np.std(v["acc"]))
                    for v in summary[net][method].values())
       xs, ys, es = (np.array(t) for t in zip(*pts))
-      ax.errorbar(100 * xs, 100 * ys, yerr=100 * es, fmt=styles[method], capsize=2,
+      ax.errorbar(100 * xs, 100 * ys, yerr=100 * es, fmt=METHOD_TABLE[method].style, capsize=2,
                   label=METHOD_LABELS[method], markersize=5)
     if net in dense:
       ax.axhline(100 * dense[net][0], color="k", lw=1, label="dense")
@@ -756,6 +743,10 @@ def command_line(argv: list[str] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+  if "--cpu" in (sys.argv[1:] if argv is None else argv):
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything imports TensorFlow
+  if "--tf-log" not in (sys.argv[1:] if argv is None else argv):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   args = parse_args(argv)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

@@ -22,16 +22,14 @@ import pathlib
 import time
 from typing import Any, Callable
 
-import numpy as np
-
 from xbar_tfmot.app import configuration
 from xbar_tfmot.app import datasets
 from xbar_tfmot.app import run_report
+from xbar_tfmot.app import training
 from xbar_tfmot.app import zoo
 from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.core.policy import CrossbarPolicy
-from xbar_tfmot.core.projection import project
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
 from xbar_tfmot.core import spec as spec_lib
 from xbar_tfmot.core.spec import CrossbarSpec
@@ -47,19 +45,14 @@ def parse_spec(text: str) -> CrossbarSpec:
     raise ConfigError(f"config.crossbar.spec={text!r}: {e}") from None
 
 
-def _write_json(path: pathlib.Path, data: Any) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_jsonable) + "\n",
-                 encoding="utf-8")
-  os.replace(tmp, path)
+_write_json = training.write_json
 
 
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, (tuple, np.ndarray)):
-    return list(value)
-  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+def _summary_item(key: str, value: Any) -> str:
+  """One `key value` of a phase's done line: durations as `301.8 s`, other floats to 4 places."""
+  if key == "seconds":
+    return f"{key} {training.format_seconds(value)}"
+  return f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
 
 
 class Pipeline:
@@ -161,14 +154,12 @@ class Pipeline:
     result["seconds"] = round(time.perf_counter() - started, 1)
     self.state["phases"][phase] = result
     _write_json(self.workdir / "state.json", self.state)
-    summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                        for k, v in result.items() if not isinstance(v, (dict, list)))
+    summary = ", ".join(_summary_item(k, v) for k, v in result.items()
+                        if not isinstance(v, (dict, list)))
     self.log(f"[{phase}] done: {summary}")
 
   def _save(self, model, path: pathlib.Path) -> None:
-    tmp = path.with_name(f".tmp.{path.name}")
-    model.save(tmp)
-    os.replace(tmp, path)
+    training.save_model(model, path)
 
   def _load(self, path: pathlib.Path):
     from xbar_tfmot.pruning.api import crossbar_pruning_scope
@@ -176,43 +167,26 @@ class Pipeline:
       return self.K.models.load_model(path)
 
   def _compile(self, model, learning_rate: float) -> None:
-    K = self.K
-    model.compile(optimizer=K.optimizers.Adam(learning_rate),
-                  loss=K.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    training.compile_classifier(model, self.K, learning_rate)
 
   def _evaluate(self, model) -> float:
     _, (xt, yt) = self.data
-    self._compile(model, self.config.train.learning_rate)
-    return float(model.evaluate(xt, yt, batch_size=512, verbose=0)[1])
+    return training.accuracy(model, xt, yt, batch_size=512)
 
   def _fit(self, model, phase: str, epochs: int, learning_rate: Callable[[int], float],
            callbacks: list, on_epoch: Callable[[int], None] = lambda e: None):
     """Trains `epochs` epochs with a checkpoint after each; continues from the last one."""
-    folder = self._path(phase)
-    folder.mkdir(exist_ok=True)
-    progress_file = folder / "progress.json"
-    history: dict[str, list[float]] = {}
-    start = 0
-    if progress_file.exists():
-      progress = json.loads(progress_file.read_text(encoding="utf-8"))
-      start, history = progress["epoch"], progress["history"]
-      model = self._load(folder / "model.keras")
-      self.log(f"[{phase}] resuming after epoch {start} of {epochs} from {folder}")
     (x, y), (xt, yt) = self.data
-    seed = self.config.seed
-    for epoch in range(start, epochs):
-      on_epoch(epoch)
-      self.K.utils.set_random_seed((seed * 7919 + PHASES.index(phase) * 1009 + epoch) % 2**31)
-      model.optimizer.learning_rate.assign(learning_rate(epoch))
-      h = model.fit(x, y, batch_size=self.config.train.batch_size, epochs=epoch + 1,
-                    initial_epoch=epoch, validation_data=(xt, yt), shuffle=True,
-                    callbacks=callbacks, verbose=self.config.train.verbose)
-      for key, values in h.history.items():
-        history.setdefault(key, []).append(float(values[-1]))
-      self._save(model, folder / "model.keras")
-      _write_json(progress_file, {"epoch": epoch + 1, "history": history})
-    return model, history
+
+    def resumed(start: int) -> None:
+      self.log(f"[{phase}] resuming after epoch {start} of {epochs} from {self._path(phase)}")
+
+    return training.fit_epochs(
+        model, x, y, self.K, epochs=epochs, batch_size=self.config.train.batch_size,
+        seed=self.config.seed, phase=PHASES.index(phase),
+        run_folder=training.RunFolder(self._path(phase), self._load),
+        learning_rate=learning_rate, callbacks=callbacks, validation_data=(xt, yt),
+        verbose=self.config.train.verbose, on_epoch=on_epoch, on_resume=resumed)
 
   def _tensorboard(self, phase: str) -> list:
     if not self.config.report.tensorboard:
@@ -286,14 +260,8 @@ class Pipeline:
 
   def _one_shot(self, model):
     c = self.config
-    mapped = [l for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(l)]
-    geometries = [layers_lib.geometry_of(l, self.spec) for l in mapped]
-    budgets = self._policy().plan(geometries, c.crossbar.reduction)
-    for layer, g in zip(mapped, geometries):
-      if budgets[g.name] is not None:
-        kernel = np.asarray(layer.kernel)
-        mask = np.asarray(project(g, kernel, budgets[g.name], c.crossbar.granularity))
-        layer.kernel.assign(kernel * mask)
+    training.apply_masks(model, training.one_shot_masks(
+        model, self.spec, self._policy(), c.crossbar.reduction, c.crossbar.granularity))
     return model
 
   def _prune_training(self, model, n_train: int):
@@ -385,11 +353,17 @@ def run(config, log: Callable[[str], None] = print) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  """`xbar-prune --config configs/NAME.py [--config.field=value ...]`."""
+  """`xbar-prune --config configs/NAME.py [--config.field=value ...] [--tf-log]`."""
   import sys
+
+  from xbar_tfmot.app.cli import quiet_tensorflow
+  quiet_tensorflow(argv or sys.argv)
 
   from absl import app, flags, logging
   from ml_collections import config_flags
+
+  if "tf_log" not in flags.FLAGS:
+    flags.DEFINE_bool("tf_log", False, "show TensorFlow's C++ log lines (or set XBAR_TF_LOG=1)")
 
   config_flag = config_flags.DEFINE_config_file(
       "config", None, "a config file from configs/ (its get_config()); override fields with "

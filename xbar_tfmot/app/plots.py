@@ -53,7 +53,19 @@ def occupancy(maps: Sequence[tuple[str, np.ndarray, str]], path: pathlib.Path,
   segments (the columns of each input group that are packed into crossbars).
   """
   plt = _pyplot()
-  from matplotlib.ticker import MaxNLocator
+  fig = occupancy_figure(maps, title)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def index_ticks(n: int, most: int = 8) -> list[int]:
+  """At most `most` integer ticks from 0 to `n - 1`, both ends included (`[0]` for one row)."""
+  return sorted({int(round(t)) for t in np.linspace(0, max(0, n - 1), max(1, min(n, most)))})
+
+
+def occupancy_figure(maps: Sequence[tuple[str, np.ndarray, str]], title: str):
+  """The figure of `occupancy` (not saved): integer ticks on both axes, however few groups."""
+  plt = _pyplot()
   n = len(maps)
   cols = min(4, n)
   rows = math.ceil(n / cols)
@@ -64,13 +76,14 @@ def occupancy(maps: Sequence[tuple[str, np.ndarray, str]], path: pathlib.Path,
     ax.set_xlabel(xlabel, fontsize=7)
     ax.set_ylabel("input group", fontsize=7)
     ax.tick_params(labelsize=6)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    grid = np.atleast_2d(grid)
+    ax.set_yticks(index_ticks(grid.shape[0]))
+    ax.set_xticks(index_ticks(grid.shape[1]))
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def training_curves(phases: Sequence[tuple[str, dict[str, list[float]]]], path: pathlib.Path,

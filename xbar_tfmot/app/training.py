@@ -1,0 +1,185 @@
+"""Training shared by the `xbar-prune` pipeline and `tools/bench_quality.py`.
+
+One place for what both do around `model.fit`: compiling a classifier, training one epoch at a
+time with a checkpoint after each and resuming from the last one (the pipeline), training in
+one seeded call (the benchmark, whose resume unit is a finished cell), re-estimating
+BatchNorm statistics, measuring test accuracy, the one-shot exact projection of trained
+kernels, and atomic writes of JSON files and models into a run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import project
+from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as layers_lib
+
+
+# --- run folder ------------------------------------------------------------------------------
+
+def jsonable(value: Any) -> Any:
+  """`json.dumps(default=...)` for numpy scalars and arrays and tuples."""
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, (tuple, np.ndarray)):
+    return list(value) if isinstance(value, tuple) else value.tolist()
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_json(path: pathlib.Path, data: Any, sort_keys: bool = True, indent: int = 1) -> None:
+  """Writes `data` to `path` atomically (a killed process leaves the old file or the new)."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys, default=jsonable) + "\n",
+                 encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def save_model(model, path: pathlib.Path) -> None:
+  """`model.save(path)` atomically."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".tmp.{path.name}")
+  model.save(tmp)
+  os.replace(tmp, path)
+
+
+def format_seconds(seconds: float) -> str:
+  """`301.8 s`: how durations are printed."""
+  return f"{seconds:.1f} s"
+
+
+# --- compiling and training ------------------------------------------------------------------
+
+def compile_classifier(model, keras, learning_rate) -> None:
+  """Adam (a float or a schedule) on sparse cross-entropy from logits, with accuracy."""
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+
+
+def epoch_seed(seed: int, phase: int, epoch: int) -> int:
+  """The seed every epoch of a checkpointed run starts from (a resumed epoch replays it)."""
+  return (seed * 7919 + phase * 1009 + epoch) % 2**31
+
+
+def fit_seeded(model, x, y, keras, epochs: int, batch_size: int, seed: int,
+               callbacks: Iterable = ()) -> None:
+  """All `epochs` in one `fit` call after `keras.utils.set_random_seed(seed)`, silent."""
+  keras.utils.set_random_seed(seed)
+  if epochs > 0:
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+              callbacks=list(callbacks))
+
+
+class RunFolder:
+  """A training folder: `model.keras` and `progress.json` (`{epoch, history}`) after each epoch.
+
+  `load(path)` reads a model saved here (the pipeline loads inside its pruning scope).
+  """
+
+  def __init__(self, folder: pathlib.Path, load: Callable[[pathlib.Path], Any]):
+    self.folder = pathlib.Path(folder)
+    self.load = load
+    self.progress_file = self.folder / "progress.json"
+    self.model_file = self.folder / "model.keras"
+
+  def resume(self):
+    """`(epochs done, history, model)`; `(0, {}, None)` when nothing was checkpointed."""
+    if not self.progress_file.exists():
+      return 0, {}, None
+    progress = json.loads(self.progress_file.read_text(encoding="utf-8"))
+    return progress["epoch"], progress["history"], self.load(self.model_file)
+
+  def checkpoint(self, model, epochs_done: int, history: dict[str, list[float]]) -> None:
+    self.folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, self.model_file)
+    write_json(self.progress_file, {"epoch": epochs_done, "history": history})
+
+
+def _one_epoch_callback(keras):
+  class _StopAfterOneEpoch(keras.callbacks.Callback):
+    """Lets `fit(epochs=total, initial_epoch=e)` run epoch `e` only, so Keras prints
+    `Epoch e+1/total`."""
+
+    def on_epoch_end(self, epoch, logs=None):
+      self.model.stop_training = True
+
+  return _StopAfterOneEpoch()
+
+
+def fit_epochs(model, x, y, keras, *, epochs: int, batch_size: int, seed: int, phase: int,
+               run_folder: RunFolder, learning_rate: Callable[[int], float],
+               callbacks: Sequence = (), validation_data=None, verbose: int = 0,
+               on_epoch: Callable[[int], None] = lambda e: None,
+               on_resume: Callable[[int], None] = lambda e: None):
+  """Trains `epochs` epochs one at a time with a checkpoint after each; continues after the
+  last checkpoint of `run_folder`. Epoch `e` starts from `epoch_seed(seed, phase, e)` at
+  learning rate `learning_rate(e)`. Returns `(model, history)`, one value per epoch."""
+  start, history, resumed = run_folder.resume()
+  if resumed is not None:
+    model = resumed
+    on_resume(start)
+  for epoch in range(start, epochs):
+    on_epoch(epoch)
+    keras.utils.set_random_seed(epoch_seed(seed, phase, epoch))
+    model.optimizer.learning_rate.assign(learning_rate(epoch))
+    h = model.fit(x, y, batch_size=batch_size, epochs=epochs, initial_epoch=epoch,
+                  validation_data=validation_data, shuffle=True,
+                  callbacks=[*callbacks, _one_epoch_callback(keras)], verbose=verbose)
+    for key, values in h.history.items():
+      history.setdefault(key, []).append(float(values[-1]))
+    run_folder.checkpoint(model, epoch + 1, history)
+  return model, history
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def recalibrate_batchnorm(model, x, images: int, batch: int = 500) -> None:
+  """Re-estimates BatchNorm moving statistics as the average over the first `images` of `x`
+  (forward passes in training mode, batches of `batch`; no weight changes)."""
+  bns = [l for l in layers_lib.iter_layers(model)
+         if type(layers_lib.unwrap(l)).__name__ == "BatchNormalization"]
+  n = min(images, len(x))
+  if not bns or n < 1:
+    return
+  momenta = [l.momentum for l in bns]
+  for k, start in enumerate(range(0, n, batch)):
+    for l in bns:
+      l.momentum = k / (k + 1)  # cumulative average of the batch statistics
+    model(x[start:min(n, start + batch)], training=True)
+  for l, m in zip(bns, momenta):
+    l.momentum = m
+
+
+def accuracy(model, x, y, batch_size: int = 1000) -> float:
+  """Top-1 accuracy of a logits (or probabilities) classifier on `(x, y)`."""
+  logits = model.predict(x, batch_size=batch_size, verbose=0)
+  return float(np.mean(np.argmax(logits, axis=1) == np.asarray(y)))
+
+
+# --- one-shot projection ---------------------------------------------------------------------
+
+def one_shot_masks(model, spec: CrossbarSpec, policy: CrossbarPolicy, reduction: float,
+                   granularity: str = "crossbar") -> dict[str, np.ndarray]:
+  """`{layer name: 0/1 kernel mask}`: the exact projection of each pruned layer's trained
+  kernel onto its `policy` budget at `reduction` (layers left dense are absent)."""
+  mapped = [l for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(l)]
+  geometries = [layers_lib.geometry_of(l, spec) for l in mapped]
+  budgets = policy.plan(geometries, reduction)
+  return {g.name: np.asarray(project(g, layer.kernel, budgets[g.name], granularity))
+          for layer, g in zip(mapped, geometries) if budgets[g.name] is not None}
+
+
+def apply_masks(model, masks: dict[str, np.ndarray]) -> None:
+  """Multiplies each named layer's kernel by its mask in place."""
+  by_name = {l.name: l for l in layers_lib.iter_layers(model)}
+  for name, mask in masks.items():
+    kernel = by_name[name].kernel
+    kernel.assign(np.asarray(kernel) * mask)
