@@ -10,6 +10,11 @@ Keras 3 user's `tf.keras` is left alone. It imports the Keras 3 adapter, which r
 Keras 3 wrapper and schedules as serialisables, so pruned `.keras` files load without a scope.
 """
 
+from xbar_tfmot import _quiet
+
+with _quiet.program_start():
+  import tensorflow as _tf  # noqa: F401  (first, so that the console scripts start quietly)
+
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.cost import CostReport, estimate_cost
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
@@ -33,6 +38,9 @@ from xbar_tfmot.models.report import CrossbarReport, LayerReport, crossbar_repor
 from xbar_tfmot.pruning import (CrossbarPruningSummaries, UpdateCrossbarPruning,
                                 crossbar_pruning_scope, crossbar_wrappers, prune_crossbar,
                                 strip_crossbar_pruning)
+from xbar_tfmot.pruning.distillation import (DistillationLoss, distillation_accuracy,
+                                             teacher_targets)
+from xbar_tfmot.pruning.sensitivity import sensitivity_curves
 
 try:  # registers the Keras 3 serialisables; Keras 3 is a dependency, but keep the core importable
   from xbar_tfmot.pruning import keras3 as _keras3  # noqa: F401
@@ -44,10 +52,11 @@ __all__ = [
     "estimate_cost", "output_positions",
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",
     "CrossbarPolicy", "CrossbarPolynomialDecay", "CrossbarPruningSummaries", "CrossbarReport",
-    "CrossbarSpec", "CrossbarTemperatureDecay", "ExportError", "LayerGeometry", "LayerPacking",
+    "CrossbarSpec", "CrossbarTemperatureDecay", "DistillationLoss", "ExportError", "LayerGeometry", "LayerPacking",
     "LayerReport", "MappingError", "ReorderResult", "UpdateCrossbarPruning", "XbarError",
     "analyze", "build_mapping", "crossbar_budget", "crossbar_model", "crossbar_pruning_scope",
-    "crossbar_report", "crossbar_wrappers", "export", "pack_layer", "project",
-    "project_permuted", "prune_crossbar", "read_mapping", "recalibrate_batchnorm", "reorder_model", "stateless_seed",
-    "strip_crossbar_pruning", "validate_mapping", "verify",
+    "crossbar_report", "crossbar_wrappers", "distillation_accuracy", "export", "pack_layer", "project",
+    "project_permuted", "prune_crossbar", "read_mapping", "recalibrate_batchnorm", "reorder_model",
+    "sensitivity_curves", "stateless_seed", "strip_crossbar_pruning", "teacher_targets",
+    "validate_mapping", "verify",
 ]

@@ -11,11 +11,15 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.core.schedules import _check_reduction
 
-MODES = ("per_layer", "global")
+MODES = ("per_layer", "global", "global_score", "sensitivity")
+SHARED_MODES = ("global_score",)  # budgets re-split among layers at every mask update
+SCORES = ("energy", "saliency")
 CONV_KINDS = ("Conv1D", "Conv2D")
 
 
@@ -38,11 +42,26 @@ class CrossbarPolicy:
       counts (the same reduction everywhere), rounded by largest remainder so the budgets sum
       to `N_total` exactly. Uniform spreading is predictable and needs no pretrained weights;
       it is not sensitivity-aware.
+      `global_score`: the same model-wide `N_total`, but the pool's share (what the
+      dense-left and explicitly targeted layers leave) is re-split at every mask update: all
+      pool layers' candidate units (blocks, or column chunks at column grain) compete in one
+      ranking of a score normalised per layer (`score`), every layer keeping at least one
+      crossbar (`allocate_by_score`). The budgets are set by `UpdateCrossbarPruning`.
+      `sensitivity`: the same pool share, split once before training to minimise the summed
+      loss increase over measured per-layer curves (`curves`, from
+      `xbar_tfmot.sensitivity_curves`; `allocate_by_curves`, an exact knapsack).
+    score: `global_score` only: `energy` (a unit's sum of squared weights over its layer's
+      total) or `saliency` (a unit's sum of `|w * dL/dw|` over a few batches given to
+      `UpdateCrossbarPruning(allocation_data=...)`, over its layer's total).
+    curves: `sensitivity` only: `{layer name: [[budget, loss], ...]}`, measured on held-out
+      batches after the one-shot projection of that layer alone to each budget.
   """
 
   targets: Any = ()
   leave_dense: Any = None
   mode: str = "per_layer"
+  score: str = "energy"
+  curves: Any = None
 
   def __post_init__(self):
     targets = self.targets.items() if isinstance(self.targets, Mapping) else self.targets
@@ -58,11 +77,27 @@ class CrossbarPolicy:
       object.__setattr__(self, "leave_dense", names)
     if self.mode not in MODES:
       raise ValueError(f"CrossbarPolicy.mode={self.mode!r} is unknown; valid: {', '.join(MODES)}.")
+    if self.score not in SCORES:
+      raise ValueError(f"CrossbarPolicy.score={self.score!r} is unknown; valid: "
+                       f"{', '.join(SCORES)}.")
+    if self.mode == "sensitivity":
+      if not isinstance(self.curves, Mapping) or not self.curves:
+        raise ValueError("CrossbarPolicy(mode='sensitivity') needs curves={layer: [[budget, "
+                         "loss], ...]}; measure them with xbar_tfmot.sensitivity_curves.")
+      object.__setattr__(self, "curves", {
+          str(k): tuple((int(b), float(v)) for b, v in points) for k, points in self.curves.items()})
+    elif self.curves is not None:
+      raise ValueError(f"CrossbarPolicy: curves are for mode='sensitivity', not {self.mode!r}.")
 
   def get_config(self) -> dict[str, Any]:
     return {"targets": dict(self.targets),
             "leave_dense": None if self.leave_dense is None else list(self.leave_dense),
-            "mode": self.mode}
+            "mode": self.mode, "score": self.score,
+            "curves": None if self.curves is None else {
+                k: [list(p) for p in v] for k, v in self.curves.items()}}
+
+  def __hash__(self):
+    return hash((self.targets, self.leave_dense, self.mode, self.score))
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "CrossbarPolicy":
@@ -98,17 +133,51 @@ class CrossbarPolicy:
         budgets[g.name] = crossbar_budget(g.dense_crossbars, explicit[g.name])
       elif self.mode == "per_layer":
         budgets[g.name] = crossbar_budget(g.dense_crossbars, reduction)
-    if self.mode == "global":
+    if self.mode != "per_layer":
       free = [g for g in geometries if g.name not in budgets]
-      budgets.update(_spread_global(geometries, budgets, free, reduction))
+      if self.mode != "global":  # a one-crossbar layer cannot be cut: it stays out of the pool
+        for g in free:
+          if g.dense_crossbars == 1:
+            budgets[g.name] = 1
+        free = [g for g in free if g.dense_crossbars > 1]
+      spread = _spread_global(geometries, budgets, free, reduction, self.mode)
+      if self.mode == "sensitivity" and free:
+        missing = [g.name for g in free if g.name not in self.curves]
+        if missing:
+          raise ValueError(f"CrossbarPolicy(mode='sensitivity'): no curve for layers {missing}; "
+                           f"curves cover {sorted(self.curves)}.")
+        values = allocate_by_curves([self.curves[g.name] for g in free],
+                                    [g.dense_crossbars for g in free], sum(spread.values()))
+        spread = {g.name: b for g, b in zip(free, values)}
+      budgets.update(spread)
     return {g.name: budgets[g.name] for g in geometries}
+
+  def shared_pool(self, geometries: Sequence[LayerGeometry], reduction: float,
+                  default_leave_dense: bool = True) -> dict[str, int]:
+    """`{layer name: pool total}` of the layers whose budgets are re-split at every mask update
+    (`global_score`; empty for other modes). The pool total is the same for all of them."""
+    if self.mode not in SHARED_MODES:
+      return {}
+    budgets = self.plan(geometries, reduction, default_leave_dense)
+    fixed = self._fixed_names(geometries, default_leave_dense)
+    pool = [g.name for g in geometries
+            if g.name not in fixed and budgets[g.name] is not None and g.dense_crossbars > 1]
+    total = sum(budgets[n] for n in pool)
+    return {n: total for n in pool}
+
+  def _fixed_names(self, geometries, default_leave_dense):
+    names = [g.name for g in geometries]
+    out = set(self._dense_names(geometries, default_leave_dense))
+    for pattern, _ in self.targets:
+      out.update(n for n in names if _matches(pattern, n))
+    return out
 
   def reduction_for(self, name: str, reduction: float) -> float | None:
     """Final reduction of one layer known by name only (an unbuilt layer of a list), or None
     if it is left dense. Per-layer mode only; no first-convolution default."""
-    if self.mode == "global":
+    if self.mode != "per_layer":
       raise ValueError(
-          f"CrossbarPolicy(mode='global') needs built layers to spread the budget; layer "
+          f"CrossbarPolicy(mode={self.mode!r}) needs built layers to spread the budget; layer "
           f"{name!r} is not built. Build it (give it an input shape) or use mode='per_layer'.")
     if any(_matches(p, name) for p in self.leave_dense or ()):
       return None
@@ -133,7 +202,8 @@ class CrossbarPolicy:
     return out
 
 
-def _spread_global(geometries, fixed: Mapping[str, int | None], free, reduction: float):
+def _spread_global(geometries, fixed: Mapping[str, int | None], free, reduction: float,
+                   mode: str = "global"):
   total_dense = sum(g.dense_crossbars for g in geometries)
   total = crossbar_budget(total_dense, reduction)
   by_name = {g.name: g for g in geometries}
@@ -144,7 +214,7 @@ def _spread_global(geometries, fixed: Mapping[str, int | None], free, reduction:
     return {}
   if not len(free) <= left <= free_dense:
     raise ValueError(
-        f"CrossbarPolicy(mode='global'): a model-wide reduction of {reduction} allows {total} of "
+        f"CrossbarPolicy(mode={mode!r}): a model-wide reduction of {reduction} allows {total} of "
         f"{total_dense} crossbars, but the dense-left and explicitly targeted layers take {taken}, "
         f"leaving {left} for {len(free)} layers with {free_dense} dense crossbars; valid: "
         f"between {len(free)} and {free_dense}. Lower the targets or leave fewer layers dense.")
@@ -161,6 +231,90 @@ def _spread_global(geometries, fixed: Mapping[str, int | None], free, reduction:
         budgets[i] += step
         missing -= step
   return {g.name: b for g, b in zip(free, budgets)}
+
+
+def unit_scores(geometry: LayerGeometry, magnitude, granularity: str) -> np.ndarray:
+  """Scores of a layer's candidate units, sorted decreasing (`dense_crossbars` of them).
+
+  `magnitude` is kernel-shaped; a unit's score is the sum of its squares over the unit (the
+  energy when `magnitude` is the kernel; pass `sqrt(|w * dL/dw|)` for the saliency). Units are
+  blocks at crossbar grain, and at column grain the chunks of `Kout` segments of each input
+  group's segments sorted by score, as the projection forms them; keeping a layer's `b` best
+  units is what the exact projection to `b` crossbars keeps.
+  """
+  import tensorflow as tf  # core may use TensorFlow (not Keras)
+  magnitude = tf.convert_to_tensor(magnitude, tf.float32)
+  if granularity == "crossbar":
+    units = geometry.block_energy(magnitude)
+  else:
+    seg = tf.sort(geometry.segment_energy(magnitude), axis=1, direction="DESCENDING")
+    seg = tf.pad(seg, [[0, 0], [0, geometry.g_out * geometry.kout - geometry.cout]])
+    units = tf.reduce_sum(tf.reshape(seg, (geometry.g_in, geometry.g_out, geometry.kout)), 2)
+  return -np.sort(-np.asarray(units, np.float64).ravel())
+
+
+def allocate_by_score(scores: Sequence[np.ndarray], total: int) -> list[int]:
+  """Per-layer crossbar budgets summing to `total`, from one ranking of normalised unit scores.
+
+  `scores[l]` are layer `l`'s unit scores (any order, `dense_l` of them). Each score is divided
+  by its layer's sum (a layer with no score counts its units alike), every layer keeps its
+  best unit, and the other `total - L` places go to the best remaining units of all layers;
+  ties go to the earlier layer, then the earlier unit. Deterministic.
+  """
+  dense = [len(s) for s in scores]
+  if not len(scores) <= total <= sum(dense):
+    raise ValueError(f"allocate_by_score: total={total} is invalid; valid: between "
+                     f"{len(scores)} (one crossbar per layer) and {sum(dense)} (all dense).")
+  values, layers, ranks = [], [], []
+  for index, s in enumerate(scores):
+    s = -np.sort(-np.asarray(s, np.float64).ravel())
+    norm = s.sum()
+    s = s / norm if norm > 0 else np.full_like(s, 1.0 / len(s))
+    values.append(s[1:])
+    layers.append(np.full(len(s) - 1, index))
+    ranks.append(np.arange(1, len(s)))
+  values, layers, ranks = (np.concatenate(a) for a in (values, layers, ranks))
+  order = np.lexsort((ranks, layers, -values))[: total - len(scores)]
+  return [1 + int(np.sum(layers[order] == i)) for i in range(len(scores))]
+
+
+def allocate_by_curves(curves: Sequence[Sequence[tuple[int, float]]], dense: Sequence[int],
+                       total: int) -> list[int]:
+  """Per-layer budgets summing to `total` that minimise the summed interpolated curve values.
+
+  `curves[l]` holds `(budget, loss)` points of layer `l`; the loss at other budgets is
+  interpolated linearly (held constant outside the measured range). An exact min-plus knapsack
+  over budgets `1..dense_l`; ties go to the larger budget of the later layer (deterministic).
+  """
+  if not len(dense) <= total <= sum(dense):
+    raise ValueError(f"allocate_by_curves: total={total} is invalid; valid: between "
+                     f"{len(dense)} and {sum(dense)}.")
+  costs = []
+  for points, d in zip(curves, dense):
+    points = sorted(points)
+    xs = np.array([p[0] for p in points], np.float64)
+    ys = np.array([p[1] for p in points], np.float64)
+    costs.append(np.interp(np.arange(1, d + 1), xs, ys))  # cost[b - 1]
+  inf = np.inf
+  best = np.zeros(1)  # best[t]: least summed cost of the layers so far using t crossbars
+  choices = []
+  for cost in costs:
+    d = len(cost)
+    new = np.full(len(best) + d, inf)
+    pick = np.zeros(len(best) + d, np.int64)
+    for b in range(1, d + 1):
+      cand = best + cost[b - 1]
+      better = cand <= new[b:b + len(best)]
+      new[b:b + len(best)] = np.where(better, cand, new[b:b + len(best)])
+      pick[b:b + len(best)] = np.where(better, b, pick[b:b + len(best)])
+    best = new
+    choices.append(pick)
+  out, t = [], total
+  for pick in reversed(choices):
+    b = int(pick[t])
+    out.append(b)
+    t -= b
+  return out[::-1]
 
 
 def _compile(field: str, pattern: Any) -> re.Pattern:

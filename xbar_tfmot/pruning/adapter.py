@@ -39,11 +39,11 @@ class CrossbarWrapperMixin:
   """
 
   CONFIG_FIELDS = ("granularity", "projection", "regrowth", "final_budget", "target_reduction",
-                   "layer_index", "seed")
+                   "layer_index", "seed", "allocation")
 
   def _init_fields(self, layer, spec, granularity: str, pruning_schedule, projection: str,
                    regrowth: str, temperature, final_budget, target_reduction, layer_index: int,
-                   seed: int) -> None:
+                   seed: int, allocation: dict | None = None) -> None:
     if spec is None:
       raise ValueError(f"CrossbarPrune({layer.name!r}): spec is required (a CrossbarSpec).")
     self.spec = CrossbarSpec.from_dict(spec) if isinstance(spec, dict) else spec
@@ -58,6 +58,9 @@ class CrossbarWrapperMixin:
     self.target_reduction = target_reduction
     self.layer_index = layer_index
     self.seed = seed
+    # Shared-budget modes (`plan.allocation_of`): the budget of each mask update is set from
+    # outside (UpdateCrossbarPruning, pruning/allocation.py) instead of `budget_at`.
+    self.allocation = None if allocation is None else dict(allocation)
     self.geometry = None
 
   def crossbar_config(self) -> dict[str, Any]:

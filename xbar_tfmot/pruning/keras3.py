@@ -27,6 +27,7 @@ from xbar_tfmot.core import schedules as xschedules
 from xbar_tfmot.models import introspection as xlayers
 from xbar_tfmot.pruning import adapter
 from xbar_tfmot.pruning import allocation
+from xbar_tfmot.pruning import distillation
 from xbar_tfmot.pruning import callbacks as xcallbacks
 from xbar_tfmot.pruning import plan as core
 
@@ -34,6 +35,8 @@ PACKAGE = "xbar_tfmot"
 
 for _cls in xschedules.SCHEDULES.values():
   keras.saving.register_keras_serializable(package=PACKAGE)(_cls)
+for _obj in (distillation.DistillationLoss, distillation.distillation_accuracy):
+  keras.saving.register_keras_serializable(package=PACKAGE)(_obj)
 
 
 def _schedule(value: Any):

@@ -29,6 +29,12 @@ SUBCLASSED = (
     "list of keras layers; subclassed models ({}) are not supported.")
 
 
+def allocation_of(policy: CrossbarPolicy, total: int) -> dict[str, Any]:
+  """A wrapper's `allocation` field: it shares a pool of `total` crossbars (at the final
+  reduction) with the other wrappers of the same field, re-split at every mask update."""
+  return {"mode": policy.mode, "score": policy.score, "total": int(total)}
+
+
 def budget_at(schedule: CrossbarSchedule, dense: int, final_budget: int, step) -> tf.Tensor:
   """Crossbar budget at `step` (int32): from `dense` down to `final_budget` along the schedule,
   `dense - round((dense - final_budget) * s(step) / s_final)`."""
@@ -111,10 +117,14 @@ def plan_model(leaves: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy
         f"build the model first (give it an input shape or call it once).")
   geometries = [xlayers.geometry_of(l, spec) for l in mapped]
   budgets = policy.plan(geometries, reduction)
+  pool = policy.shared_pool(geometries, reduction)
   plan = {}
   for index, (layer, g) in enumerate(zip(mapped, geometries)):
     budget = budgets[g.name]
-    if budget is not None and budget < g.dense_crossbars:
+    if g.name in pool:
+      plan[id(layer)] = {"final_budget": budget, "layer_index": index,
+                         "allocation": allocation_of(policy, pool[g.name])}
+    elif budget is not None and budget < g.dense_crossbars:
       plan[id(layer)] = {"final_budget": budget, "layer_index": index}
   if not plan:
     dense = {g.name: g.dense_crossbars for g in geometries}
@@ -139,6 +149,7 @@ def plan_list(items: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy,
   if built:
     geometries = [xlayers.geometry_of(l, spec) for l in mapped]
     budgets = policy.plan(geometries, reduction, default_leave_dense=False)
+    pool = policy.shared_pool(geometries, reduction, default_leave_dense=False)
   out: list[dict[str, Any] | None] = []
   for layer in items:
     if not xlayers.is_mapped(layer):
@@ -147,7 +158,10 @@ def plan_list(items: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy,
     index = mapped.index(layer)
     if built:
       budget = budgets[layer.name]
-      out.append(None if budget is None else {"final_budget": budget, "layer_index": index})
+      args = None if budget is None else {"final_budget": budget, "layer_index": index}
+      if layer.name in pool:
+        args["allocation"] = allocation_of(policy, pool[layer.name])
+      out.append(args)
     else:
       target = policy.reduction_for(layer.name, reduction)
       out.append(None if target is None else {"target_reduction": target, "layer_index": index})

@@ -22,6 +22,7 @@ from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.models import introspection as xlayers
 from xbar_tfmot.pruning import adapter
 from xbar_tfmot.pruning import allocation
+from xbar_tfmot.pruning import distillation
 from xbar_tfmot.pruning import callbacks as xcallbacks
 from xbar_tfmot.pruning import plan as core
 
@@ -194,7 +195,9 @@ def _is_graph_model(model) -> bool:
 ADAPTER = adapter.Adapter(
     keras=keras, wrapper=CrossbarPrune, is_graph_model=_is_graph_model,
     scope_objects={"CrossbarPrune": CrossbarPrune,
-                   "PruneLowMagnitude": _tfmot.pruning_wrapper.PruneLowMagnitude},
+                   "PruneLowMagnitude": _tfmot.pruning_wrapper.PruneLowMagnitude,
+                   "DistillationLoss": distillation.DistillationLoss,
+                   "distillation_accuracy": distillation.distillation_accuracy},
     foreign_wrappers=(_tfmot.pruning_wrapper.PruneLowMagnitude,), copy_input_layers=True)
 
 

@@ -1,0 +1,255 @@
+"""Network-level allocation: CrossbarPolicy modes `global_score` and `sensitivity`.
+
+The model-wide budget is met exactly, counted independently on the stripped kernels, for every
+mode on random models of both flavours inside `model.fit`; budgets change only at mask updates;
+runs are deterministic for a seed; the knapsack is exact; a planted insensitive layer gets the
+cut.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import _pruning_models as pm
+import xbar_tfmot as xt
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.policy import (CrossbarPolicy, allocate_by_curves, allocate_by_score,
+                                    unit_scores)
+from xbar_tfmot.core.projection import crossbar_budget, project
+from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models.introspection import keras_module
+from xbar_tfmot.pruning.api import FLAVOURS
+
+X, Y = pm.digits(320)
+BATCH = 32  # 10 steps per epoch
+REDUCTION = 0.7
+
+
+# --- the maths, Keras-free ------------------------------------------------------------------
+
+def test_allocate_by_score_meets_the_total_with_one_crossbar_each():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    dense = rng.integers(1, 30, rng.integers(1, 6))
+    scores = [rng.exponential(size=d) * rng.choice([0.0, 1e-3, 1.0, 1e3]) for d in dense]
+    total = int(rng.integers(len(dense), dense.sum() + 1))
+    budgets = allocate_by_score(scores, total)
+    assert sum(budgets) == total
+    assert all(1 <= b <= d for b, d in zip(budgets, dense))
+    # a larger pool never takes a crossbar from a layer (one ranking, prefixes of it)
+    if total < dense.sum():
+      more = allocate_by_score(scores, total + 1)
+      assert all(m >= b for m, b in zip(more, budgets))
+
+
+def test_allocate_by_score_normalises_per_layer():
+  # Layer 0 has 100x the raw energy per unit of layer 1, spread over 10 units (a tenth of its
+  # layer each); each of layer 1's 4 units holds a quarter of its layer: normalised, they win.
+  scores = [np.full(10, 100.0), np.ones(4)]
+  assert allocate_by_score(scores, 5) == [1, 4]
+  assert allocate_by_score([np.full(10, 100.0), np.array([1.0] + [1e-6] * 9)], 11) == [10, 1]
+  with pytest.raises(ValueError, match="total=1 is invalid"):
+    allocate_by_score(scores, 1)
+
+
+@pytest.mark.parametrize("granularity", ["crossbar", "column"])
+def test_unit_scores_are_what_the_projection_keeps(granularity):
+  g = LayerGeometry("fc", "Dense", (100, 30), CrossbarSpec(rows=36, cols=8))
+  kernel = np.random.default_rng(1).normal(size=g.kernel_shape).astype("float32")
+  scores = unit_scores(g, kernel, granularity)
+  assert len(scores) == g.dense_crossbars
+  for b in range(1, g.dense_crossbars + 1):
+    mask = np.asarray(project(g, kernel, b, granularity))
+    np.testing.assert_allclose(np.sum((kernel * mask) ** 2), scores[:b].sum(), rtol=1e-4)
+
+
+def test_allocate_by_curves_is_the_exact_optimum():
+  rng = np.random.default_rng(2)
+  for _ in range(60):
+    dense = rng.integers(1, 7, rng.integers(1, 4))
+    curves = [[(b, float(v)) for b, v in zip(sorted(rng.choice(np.arange(1, d + 1), min(d, 3),
+                                                                  replace=False)),
+                                                rng.uniform(0, 5, 3))] for d in dense]
+    total = int(rng.integers(len(dense), dense.sum() + 1))
+    got = allocate_by_curves(curves, dense, total)
+    assert sum(got) == total and all(1 <= b <= d for b, d in zip(got, dense))
+
+    def cost(budgets):
+      return sum(np.interp(b, [p[0] for p in c], [p[1] for p in c])
+                 for b, c in zip(budgets, curves))
+
+    best = min(cost(c) for c in itertools.product(*[range(1, d + 1) for d in dense])
+               if sum(c) == total)
+    assert cost(got) == pytest.approx(best)
+
+
+def random_geometries(rng):
+  spec = CrossbarSpec(rows=int(rng.choice([18, 36])), cols=int(rng.choice([4, 8])))
+  out = [LayerGeometry("conv0", "Conv2D", (3, 3, 1, int(rng.integers(4, 16))), spec)]
+  for i in range(int(rng.integers(1, 4))):
+    out.append(LayerGeometry(f"fc{i}", "Dense", (int(rng.integers(8, 200)),
+                                                 int(rng.integers(2, 40))), spec))
+  return out
+
+
+@pytest.mark.parametrize("mode", ["global", "global_score", "sensitivity"])
+def test_every_mode_plans_the_model_wide_budget_exactly(mode):
+  rng = np.random.default_rng(3)
+  for _ in range(100):
+    gs = random_geometries(rng)
+    reduction = float(rng.uniform(0.1, 0.9))
+    curves = ({g.name: [(1, float(rng.uniform(1, 3))), (g.dense_crossbars, 0.0)] for g in gs}
+              if mode == "sensitivity" else None)
+    policy = CrossbarPolicy(mode=mode, curves=curves)
+    dense_total = sum(g.dense_crossbars for g in gs)
+    try:
+      plan = policy.plan(gs, reduction)
+    except ValueError as err:  # the first conv left dense may hold more than the budget
+      assert "valid: between" in str(err)
+      continue
+    counted = sum(g.dense_crossbars if plan[g.name] is None else plan[g.name] for g in gs)
+    assert counted == crossbar_budget(dense_total, reduction)
+
+
+def test_policy_config_round_trip_and_errors():
+  curves = {"fc1": [[1, 2.0], [120, 0.0]]}
+  policy = CrossbarPolicy(mode="sensitivity", curves=curves)
+  assert CrossbarPolicy.from_config(policy.get_config()) == policy
+  assert CrossbarPolicy.from_config(CrossbarPolicy(mode="global_score", score="saliency")
+                                    .get_config()).score == "saliency"
+  with pytest.raises(ValueError, match="needs curves"):
+    CrossbarPolicy(mode="sensitivity")
+  with pytest.raises(ValueError, match="score='grad' is unknown"):
+    CrossbarPolicy(mode="global_score", score="grad")
+  with pytest.raises(ValueError, match="curves are for mode='sensitivity'"):
+    CrossbarPolicy(curves=curves)
+
+
+# --- inside model.fit, both flavours --------------------------------------------------------
+
+def random_model(flavour, seed):
+  keras = keras_module(flavour)
+  keras.utils.set_random_seed(seed)
+  rng = np.random.default_rng(seed)
+  L = keras.layers
+  inp = keras.Input((8, 8, 1))
+  x = L.Conv2D(int(rng.integers(4, 12)), 3, padding="same", activation="relu", name="conv1")(inp)
+  x = L.Conv2D(int(rng.integers(8, 24)), 3, padding="same", activation="relu", name="conv2")(x)
+  x = L.MaxPooling2D()(x)
+  x = L.Flatten()(x)
+  x = L.Dense(int(rng.integers(16, 64)), activation="relu", name="fc1")(x)
+  return keras.Model(inp, L.Dense(10, name="fc2")(x))
+
+
+class Recorder:
+  """Each batch's step and the wrappers' budgets and masks after it."""
+
+  def __init__(self, flavour):
+    base = keras_module(flavour).callbacks.Callback
+    rows = self.rows = []
+
+    class Callback(base):
+      def on_train_batch_end(self, batch, logs=None):
+        ws = xt.crossbar_wrappers(self.model)
+        rows.append((int(np.asarray(ws[0].pruning_step)), [w.current_budget() for w in ws],
+                     [np.asarray(w.mask).copy() for w in ws]))
+
+    self.callback = Callback()
+
+
+def prune_and_fit(flavour, mode, seed, granularity, score="energy", curves=None):
+  model = random_model(flavour, seed)
+  schedule = xt.CrossbarPolynomialDecay(REDUCTION, begin_step=0, end_step=9, frequency=3)
+  policy = CrossbarPolicy(mode=mode, score=score, curves=curves)
+  pruned = xt.prune_crossbar(model, spec=pm.SPEC, granularity=granularity, schedule=schedule,
+                             policy=policy, seed=seed)
+  pm.compile_model(pruned)
+  recorder = Recorder(flavour)
+  update = xt.UpdateCrossbarPruning(allocation_data=[(X[:64], Y[:64])])
+  pruned.fit(X, Y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
+             callbacks=[update, recorder.callback])
+  return pruned, recorder.rows, schedule
+
+
+def whole_model_count(model, granularity):
+  """Crossbars of every mapped layer of the stripped model, read from its kernels."""
+  counts = pm.mapped_counts(xt.strip_crossbar_pruning(model))
+  used = sum(c.packed if granularity == "column" else c.blocks for c in counts.values())
+  return used, sum(c.dense for c in counts.values())
+
+
+CASES = [("global", "energy", "crossbar"), ("global_score", "energy", "column"),
+         ("global_score", "saliency", "crossbar"), ("sensitivity", "energy", "column")]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode,score,granularity", CASES)
+def test_global_budget_met_exactly_inside_fit(flavour, mode, score, granularity):
+  seed = 7 + CASES.index((mode, score, granularity))
+  curves = None
+  if mode == "sensitivity":
+    model = pm.compile_model(random_model(flavour, seed))
+    curves = xt.sensitivity_curves(model, pm.SPEC, (X[:128], Y[:128]),
+                                   granularity=granularity, reductions=(0.5, 0.9))["curves"]
+  pruned, rows, schedule = prune_and_fit(flavour, mode, seed, granularity, score, curves)
+  used, dense = whole_model_count(pruned, granularity)
+  assert used == crossbar_budget(dense, REDUCTION)
+  # budgets and masks change only at the schedule's mask updates
+  for (_, b0, m0), (step, b1, m1) in zip(rows, rows[1:]):
+    if not bool(schedule.should_update(step)):
+      assert b1 == b0 and all(np.array_equal(a, b) for a, b in zip(m0, m1)), step
+  if mode == "global_score":
+    wrappers = xt.crossbar_wrappers(pruned)  # the pool moved between layers: not proportional
+    assert [w.current_budget() for w in wrappers] != [w.final_budget for w in wrappers]
+    again, rows2, _ = prune_and_fit(flavour, mode, seed, granularity, score, curves)
+    assert [r[1] for r in rows2] == [r[1] for r in rows]  # deterministic for a seed
+    assert all(np.array_equal(a, b) for a, b in zip(rows[-1][2], rows2[-1][2]))
+
+
+def test_saliency_needs_data():
+  pruned = xt.prune_crossbar(random_model("keras3", 0), spec=pm.SPEC, seed=0,
+                             policy=CrossbarPolicy(mode="global_score", score="saliency"))
+  pm.compile_model(pruned)
+  with pytest.raises(ValueError, match="allocation_data"):
+    pruned.fit(X[:32], Y[:32], epochs=1, verbose=0, callbacks=[xt.UpdateCrossbarPruning()])
+
+
+# --- sensitivity on a planted case ------------------------------------------------------------
+
+def two_branch(flavour):
+  keras = keras_module(flavour)
+  keras.utils.set_random_seed(0)
+  L = keras.layers
+  inp = keras.Input((8, 8, 1))
+  x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
+  a = L.Conv2D(16, 3, padding="same", activation="relu", name="branch_a")(x)
+  b = L.Conv2D(16, 3, padding="same", activation="relu", name="branch_b")(x)
+  x = L.Flatten()(L.MaxPooling2D()(L.Concatenate()([a, b])))
+  return keras.Model(inp, L.Dense(10, name="fc")(x))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_sensitivity_gives_the_cut_to_a_planted_insensitive_layer(flavour):
+  model = pm.compile_model(two_branch(flavour))
+  model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0)
+  fc = model.get_layer("fc")
+  kernel = np.asarray(fc.kernel).reshape(4, 4, 32, 10)
+  kernel[:, :, 16:, :] = 0.0  # what follows branch_b is zeroed: branch_b cannot matter
+  fc.kernel.assign(kernel.reshape(512, 10))
+  result = xt.sensitivity_curves(model, pm.SPEC, (X[:160], Y[:160]))
+  assert result["evaluations"] > 1 and result["seconds"] > 0
+  flat = [loss for _, loss in result["curves"]["branch_b"]]
+  assert max(flat) - min(flat) < 1e-6
+  policy = CrossbarPolicy(mode="sensitivity", curves=result["curves"],
+                          leave_dense=["conv1", "fc"])
+  geometries = [LayerGeometry(n, "Conv2D", (3, 3, 8, 16), pm.SPEC)
+                for n in ("branch_a", "branch_b")]
+  dense = geometries[0].dense_crossbars  # 2 x 2 = 4 each
+  plan = policy.plan([LayerGeometry("conv1", "Conv2D", (3, 3, 1, 8), pm.SPEC), *geometries,
+                      LayerGeometry("fc", "Dense", (512, 10), pm.SPEC)], 0.08)
+  assert plan["branch_b"] == 1 and plan["branch_a"] == dense
+  proportional = CrossbarPolicy(mode="global", leave_dense=["conv1", "fc"]).plan(
+      [LayerGeometry("conv1", "Conv2D", (3, 3, 1, 8), pm.SPEC), *geometries,
+       LayerGeometry("fc", "Dense", (512, 10), pm.SPEC)], 0.08)
+  assert proportional["branch_b"] > 1  # the uniform split does not see it

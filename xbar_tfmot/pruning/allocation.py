@@ -1,0 +1,112 @@
+"""Network-level crossbar allocation during training (`CrossbarPolicy(mode="global_score")`).
+
+The wrappers of a `global_score` model carry the same `allocation` field (`plan.allocation_of`):
+they share one pool of crossbars. Before each training batch whose step is a mask update,
+`UpdateCrossbarPruning` calls `before_batch`: the pool's budget at that step falls along the
+schedule like a layer's (`plan.budget_at` over the pool's dense total), all pool layers'
+candidate units are ranked together by a score normalised per layer
+(`core.policy.allocate_by_score`), and each wrapper's budget variable is set to its share. The
+wrappers' mask update then projects to that budget (RPP or exact). So the budgets change only
+at mask updates, the pool total is met exactly at every update, and everything is a function
+of the weights and the step: deterministic for a seed. Flavour-neutral (both adapters call it).
+
+Scores: `energy` reads the kernels; `saliency` accumulates `|w * dL/dw|` over the batches
+given as `UpdateCrossbarPruning(allocation_data=...)` (the compiled loss, inference mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from xbar_tfmot.core.policy import allocate_by_score, unit_scores
+from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.pruning import plan as core
+
+
+def shared_groups(wrappers: Sequence[Any]) -> list[list[Any]]:
+  """Wrappers sharing a pool, grouped by their `allocation` field, in model order."""
+  groups: dict[tuple, list] = {}
+  for w in wrappers:
+    if getattr(w, "allocation", None):
+      key = tuple(sorted(w.allocation.items()))
+      groups.setdefault(key, []).append(w)
+  return list(groups.values())
+
+
+def check_data(wrappers: Sequence[Any], data: Any) -> None:
+  for group in shared_groups(wrappers):
+    if group[0].allocation.get("score") == "saliency" and data is None:
+      raise ValueError(
+          "UpdateCrossbarPruning: CrossbarPolicy(score='saliency') needs a few batches to take "
+          "gradients on; pass UpdateCrossbarPruning(allocation_data=[(x, y), ...]) (training "
+          "or validation images, not the test set).")
+
+
+def next_step(wrapper: Any) -> int:
+  """The step of the wrapper's next training call (the wrapper adds 1 before updating)."""
+  return int(np.asarray(wrapper.pruning_step)) + 1
+
+
+def pool_budget(group: Sequence[Any], step: int) -> int:
+  """The pool's crossbars at `step`: its dense total down to `allocation.total` along the
+  schedule, as `budget_at` does for one layer."""
+  dense = sum(w.geometry.dense_crossbars for w in group)
+  return int(core.budget_at(group[0].pruning_schedule, dense, group[0].allocation["total"], step))
+
+
+def set_budget(wrapper: Any, budget: int) -> None:
+  if hasattr(wrapper, "pruning_vars"):  # tf_keras: TFMOT's threshold variable holds it
+    wrapper.pruning_vars[0][2].assign(tf.cast(budget, wrapper.pruning_vars[0][2].dtype))
+  else:
+    wrapper.budget.assign(budget)
+
+
+def _loss_fn(model):
+  loss = getattr(model, "loss", None)
+  if isinstance(loss, str):
+    loss = xlayers.keras_module(xlayers.flavour(model)).losses.get(loss)
+  if not callable(loss):
+    raise ValueError(f"CrossbarPolicy(score='saliency'): the model's compiled loss {loss!r} "
+                     f"is not one callable; compile it with a single loss.")
+  return loss
+
+
+def magnitudes(model: Any, group: Sequence[Any], score: str, data: Any) -> list:
+  """Per wrapper, a kernel-shaped array whose squares summed over a unit give its score."""
+  kernels = [w._kernel() for w in group]
+  if score == "energy":
+    return [np.asarray(k) for k in kernels]
+  loss_fn = _loss_fn(model)
+  total = [np.zeros(tuple(k.shape), np.float64) for k in kernels]
+  for batch in data:
+    x, y = batch[0], batch[1]
+    with tf.GradientTape() as tape:
+      loss = loss_fn(y, model(x, training=False))
+    grads = tape.gradient(loss, kernels)
+    for acc, k, g in zip(total, kernels, grads):
+      if g is not None:
+        acc += np.abs(np.asarray(k, np.float64) * np.asarray(g, np.float64))
+  return [np.sqrt(t) for t in total]
+
+
+def before_batch(model: Any, wrappers: Sequence[Any], data: Any = None) -> dict[str, int] | None:
+  """Sets every shared pool's per-layer budgets if the coming step is a mask update.
+
+  Returns `{layer name: budget}` when budgets were set, else None.
+  """
+  out = {}
+  for group in shared_groups(wrappers):
+    first = group[0]
+    step = next_step(first)
+    if not bool(first.pruning_schedule.should_update(step)):
+      continue
+    total = pool_budget(group, step)
+    mags = magnitudes(model, group, first.allocation["score"], data)
+    scores = [unit_scores(w.geometry, m, w.granularity) for w, m in zip(group, mags)]
+    for w, budget in zip(group, allocate_by_score(scores, total)):
+      set_budget(w, budget)
+      out[w.layer.name] = budget
+  return out or None
