@@ -10,11 +10,6 @@ Keras 3 user's `tf.keras` is left alone. It imports the Keras 3 adapter, which r
 Keras 3 wrapper and schedules as serialisables, so pruned `.keras` files load without a scope.
 """
 
-from xbar_tfmot import _quiet
-
-with _quiet.program_start():
-  import tensorflow as _tf  # noqa: F401  (first, so that the console scripts start quietly)
-
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.cost import CostReport, estimate_cost
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
@@ -52,10 +47,12 @@ __all__ = [
     "estimate_cost", "output_positions",
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",
     "CrossbarPolicy", "CrossbarPolynomialDecay", "CrossbarPruningSummaries", "CrossbarReport",
-    "CrossbarSpec", "CrossbarTemperatureDecay", "DistillationLoss", "ExportError", "LayerGeometry", "LayerPacking",
+    "CrossbarSpec", "CrossbarTemperatureDecay", "DistillationLoss", "ExportError",
+    "LayerGeometry", "LayerPacking",
     "LayerReport", "MappingError", "ReorderResult", "UpdateCrossbarPruning", "XbarError",
     "analyze", "build_mapping", "crossbar_budget", "crossbar_model", "crossbar_pruning_scope",
-    "crossbar_report", "crossbar_wrappers", "distillation_accuracy", "export", "pack_layer", "project",
+    "crossbar_report", "crossbar_wrappers", "distillation_accuracy", "export", "pack_layer",
+    "project",
     "project_permuted", "prune_crossbar", "read_mapping", "recalibrate_batchnorm", "reorder_model",
     "sensitivity_curves", "stateless_seed", "strip_crossbar_pruning", "teacher_targets",
     "validate_mapping", "verify",
