@@ -10,6 +10,11 @@ Keras 3 user's `tf.keras` is left alone. It imports the Keras 3 adapter, which r
 Keras 3 wrapper and schedules as serialisables, so pruned `.keras` files load without a scope.
 """
 
+from xbar_tfmot import _quiet
+
+with _quiet.program_start():
+  import tensorflow as _tf  # noqa: F401  (first, so that the console scripts start quietly)
+
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.cost import CostReport, estimate_cost
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec

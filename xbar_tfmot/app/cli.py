@@ -7,29 +7,10 @@ import json
 import os
 import sys
 
+from xbar_tfmot._quiet import TF_LOG_FLAG, TF_LOG_HELP
 from xbar_tfmot.core.spec import CrossbarSpec, parse_spec, preset_names
 
 PROGRAMS = ("xbar-prune", "xbar-report", "xbar-verify")
-TF_LOG_FLAG = "--tf-log"
-TF_LOG_HELP = "show TensorFlow's C++ log lines (also: XBAR_TF_LOG=1)"
-
-
-def tf_log_wanted(argv, environ=os.environ) -> bool:
-  """True when TensorFlow's C++ log lines are asked for: `--tf-log` or `XBAR_TF_LOG=1`."""
-  return TF_LOG_FLAG in list(argv or ()) or environ.get("XBAR_TF_LOG", "0") not in ("", "0")
-
-
-def quiet_tensorflow(argv, environ=os.environ) -> None:
-  """Turns TensorFlow's C++ logs off (`TF_CPP_MIN_LOG_LEVEL=3`: no `cuInit` error on a CPU
-  machine, no CPU-feature notice) unless `tf_log_wanted`. A level the user set is kept.
-
-  TensorFlow reads the level once, at its first log line (its import), so this must run before
-  `tensorflow` is imported: the programs' start-up calls it first.
-  """
-  if not tf_log_wanted(argv, environ):
-    environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
 def report_main(argv: list[str] | None = None) -> int:
   """`xbar-report MODEL --crossbar 128x128`: crossbars per layer and in total."""
   parser = argparse.ArgumentParser(
@@ -46,7 +27,6 @@ def report_main(argv: list[str] | None = None) -> int:
   parser.add_argument("--cost", metavar="HW", help="add energy/area/latency per layer on a "
                       "hardware preset (isaac_32nm, puma_256x256) or JSON file")
   parser.add_argument(TF_LOG_FLAG, action="store_true", help=TF_LOG_HELP)
-  quiet_tensorflow(sys.argv if argv is None else argv)
   args = parser.parse_args(argv)
   from xbar_tfmot.export.model_io import load_model
   from xbar_tfmot.models.report import crossbar_report
@@ -100,7 +80,6 @@ def verify_main(argv: list[str] | None = None) -> int:
   parser.add_argument("--tolerance", type=float, default=1e-4,
                       help="largest relative difference accepted (default 1e-4)")
   parser.add_argument(TF_LOG_FLAG, action="store_true", help=TF_LOG_HELP)
-  quiet_tensorflow(sys.argv if argv is None else argv)
   args = parser.parse_args(argv)
   from xbar_tfmot.export.verification import verify
   try:

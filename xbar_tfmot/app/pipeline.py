@@ -354,11 +354,6 @@ def run(config, log: Callable[[str], None] = print) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
   """`xbar-prune --config configs/NAME.py [--config.field=value ...] [--tf-log]`."""
-  import sys
-
-  from xbar_tfmot.app.cli import quiet_tensorflow
-  quiet_tensorflow(argv or sys.argv)
-
   from absl import app, flags, logging
   from ml_collections import config_flags
 
