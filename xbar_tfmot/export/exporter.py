@@ -83,7 +83,9 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
 
   stripped = _strip(model)
   mapping = build_mapping(stripped, spec, granularity, permutations)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+  _remove_stale(target)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-",
+                                      dir=target.parent))
   try:
     with _step("mapping.json"):
       mapping.to_json(tmp / "mapping.json", indent=1)
@@ -125,10 +127,30 @@ def _step(name: str):
     raise ExportError(f"export step {name!r} failed: {type(err).__name__}: {err}") from err
 
 
+def _remove_stale(target: pathlib.Path) -> None:
+  """Removes the temporary and replaced folders that an export killed mid-way left beside
+  `target` (named `.NAME.tmp-PID-*` and `.NAME.old-PID`); those of live processes stay."""
+  for path in target.parent.glob(f".{target.name}.*"):
+    kind, _, rest = path.name[len(target.name) + 2:].partition("-")
+    pid = rest.split("-")[0]
+    if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def _replace(tmp: pathlib.Path, target: pathlib.Path) -> None:
   old = None
   if target.exists():
-    old = target.with_name(f".{target.name}.old")
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
     shutil.rmtree(old, ignore_errors=True)
     target.rename(old)
   tmp.rename(target)
