@@ -35,8 +35,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.flavour = "tf_keras"
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "fashion_mnist"  # fashion_mnist | cifar10 | digits | synthetic | none
-  c.data.path = ""  # folder of local files; "" = the dataset's default place
+  c.data.name = "fashion_mnist"  # fashion_mnist | cifar10 | digits | synthetic | npz |
+  #                                 image_folder | none
+  c.data.path = ""  # local files' folder ("" = default place); the .npz file or image folder
   c.data.download = False  # let Keras download when local files are missing
   c.data.train_size = 0  # first N training images; 0 = all
   c.data.test_size = 0
@@ -169,7 +170,14 @@ def check(config: ml_collections.ConfigDict) -> None:
   if c["model.file"] and not pathlib.Path(c["model.file"]).exists():
     raise ConfigError(f"config.model.file={c['model.file']!r}: no such file or folder; valid: a "
                       f".keras or .h5 file or a SavedModel folder, or '' to build model.name.")
-  if c["data.path"] and not pathlib.Path(c["data.path"]).expanduser().is_dir():
+  if c["data.name"] == "npz":
+    if not pathlib.Path(c["data.path"]).expanduser().is_file():
+      raise ConfigError(f"config.data.path={c['data.path']!r}: no such file; valid: the .npz "
+                        f"file holding x_train, y_train, x_test, y_test (data.name='npz').")
+  elif c["data.name"] == "image_folder" and not c["data.path"]:
+    raise ConfigError("config.data.path='': valid: the folder of class subfolders "
+                      "(data.name='image_folder').")
+  elif c["data.path"] and not pathlib.Path(c["data.path"]).expanduser().is_dir():
     raise ConfigError(f"config.data.path={c['data.path']!r}: no such folder; valid: the folder "
                       f"holding the dataset's files, or '' for its default place.")
 

@@ -6,6 +6,11 @@
 - `load_digits`: scikit-learn's bundled 8x8 digits, split train/test with a fixed seed.
 - `load_cifar10`: a local copy of CIFAR-10's python batches (Keras' cache folder by default).
 - `synthetic`: class prototypes plus noise, for tests.
+- `load_npz`: a user's arrays, `x_train, y_train, x_test, y_test` in one `.npz` file (the
+  names `keras.datasets.*.load_data()` returns).
+- `load_image_folder`: a user's images, one subfolder per class as
+  `keras.utils.image_dataset_from_directory` reads them, either under `train/` and `test/`
+  or in one tree that is split with the seed.
 - `load_dataset`: one of them by name; only with `download=True` (the `xbar-prune` config
   field `data.download`) may Keras download Fashion-MNIST or CIFAR-10 when local files are
   missing. Tests and benchmarks never download.
@@ -140,7 +145,10 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[Split, Spli
 
 CIFAR10_DIR = "~/.keras/datasets/cifar-10-batches-py"
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
-DATASETS = ("fashion_mnist", "cifar10", "digits", "synthetic")
+DATASETS = ("fashion_mnist", "cifar10", "digits", "synthetic", "npz", "image_folder")
+USER_DATA = ("npz", "image_folder")  # data.path is required and names the user's file/folder
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def load_cifar10(path: str | os.PathLike | None = None) -> tuple[Split, Split]:
@@ -209,6 +217,10 @@ def load_dataset(name: str, path: str | None = None, download: bool = False,
     return load_digits(seed=seed)
   if name == "synthetic":
     return synthetic(seed=seed)
+  if name in USER_DATA:
+    if not path:
+      raise ValueError(f"dataset {name!r} needs a path: the .npz file or the image folder.")
+    return load_npz(path) if name == "npz" else load_image_folder(path, seed=seed)
   if name not in ("fashion_mnist", "cifar10"):
     raise ValueError(f"dataset {name!r} is unknown; valid: {', '.join(DATASETS)}.")
   local = load_fashion_mnist if name == "fashion_mnist" else load_cifar10
@@ -225,3 +237,107 @@ def load_dataset(name: str, path: str | None = None, download: bool = False,
 def _scaled(images: np.ndarray, labels: np.ndarray) -> Split:
   x = images.astype(np.float32) / 255.0
   return (x[..., None] if x.ndim == 3 else x), labels.reshape(-1).astype(np.int64)
+
+
+def _images(images: np.ndarray, where: str) -> np.ndarray:
+  """float32 NHWC in [0, 1] from uint8 (scaled) or float images (kept); HW gets a channel."""
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4:
+    raise ValueError(f"{where}: images of shape {images.shape}; valid: (N, H, W) or (N, H, W, C).")
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  if not np.issubdtype(images.dtype, np.floating) or not np.all(np.isfinite(images)):
+    raise ValueError(f"{where}: {images.dtype} images with non-finite values or of a non-image "
+                     f"type; valid: uint8 (scaled to [0, 1]) or finite floats (kept).")
+  return images.astype(np.float32)
+
+
+def _labels(labels: np.ndarray, count: int, where: str) -> np.ndarray:
+  labels = np.asarray(labels).reshape(-1) if np.ndim(labels) == 2 and np.shape(labels)[1] == 1 \
+      else np.asarray(labels)
+  if labels.ndim != 1 or len(labels) != count:
+    raise ValueError(f"{where}: labels of shape {labels.shape} for {count} images; valid: one "
+                     f"integer class per image.")
+  if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+    raise ValueError(f"{where}: labels must be integers >= 0 (class indices), got "
+                     f"{labels.dtype}{' with negatives' if labels.size else ''}.")
+  return labels.astype(np.int64)
+
+
+def load_npz(path: str | os.PathLike) -> tuple[Split, Split]:
+  """A user's data set from one `.npz` file holding `x_train, y_train, x_test, y_test`."""
+  path = pathlib.Path(path).expanduser()
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      missing = [k for k in NPZ_KEYS if k not in data.files]
+      if missing:
+        raise ValueError(f"{path}: no array {', '.join(missing)}; valid: an .npz with "
+                         f"{', '.join(NPZ_KEYS)} (found {', '.join(data.files) or 'nothing'}).")
+      arrays = {k: data[k] for k in NPZ_KEYS}
+  except (OSError, EOFError) as e:
+    raise ValueError(f"{path}: cannot read it as an .npz file: {e}") from None
+  splits = []
+  for part in ("train", "test"):
+    x = _images(arrays[f"x_{part}"], f"{path}: x_{part}")
+    splits.append((x, _labels(arrays[f"y_{part}"], len(x), f"{path}: y_{part}")))
+  if splits[0][0].shape[1:] != splits[1][0].shape[1:]:
+    raise ValueError(f"{path}: x_train images are {splits[0][0].shape[1:]} but x_test images are "
+                     f"{splits[1][0].shape[1:]}; valid: one image shape.")
+  return splits[0], splits[1]
+
+
+def load_image_folder(path: str | os.PathLike, test_fraction: float = 0.2,
+                      seed: int = 0) -> tuple[Split, Split]:
+  """A user's images, one subfolder per class (sorted names are the class indices, as in
+  `keras.utils.image_dataset_from_directory`). With `train/` and `test/` subfolders those are
+  the splits (same class folders in both); otherwise `test_fraction` of each class is held out
+  with `seed`. Every image must have the size and channel count of the first."""
+  root = pathlib.Path(path).expanduser()
+  if (root / "train").is_dir() and (root / "test").is_dir():
+    train_classes, train = _class_files(root / "train")
+    test_classes, test = _class_files(root / "test")
+    if train_classes != test_classes:
+      raise ValueError(f"{root}: train/ has classes {train_classes} but test/ has "
+                       f"{test_classes}; valid: the same class folders in both.")
+  else:
+    _, files = _class_files(root)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in sorted({label for _, label in files}):
+      mine = [f for f in files if f[1] == label]
+      order = rng.permutation(len(mine))
+      cut = int(round(len(mine) * test_fraction))
+      test += [mine[i] for i in order[:cut]]
+      train += [mine[i] for i in order[cut:]]
+  return _read_images(train), _read_images(test)
+
+
+def _class_files(folder: pathlib.Path) -> tuple[list[str], list[tuple[pathlib.Path, int]]]:
+  classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+  if len(classes) < 2:
+    raise ValueError(f"{folder}: {len(classes)} class subfolder(s); valid: one subfolder per "
+                     f"class (at least 2), each holding {'/'.join(IMAGE_SUFFIXES)} images.")
+  files = [(f, label) for label, name in enumerate(classes)
+           for f in sorted((folder / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+  empty = [name for label, name in enumerate(classes) if not any(l == label for _, l in files)]
+  if empty:
+    raise ValueError(f"{folder}: class folder(s) {empty} hold no image "
+                     f"({'/'.join(IMAGE_SUFFIXES)}).")
+  return classes, files
+
+
+def _read_images(files: list[tuple[pathlib.Path, int]]) -> Split:
+  import tensorflow as tf
+  images = []
+  for path, _ in files:
+    try:
+      image = tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+      raise ValueError(f"{path}: cannot decode it as an image: {e.message}") from None
+    if images and image.shape != images[0].shape:
+      raise ValueError(f"{path}: an image of shape {image.shape}, but {files[0][0]} is "
+                       f"{images[0].shape}; valid: one size and channel count for all images.")
+    images.append(image)
+  x = np.stack(images).astype(np.float32) / 255.0
+  return x, np.array([label for _, label in files], np.int64)

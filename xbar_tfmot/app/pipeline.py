@@ -99,6 +99,8 @@ class Pipeline:
     except FileNotFoundError as e:
       raise ConfigError(f"config.data.name={c.name!r}: {e} (or set config.data.download=True "
                         f"to let Keras download it)") from None
+    except ValueError as e:
+      raise ConfigError(f"config.data.path={c.path!r} (data.name={c.name!r}): {e}") from None
     if c.train_size:
       x, y = x[:c.train_size], y[:c.train_size]
     if c.test_size:
