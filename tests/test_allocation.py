@@ -179,14 +179,19 @@ def whole_model_count(model, granularity):
   return used, sum(c.dense for c in counts.values())
 
 
-CASES = [("global", "energy", "crossbar"), ("global_score", "energy", "column"),
-         ("global_score", "saliency", "crossbar"), ("sensitivity", "energy", "column")]
+# (flavour, mode, score, granularity, repeat to check determinism). The shared-pool mode runs
+# in both flavours; the static plans (global, sensitivity) in one each, to keep the suite short.
+CASES = [("tf_keras", "global", "energy", "crossbar", False),
+         ("keras3", "sensitivity", "energy", "column", False),
+         ("tf_keras", "global_score", "energy", "column", True),
+         ("keras3", "global_score", "energy", "column", False),
+         ("tf_keras", "global_score", "saliency", "crossbar", False),
+         ("keras3", "global_score", "saliency", "crossbar", True)]
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-@pytest.mark.parametrize("mode,score,granularity", CASES)
-def test_global_budget_met_exactly_inside_fit(flavour, mode, score, granularity):
-  seed = 7 + CASES.index((mode, score, granularity))
+@pytest.mark.parametrize("flavour,mode,score,granularity,repeat", CASES)
+def test_global_budget_met_exactly_inside_fit(flavour, mode, score, granularity, repeat):
+  seed = 7 + CASES.index((flavour, mode, score, granularity, repeat))
   curves = None
   if mode == "sensitivity":
     model = pm.compile_model(random_model(flavour, seed))
@@ -202,6 +207,7 @@ def test_global_budget_met_exactly_inside_fit(flavour, mode, score, granularity)
   if mode == "global_score":
     wrappers = xt.crossbar_wrappers(pruned)  # the pool moved between layers: not proportional
     assert [w.current_budget() for w in wrappers] != [w.final_budget for w in wrappers]
+  if repeat:
     again, rows2, _ = prune_and_fit(flavour, mode, seed, granularity, score, curves)
     assert [r[1] for r in rows2] == [r[1] for r in rows]  # deterministic for a seed
     assert all(np.array_equal(a, b) for a, b in zip(rows[-1][2], rows2[-1][2]))
@@ -253,3 +259,19 @@ def test_sensitivity_gives_the_cut_to_a_planted_insensitive_layer(flavour):
       [LayerGeometry("conv1", "Conv2D", (3, 3, 1, 8), pm.SPEC), *geometries,
        LayerGeometry("fc", "Dense", (512, 10), pm.SPEC)], 0.08)
   assert proportional["branch_b"] > 1  # the uniform split does not see it
+
+
+def test_global_score_under_mirrored_strategy():
+  import json
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  main = os.path.join(os.path.dirname(__file__), "_allocation_distributed_main.py")
+  run = subprocess.run([sys.executable, main, "saliency"], env=env, timeout=300,
+                       capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads(run.stdout.strip().splitlines()[-1])
+  assert result["replicas"] == 2 and result["masks_agree"]
+  assert result["crossbars"] == crossbar_budget(result["dense"], 0.7)

@@ -45,9 +45,14 @@ def check_data(wrappers: Sequence[Any], data: Any) -> None:
           "or validation images, not the test set).")
 
 
+def _read(variable) -> np.ndarray:
+  """A variable's value (the primary copy of a mirrored one), either flavour."""
+  return np.asarray(tf.convert_to_tensor(variable))
+
+
 def next_step(wrapper: Any) -> int:
   """The step of the wrapper's next training call (the wrapper adds 1 before updating)."""
-  return int(np.asarray(wrapper.pruning_step)) + 1
+  return int(_read(wrapper.pruning_step)) + 1
 
 
 def pool_budget(group: Sequence[Any], step: int) -> int:
@@ -78,17 +83,27 @@ def magnitudes(model: Any, group: Sequence[Any], score: str, data: Any) -> list:
   """Per wrapper, a kernel-shaped array whose squares summed over a unit give its score."""
   kernels = [w._kernel() for w in group]
   if score == "energy":
-    return [np.asarray(k) for k in kernels]
+    return [_read(k) for k in kernels]
   loss_fn = _loss_fn(model)
   total = [np.zeros(tuple(k.shape), np.float64) for k in kernels]
+  strategy = getattr(model, "distribute_strategy", None)
+  replicated = strategy is not None and strategy.num_replicas_in_sync > 1
   for batch in data:
     x, y = batch[0], batch[1]
-    with tf.GradientTape() as tape:
-      loss = loss_fn(y, model(x, training=False))
-    grads = tape.gradient(loss, kernels)
+
+    def gradients():
+      with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=False))
+      return tape.gradient(loss, kernels)
+
+    if replicated:  # mirrored kernels: every replica takes the same batch; read the first
+      with strategy.scope():
+        grads = [strategy.experimental_local_results(g)[0] for g in strategy.run(gradients)]
+    else:
+      grads = gradients()
     for acc, k, g in zip(total, kernels, grads):
       if g is not None:
-        acc += np.abs(np.asarray(k, np.float64) * np.asarray(g, np.float64))
+        acc += np.abs(_read(k).astype(np.float64) * np.asarray(g, np.float64))
   return [np.sqrt(t) for t in total]
 
 
