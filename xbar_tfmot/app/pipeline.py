@@ -19,6 +19,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ from xbar_tfmot.app import training
 from xbar_tfmot.app import zoo
 from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.app.configuration import ConfigError
+from xbar_tfmot.app.workdir_lock import WorkdirBusy, WorkdirLock
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
 from xbar_tfmot.core import spec as spec_lib
@@ -336,7 +338,11 @@ class Pipeline:
     return metrics
 
   def run(self) -> dict[str, Any]:
-    """Every phase in order; returns the metrics written to `report/metrics.json`."""
+    """Every phase in order, holding the workdir; returns the metrics of `report/metrics.json`."""
+    with WorkdirLock(self.workdir):
+      return self._run()
+
+  def _run(self) -> dict[str, Any]:
     self.prepare()
     self.log(f"[run] {self.config.name}: workdir {self.workdir}, {self.config.flavour}, "
              f"{self.spec}")
@@ -377,6 +383,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
       print(f"xbar-prune: config error: {e}", file=sys.stderr)
       sys.exit(2)
+    except WorkdirBusy as e:
+      print(f"xbar-prune: {e}", file=sys.stderr)
+      sys.exit(3)
 
   flags.FLAGS.unparse_flags()
   app.run(_main, argv=argv or sys.argv)

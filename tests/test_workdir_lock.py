@@ -1,0 +1,86 @@
+"""One xbar-prune per workdir: a second run refuses at once naming the holder; a stale lock
+(its process gone, or the file broken by a crash) is taken over."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from xbar_tfmot.app import pipeline
+from xbar_tfmot.app.configuration import defaults
+from xbar_tfmot.app.workdir_lock import LOCK_NAME, WorkdirBusy, WorkdirLock
+
+
+@pytest.fixture
+def live_process():
+  proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  yield proc.pid
+  proc.kill()
+  proc.wait()
+
+
+def dead_pid() -> int:
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+def plant(workdir, **holder):
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / LOCK_NAME).write_text(json.dumps(holder))
+
+
+def test_lock_is_written_and_released(tmp_path):
+  with WorkdirLock(tmp_path / "run"):
+    held = json.loads((tmp_path / "run" / LOCK_NAME).read_text())
+    assert (held["pid"], held["host"]) == (os.getpid(), socket.gethostname())
+  assert not (tmp_path / "run" / LOCK_NAME).exists()
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+
+
+def test_a_live_holder_is_named_and_kept(tmp_path, live_process):
+  plant(tmp_path, pid=live_process, host=socket.gethostname(), started="then")
+  with pytest.raises(WorkdirBusy, match=f"in use by xbar-prune process {live_process} on host "
+                                        f"{socket.gethostname()}"):
+    WorkdirLock(tmp_path).acquire()
+  assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == live_process
+
+
+def test_another_hosts_lock_is_respected(tmp_path):
+  plant(tmp_path, pid=dead_pid(), host="elsewhere")
+  with pytest.raises(WorkdirBusy, match="on host elsewhere"):
+    WorkdirLock(tmp_path).acquire()
+
+
+@pytest.mark.parametrize("content", ["dead", "{broken", "[1, 2]"])
+def test_stale_or_broken_locks_are_taken_over(tmp_path, content):
+  if content == "dead":
+    plant(tmp_path, pid=dead_pid(), host=socket.gethostname())
+  else:
+    (tmp_path / LOCK_NAME).write_text(content)
+  lock = WorkdirLock(tmp_path)
+  lock.acquire()
+  assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+  lock.release()
+  assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_release_leaves_a_lock_it_does_not_hold(tmp_path, live_process):
+  lock = WorkdirLock(tmp_path)
+  lock.acquire()
+  plant(tmp_path, pid=live_process, host=socket.gethostname())  # taken by someone else
+  lock.release()
+  assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == live_process
+
+
+def test_second_pipeline_run_refuses_before_any_work(tmp_path, live_process):
+  config = defaults()
+  config.workdir = str(tmp_path / "run")
+  config.data.name = "digits"
+  plant(tmp_path / "run", pid=live_process, host=socket.gethostname())
+  with pytest.raises(WorkdirBusy, match=str(live_process)):
+    pipeline.run(config)
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME]
