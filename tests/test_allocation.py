@@ -216,6 +216,11 @@ def test_global_budget_met_exactly_inside_fit(flavour, mode, score, granularity,
 def test_saliency_needs_data():
   pruned = xt.prune_crossbar(random_model("keras3", 0), spec=pm.SPEC, seed=0,
                              policy=CrossbarPolicy(mode="global_score", score="saliency"))
+  wrapper = xt.crossbar_wrappers(pruned)[0]
+  config = wrapper.get_config()
+  assert config["allocation"] == {"mode": "global_score", "score": "saliency",
+                                  "total": config["allocation"]["total"]}
+  assert type(wrapper).from_config(config).allocation == config["allocation"]
   pm.compile_model(pruned)
   with pytest.raises(ValueError, match="allocation_data"):
     pruned.fit(X[:32], Y[:32], epochs=1, verbose=0, callbacks=[xt.UpdateCrossbarPruning()])
