@@ -2,7 +2,11 @@
 
 Projects every mapped layer of Keras VGG16 and ResNet50 (weights=None) onto a budget of 30%
 of its dense crossbars (both granularities, exact and sampled) inside one `tf.function`, and
-times it beside a `tf.function` that only sums the squares of the same kernels.
+times it beside a `tf.function` that only sums the squares of the same kernels, and beside
+the column-grain projection as it was before the threshold selection (`old column`: a full
+sort with indices and a scatter, kept here as the reference). Calls are interleaved over
+`--repeats` rounds so that load on a shared machine hits all alike; the table gives the
+median, the spread (min..max) and the ratio of the medians to the energy pass.
 
   .venv/bin/python tools/bench_projection.py [--crossbar 128x128] [--repeats 20]
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -18,13 +23,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from xbar_tfmot.models import introspection as layers_lib
-from xbar_tfmot.core import projection
+from xbar_tfmot.core import projection  # noqa: E402
 from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
+from xbar_tfmot.models import introspection as layers_lib  # noqa: E402
 
 
-def best_times(fns, repeats: int) -> list[float]:
-  """Best wall time of each function, run interleaved so load changes hit all alike."""
+def old_segment_mask(geometry, kernel, budget):
+  """The exact column-grain selection before the threshold formulation (320dc2a)."""
+  energy = geometry.segment_energy(kernel)
+  ordered, order = tf.math.top_k(energy, k=geometry.cout)
+  padded = tf.pad(ordered, [[0, 0], [0, geometry.g_out * geometry.kout - geometry.cout]])
+  chunks = tf.reduce_sum(tf.reshape(padded, (geometry.g_in, geometry.g_out, geometry.kout)), 2)
+  chosen = projection.top_k_mask(chunks, projection.check_budget(geometry, budget))
+  kept_per_group = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1) * geometry.kout
+  kept_in_order = tf.range(geometry.cout)[None, :] < kept_per_group[:, None]
+  group = tf.broadcast_to(tf.range(geometry.g_in)[:, None], tf.shape(order))
+  seg = tf.scatter_nd(tf.stack([group, order], axis=-1), kept_in_order, tf.shape(order))
+  return geometry.segment_to_kernel_mask(tf.cast(seg, kernel.dtype))
+
+
+def interleaved_times(fns, repeats: int) -> list[list[float]]:
+  """Wall times of each function, run interleaved so load changes hit all alike."""
   for fn in fns:
     fn()  # trace and warm up
   times = [[] for _ in fns]
@@ -33,7 +52,7 @@ def best_times(fns, repeats: int) -> list[float]:
       start = time.perf_counter()
       fn()
       out.append(time.perf_counter() - start)
-  return [min(t) for t in times]
+  return times
 
 
 def bench(model, spec: CrossbarSpec, repeats: int) -> None:
@@ -54,14 +73,26 @@ def bench(model, spec: CrossbarSpec, repeats: int) -> None:
               for i, (g, k, n) in enumerate(zip(geometries, kernels, budgets))]
     return run
 
+  @tf.function
+  def old_column():
+    return [old_segment_mask(g, k, n) for g, k, n in zip(geometries, kernels, budgets)]
+
+  for new, old in zip(projector("column", 0.0)(), old_column()):
+    tf.debugging.assert_equal(new, old, message="the column projection changed")
   variants = [(g, t) for g in ("crossbar", "column") for t in (0.0, 1.0)]
-  base, *times = best_times([energy] + [projector(g, t) for g, t in variants], repeats)
+  names = [f"project {g:8s} {'exact' if t == 0 else 'sampled':7s}" for g, t in variants]
+  base, *times = interleaved_times(
+      [energy] + [projector(g, t) for g, t in variants] + [old_column], repeats)
+  names.append("old column exact (reference)")
   weights = sum(int(tf.size(k)) for k in kernels)
+  b = statistics.median(base)
   print(f"{model.name}: {len(kernels)} mapped layers, {weights / 1e6:.1f}M weights, "
-        f"reduce_sum(square(w)): {base * 1e3:.1f} ms")
-  for (granularity, temperature), t in zip(variants, times):
-    kind = "exact" if temperature == 0 else "sampled"
-    print(f"  project {granularity:8s} {kind:7s}: {t * 1e3:7.1f} ms  ratio {t / base:4.2f}x")
+        f"reduce_sum(square(w)): median {b * 1e3:.1f} ms ({min(base) * 1e3:.1f}.."
+        f"{max(base) * 1e3:.1f})")
+  for name, t in zip(names, times):
+    m = statistics.median(t)
+    print(f"  {name:30s}: median {m * 1e3:7.1f} ms ({min(t) * 1e3:.1f}..{max(t) * 1e3:.1f})  "
+          f"ratio {m / b:4.2f}x")
 
 
 def main() -> None:
@@ -70,7 +101,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args()
   spec = CrossbarSpec.from_string(args.crossbar)
-  print(f"crossbar {spec}, TensorFlow {tf.__version__}, best of {args.repeats}")
+  print(f"crossbar {spec}, TensorFlow {tf.__version__}, {args.repeats} interleaved rounds")
   for build in (keras.applications.VGG16, keras.applications.ResNet50):
     bench(build(weights=None), spec, args.repeats)
 

@@ -11,7 +11,9 @@ e.g. `layers[3].crossbars[12].columns[5]`. Building a mapping from a model is
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import math
 import pathlib
 from typing import Any, Iterable, Mapping
 
@@ -26,6 +28,14 @@ from xbar_tfmot.core.spec import CrossbarSpec
 FORMAT = "xbar_tfmot.crossbar_mapping"
 VERSION = 1
 SCHEMA_PATH = pathlib.Path(__file__).with_name("mapping_schema.json")
+# First characters of JSON text that `from_json` reads as text rather than as a path.
+_JSON_STARTS = frozenset("{[")
+INT64_MAX = 2**63 - 1
+# Largest input_shape nesting a document may have (Keras shapes nest one or two levels).
+MAX_SHAPE_DEPTH = 16
+# The per-layer arrays that grow with the model: checked with vectorised code, not the schema.
+_BULK = ("input_permutation", "groups", "crossbars")
+_CROSSBAR_KEYS = frozenset(("id", "input_group", "columns"))
 
 
 class MappingError(XbarError, ValueError):
@@ -59,8 +69,8 @@ class CrossbarMapping:
   """A validated mapping document; construct with `build_mapping` or `from_json`."""
 
   def __init__(self, data: Mapping[str, Any]):
+    validate_document(data)  # first: a top level that is not an object is a MappingError
     self.data = dict(data)
-    validate_document(self.data)
 
   @property
   def spec(self) -> CrossbarSpec:
@@ -113,14 +123,27 @@ class CrossbarMapping:
 
   @classmethod
   def from_json(cls, source: str | pathlib.Path) -> "CrossbarMapping":
-    """Reads a mapping from JSON text or a file path, validating schema and consistency."""
-    text = str(source)
-    if not text.lstrip().startswith("{"):
-      text = pathlib.Path(source).read_text(encoding="utf-8")
+    """Reads a mapping from JSON text or a file path, validating schema and consistency.
+
+    A `str` that starts (after white space) like a JSON value other than a bare word is taken
+    as JSON text, anything else as a path. Any text that does not parse (truncated, not UTF-8,
+    nested too deeply, an integer of thousands of digits) is a `MappingError` at the root.
+    """
+    text = source if isinstance(source, str) else None
+    if text is None or not text.lstrip()[:1] in _JSON_STARTS:
+      raw = pathlib.Path(source).read_bytes()
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise MappingError("", f"not valid JSON: the file is not UTF-8 text ({e}).") from None
     try:
       data = json.loads(text)
     except json.JSONDecodeError as e:
       raise MappingError("", f"not valid JSON: {e}") from None
+    except RecursionError:
+      raise MappingError("", "not valid JSON here: nested too deeply to read.") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+      raise MappingError("", f"not valid JSON here: {e}") from None
     return cls(data)
 
   def check_kernels(self, kernels: Mapping[str, tuple[str, Any]], model_name: str) -> None:
@@ -179,12 +202,20 @@ def _check_against_kernel(path: str, pack: packing.LayerPacking, layer: dict, ke
 
 
 def validate_document(data: Any) -> None:
-  """Schema and internal consistency; raises MappingError naming the first bad path."""
-  errors = list(_validator().iter_errors(data))
+  """Schema and internal consistency; raises MappingError naming the first bad path.
+
+  The schema checks the document's structure once, on a skeleton whose bulk arrays (each
+  layer's `input_permutation`, `groups` and `crossbars`, which grow with the model) are
+  emptied where a vectorised check finds them well formed; a bulk array that is not well
+  formed stays in the skeleton, so the schema reports it exactly as it would have alone. Of
+  several errors the one with the earliest path is reported.
+  """
+  errors = list(_validator().iter_errors(_skeleton(data)))
   if errors:
     first = min(errors, key=lambda e: [(0, p) if isinstance(p, int) else (1, str(p))
                                        for p in e.absolute_path])
     raise MappingError(format_path(first.absolute_path), first.message)
+  _check_finite(data)
   try:
     spec = CrossbarSpec.from_dict(data["spec"])
   except (TypeError, ValueError) as e:
@@ -202,6 +233,100 @@ def validate_document(data: Any) -> None:
       raise MappingError(f"totals.{key}", f"{data['totals'][key]} but the layers sum to {value}.")
 
 
+def _plain_counts(values: list) -> bool:
+  """True if `values` are JSON integers (Python `int`, not bool) in `0 .. INT64_MAX`."""
+  if not values:
+    return True
+  return set(map(type, values)) == {int} and min(values) >= 0 and max(values) <= INT64_MAX
+
+
+def _bulk_ok(key: str, value: Any) -> bool:
+  """Whether a layer's bulk array is well formed (what the schema would accept, stricter)."""
+  if type(value) is not list:
+    return False
+  if key == "input_permutation":
+    return _plain_counts(value)
+  if key == "groups":
+    return (all(type(m) is list and m for m in value)
+            and _plain_counts(list(itertools.chain.from_iterable(value))))
+  if not all(type(x) is dict and x.keys() == _CROSSBAR_KEYS for x in value):
+    return False
+  columns = [x["columns"] for x in value]
+  return (all(type(c) is list and c for c in columns)
+          and _plain_counts([x["id"] for x in value])
+          and _plain_counts([x["input_group"] for x in value])
+          and _plain_counts(list(itertools.chain.from_iterable(columns))))
+
+
+def _skeleton(data: Any) -> Any:
+  """`data` with each layer's well-formed bulk arrays emptied (shallow copies; data untouched)."""
+  if type(data) is not dict or type(data.get("layers")) is not list:
+    return data
+  layers = []
+  for layer in data["layers"]:
+    if type(layer) is dict:
+      layer = dict(layer)
+      for key in _BULK:
+        if key in layer and _bulk_ok(key, layer[key]):
+          layer[key] = []
+    layers.append(layer)
+  return {**data, "layers": layers}
+
+
+def _check_finite(data: dict) -> None:
+  """No NaN or infinity in the numbers the schema leaves open; a bounded input_shape."""
+  fields = [("totals.reduction", data["totals"]["reduction"]),
+            ("totals.utilization", data["totals"]["utilization"])]
+  fields += [(f"layers[{i}].counts.utilization", layer["counts"]["utilization"])
+             for i, layer in enumerate(data["layers"])]
+  for path, value in fields:
+    if not math.isfinite(value):
+      raise MappingError(path, f"{value!r} is not a finite number.")
+  stack = [("model.input_shape", data["model"]["input_shape"], 0)]
+  while stack:
+    path, value, depth = stack.pop()
+    if depth > MAX_SHAPE_DEPTH:
+      raise MappingError(path, f"nested deeper than {MAX_SHAPE_DEPTH} levels.")
+    if isinstance(value, float) and not math.isfinite(value):
+      raise MappingError(path, f"{value!r} is not a finite number.")
+    if isinstance(value, list):
+      stack.extend((f"{path}[{k}]", v, depth + 1) for k, v in enumerate(value))
+    elif isinstance(value, dict):
+      stack.extend((f"{path}.{k}", v, depth + 1) for k, v in value.items())
+
+
+def _int_array(values: list, where) -> np.ndarray:
+  """`values` (schema-checked integers) as int64; MappingError at `where(k)` for a value that
+  is not a plain JSON integer (`3.0`, `1e300`) or does not fit in 64 bits."""
+  if set(map(type, values)) <= {int}:
+    try:
+      return np.array(values, np.int64).reshape(-1)
+    except OverflowError:
+      pass
+  for k, v in enumerate(values):
+    if type(v) is not int:
+      raise MappingError(where(k), f"{v!r}: expected an integer written without a fraction or "
+                         f"exponent.")
+    if not -INT64_MAX <= v <= INT64_MAX:
+      raise MappingError(where(k), f"{v} is out of range; valid: below 2**63.")
+  return np.array(values, np.int64).reshape(-1)
+
+
+def _first_repeat(group: np.ndarray, channel: np.ndarray, cout: int) -> int:
+  """Index of the first (group, channel) pair equal to an earlier one, or -1."""
+  if not group.size:
+    return -1
+  if int(group.max()) < 2**62 // max(cout, 1):  # one int64 key (what a real document needs)
+    _, first = np.unique(group * cout + channel, return_index=True)
+    repeated = np.ones(group.size, bool)
+    repeated[first] = False
+    return int(np.argmax(repeated)) if repeated.any() else -1
+  order = np.lexsort((channel, group))  # stable: equal pairs keep their list order
+  same = (group[order][1:] == group[order][:-1]) & (channel[order][1:] == channel[order][:-1])
+  repeats = order[1:][same]
+  return int(repeats.min()) if repeats.size else -1
+
+
 def _check_layer(path: str, layer: dict, spec: CrossbarSpec, granularity: str,
                  totals: dict) -> None:
   try:
@@ -214,52 +339,64 @@ def _check_layer(path: str, layer: dict, spec: CrossbarSpec, granularity: str,
     if layer[key] != value:
       raise MappingError(f"{path}.{key}", f"{layer[key]!r} but the spec and kernel shape give "
                          f"{value!r}.")
+  ppath = f"{path}.input_permutation"
+  perm = _int_array(layer["input_permutation"], lambda k: f"{ppath}[{k}]")
   try:
-    perm = packing.check_permutation(geometry, np.array(layer["input_permutation"], np.int64))
+    perm = packing.check_permutation(geometry, perm)
   except ValueError as e:
-    raise MappingError(f"{path}.input_permutation", str(e)) from None
-  expected_groups = packing.group_units(geometry, perm)
-  if len(layer["groups"]) != geometry.g_in:
-    raise MappingError(f"{path}.groups", f"{len(layer['groups'])} groups; the layer has "
+    raise MappingError(ppath, str(e)) from None
+  groups = layer["groups"]
+  if len(groups) != geometry.g_in:
+    raise MappingError(f"{path}.groups", f"{len(groups)} groups; the layer has "
                        f"{geometry.g_in} input groups.")
-  for g, members in enumerate(layer["groups"]):
-    want = expected_groups[g][expected_groups[g] >= 0].tolist()
-    if members != want:
-      raise MappingError(f"{path}.groups[{g}]", f"{members} does not match the input "
-                         f"permutation cut into groups of {geometry.kin}: {want}.")
+  # Sizes first (Python ints, no allocation), so the expected order below is bounded by the
+  # document's own size whatever the kernel shape claims.
+  kin, units = geometry.kin, geometry.units
+  for g, members in enumerate(groups):
+    size = kin if g < len(groups) - 1 else units - (len(groups) - 1) * kin
+    if len(members) != size:
+      raise MappingError(f"{path}.groups[{g}]", f"{len(members)} units; the input permutation "
+                         f"cut into groups of {kin} gives {size} units in this group.")
+  flat = _int_array(list(itertools.chain.from_iterable(groups)),
+                    lambda k: f"{path}.groups[{k // kin}][{k % kin}]")
+  order = packing.unit_order(geometry, perm)
+  bad = np.nonzero(flat != order)[0]
+  if bad.size:
+    g = int(bad[0]) // kin
+    want = order[g * kin:(g + 1) * kin].tolist()
+    raise MappingError(f"{path}.groups[{g}]", f"{groups[g]} does not match the input "
+                       f"permutation cut into groups of {kin}: {want}.")
   crossbars = layer["crossbars"]
-  ids = np.array([x["id"] for x in crossbars], np.int64)
+  cpath = f"{path}.crossbars"
+  ids = _int_array([x["id"] for x in crossbars], lambda j: f"{cpath}[{j}].id")
   bad = np.nonzero(ids != np.arange(ids.size))[0]
   if bad.size:
     j = int(bad[0])
-    raise MappingError(f"{path}.crossbars[{j}].id", f"{ids[j]}; ids are 0, 1, ... in list order.")
-  group = np.array([x["input_group"] for x in crossbars], np.int64)
+    raise MappingError(f"{cpath}[{j}].id", f"{ids[j]}; ids are 0, 1, ... in list order.")
+  group = _int_array([x["input_group"] for x in crossbars], lambda j: f"{cpath}[{j}].input_group")
   bad = np.nonzero(group >= geometry.g_in)[0]
   if bad.size:
     j = int(bad[0])
-    raise MappingError(f"{path}.crossbars[{j}].input_group",
+    raise MappingError(f"{cpath}[{j}].input_group",
                        f"{group[j]}; valid: 0 <= group < {geometry.g_in}.")
   width = np.array([len(x["columns"]) for x in crossbars], np.int64)
   bad = np.nonzero(width > geometry.kout)[0]
   if bad.size:
     j = int(bad[0])
-    raise MappingError(f"{path}.crossbars[{j}].columns",
+    raise MappingError(f"{cpath}[{j}].columns",
                        f"{width[j]} columns; a crossbar holds {geometry.kout}.")
-  channel = np.fromiter((o for x in crossbars for o in x["columns"]), np.int64, int(width.sum()))
   owner = np.repeat(np.arange(ids.size), width)
-  slot = np.arange(channel.size) - np.repeat(np.cumsum(width) - width, width)
-  where = lambda k: f"{path}.crossbars[{owner[k]}].columns[{slot[k]}]"
+  slot = np.arange(owner.size) - np.repeat(np.cumsum(width) - width, width)
+  where = lambda k: f"{cpath}[{owner[k]}].columns[{slot[k]}]"
+  channel = _int_array(list(itertools.chain.from_iterable(x["columns"] for x in crossbars)),
+                       where)
   bad = np.nonzero(channel >= geometry.cout)[0]
   if bad.size:
     k = int(bad[0])
     raise MappingError(where(k), f"output channel {channel[k]}; valid: 0 <= channel < "
                        f"{geometry.cout}.")
-  key = group[owner] * geometry.cout + channel
-  _, first = np.unique(key, return_index=True)
-  repeated = np.ones(key.size, bool)
-  repeated[first] = False
-  if repeated.any():
-    k = int(np.argmax(repeated))
+  k = _first_repeat(group[owner], channel, geometry.cout)
+  if k >= 0:
     raise MappingError(where(k), f"output channel {channel[k]} of input group "
                        f"{group[owner[k]]} is already held by another column.")
   if granularity == "crossbar" and channel.size:

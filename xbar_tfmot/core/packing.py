@@ -115,12 +115,32 @@ def group_units(geometry: LayerGeometry, permutation=None) -> np.ndarray:
 
 
 def nonzero_segments(geometry: LayerGeometry, kernel, permutation=None) -> np.ndarray:
-  """Bool `(g_in, cout)`: segments holding a non-zero weight, with the input permutation."""
-  matrix = unrolled(geometry, kernel) != 0
-  per_unit = matrix.reshape(geometry.units, geometry.unit_rows, geometry.cout).any(axis=1)
-  units = group_units(geometry, permutation)
-  padded = np.concatenate([per_unit, np.zeros((1, geometry.cout), bool)])
-  return padded[units].any(axis=1)
+  """Bool `(g_in, cout)`: segments holding a non-zero weight, with the input permutation.
+
+  One pass over the kernel: `!= 0` in its own layout, reduced over the taps (channel units)
+  or moved to channel-major rows as booleans (row units); groups are then reduced in place
+  (a reshape) where the units are in order, gathered only for a permutation.
+  """
+  kernel = np.asarray(kernel)
+  if kernel.shape != geometry.kernel_shape:
+    raise ValueError(
+        f"layer {geometry.name!r}: kernel shape {kernel.shape} does not match its geometry "
+        f"{geometry.kernel_shape}.")
+  nonzero = kernel != 0
+  spatial = tuple(range(kernel.ndim - 2))
+  if geometry.unit_rows == 1 and geometry.taps > 1:  # row units, channel-major rows
+    per_unit = np.moveaxis(nonzero, -2, 0).reshape(geometry.units, geometry.cout)
+  else:
+    per_unit = nonzero.any(axis=spatial) if spatial else nonzero
+  perm = check_permutation(geometry, permutation)
+  if not np.array_equal(perm, np.arange(geometry.cin)):
+    per_unit = per_unit[unit_order(geometry, perm)]
+  kin, full = geometry.kin, geometry.units // geometry.kin
+  head = per_unit[: full * kin].reshape(full, kin, geometry.cout).any(axis=1)
+  if full == geometry.g_in:
+    return head
+  tail = per_unit[full * kin:].any(axis=0, keepdims=True)
+  return np.concatenate([head, tail])
 
 
 def pack_layer(geometry: LayerGeometry, kernel, granularity: str = "column",

@@ -71,10 +71,47 @@ def check_budget(geometry: LayerGeometry, budget) -> tf.Tensor:
     return tf.identity(budget)
 
 
+def check_finite_energy(geometry: LayerGeometry, kernel: tf.Tensor, energy: tf.Tensor) -> tf.Tensor:
+  """`energy` unchanged if every entry is finite; otherwise an error naming the layer.
+
+  A NaN or Inf weight makes its segment's energy NaN or Inf, so checking the small energy
+  tensor finds it without another pass over the kernel (so does a weight whose square
+  overflows, |w| > ~1.8e19 in float32). Eagerly the error is a ValueError raised before any
+  mask is computed; in a graph (`tf.function`, the mask update) an `InvalidArgumentError`
+  from an assertion the selection depends on, with the same message.
+  """
+  message = (f"layer {geometry.name!r}: its kernel holds NaN or Inf (or weights so large that "
+             f"their squares overflow), so no crossbar mask can be computed; fix the weights "
+             f"(e.g. a diverged training step) before projecting.")
+  if tf.executing_eagerly():
+    if not bool(tf.reduce_all(tf.math.is_finite(energy))):
+      bad = int(tf.size(kernel)) - int(tf.math.count_nonzero(tf.math.is_finite(kernel)))
+      raise ValueError(f"{message} Non-finite weights: {bad}.")
+    return energy
+  return tf.debugging.assert_all_finite(energy, message)
+
+
 def block_mask(geometry: LayerGeometry, kernel: tf.Tensor, budget, temperature=0.0, seed=None):
   """Crossbar grain: bool `(g_in, g_out)`, the `budget` blocks kept."""
-  energy = geometry.block_energy(kernel)
+  energy = check_finite_energy(geometry, kernel, geometry.block_energy(kernel))
   return top_k_mask(sample_scores(energy, temperature, seed), check_budget(geometry, budget))
+
+
+def keep_strongest(energy: tf.Tensor, ordered: tf.Tensor, kept: tf.Tensor) -> tf.Tensor:
+  """Bool `(g_in, cout)`: per row `g`, the `kept[g]` largest entries of `energy`, ties to the
+  lower index: what the first `kept[g]` positions of a stable descending sort hold.
+
+  `ordered` is each row sorted in decreasing order (values only). With `t` the value at
+  position `kept[g] - 1`, every entry above `t` is kept, and of the entries equal to `t` the
+  `kept[g] - #(entries > t)` with the lowest indices; elementwise, no scatter.
+  """
+  last = tf.gather(ordered, tf.maximum(kept - 1, 0), axis=1, batch_dims=1)[:, None]
+  above = energy > last
+  tied = energy == last
+  room = kept - tf.reduce_sum(tf.cast(above, tf.int32), axis=1)
+  tied_rank = tf.cumsum(tf.cast(tied, tf.int32), axis=1)
+  keep = above | (tied & (tied_rank <= room[:, None]))
+  return keep & (kept[:, None] > 0)
 
 
 def segment_mask(geometry: LayerGeometry, kernel: tf.Tensor, budget, temperature=0.0, seed=None):
@@ -82,17 +119,18 @@ def segment_mask(geometry: LayerGeometry, kernel: tf.Tensor, budget, temperature
 
   Per input group the segments are sorted by energy and cut into chunks of `kout`; the
   `budget` best chunks over all groups are chosen (sampled at temperature > 0), and group `g`
-  keeps its `m_g * kout` strongest segments, `m_g` being its chosen chunks.
+  keeps its `m_g * kout` strongest segments, `m_g` being its chosen chunks. Only the sorted
+  values are used: which segments are the strongest follows from a threshold per group
+  (`keep_strongest`), with the same ties as the sort (lower output channel first).
   """
-  energy = geometry.segment_energy(kernel)
-  ordered, order = tf.math.top_k(energy, k=geometry.cout)
-  padded = tf.pad(ordered, [[0, 0], [0, geometry.g_out * geometry.kout - geometry.cout]])
-  chunks = tf.reduce_sum(tf.reshape(padded, (geometry.g_in, geometry.g_out, geometry.kout)), 2)
+  energy = check_finite_energy(geometry, kernel, geometry.segment_energy(kernel))
+  cout, kout, g_out = geometry.cout, geometry.kout, geometry.g_out
+  ordered = tf.math.top_k(energy, k=cout).values
+  padded = tf.pad(ordered, [[0, 0], [0, g_out * kout - cout]])
+  chunks = tf.reduce_sum(tf.reshape(padded, (geometry.g_in, g_out, kout)), 2)
   chosen = top_k_mask(sample_scores(chunks, temperature, seed), check_budget(geometry, budget))
-  kept_per_group = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1) * geometry.kout
-  kept_in_order = tf.range(geometry.cout)[None, :] < kept_per_group[:, None]
-  group = tf.broadcast_to(tf.range(geometry.g_in)[:, None], tf.shape(order))
-  return tf.scatter_nd(tf.stack([group, order], axis=-1), kept_in_order, tf.shape(order))
+  kept = tf.minimum(tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1) * kout, cout)
+  return keep_strongest(energy, ordered, kept)
 
 
 def project(geometry: LayerGeometry, kernel: tf.Tensor, budget, granularity: str = "crossbar",
