@@ -5,6 +5,8 @@ The round trip runs for both Keras flavours (tf_keras through a `tf.Module`, Ker
 """
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -60,7 +62,15 @@ def test_all_three_carry_the_same_valid_mapping(exported):
   assert totals["crossbars"] == sum(
       geometry_of(model.get_layer(n), SPEC).counts(model.get_layer(n).kernel).packed
       for n in ("conv1", "conv2", "fc"))
-  assert "reduction" in (result.directory / "summary.txt").read_text()
+  summary = (result.directory / "summary.txt").read_text()
+  rows = {line.split()[0]: line.split() for line in summary.splitlines() if line.strip()}
+  for name in ("conv1", "conv2", "fc"):  # layer, type, kernel, Kin, Kout, dense, xbar, col+rc
+    counts = geometry_of(model.get_layer(name), SPEC).counts(model.get_layer(name).kernel)
+    assert rows[name][5:8] == [str(counts.dense), str(counts.blocks), str(counts.packed)], name
+  assert rows["total"][1:4:2] == [str(totals["dense"]), str(totals["crossbars"])]  # dense, col+rc
+  assert summary.splitlines()[-1] == (
+      f"mapping (column grain): {totals['crossbars']} of {totals['dense']} crossbars, reduction "
+      f"{totals['reduction']:.1%}, utilization {totals['utilization']:.1%}")
 
 
 def test_saved_model_serves_the_pruned_model(exported):
@@ -123,6 +133,51 @@ def test_verify_fails_on_a_weight_in_a_dropped_crossbar(exported, tmp_path, caps
   assert "layers[2]" in err
 
 
+def _tampered_copy(result, tmp_path):
+  copy = tmp_path / "tampered"
+  shutil.copytree(result.directory, copy)
+  return copy
+
+
+def test_verify_reports_a_numeric_mismatch(exported, tmp_path, capsys):
+  """A kept weight changed in model.keras: SavedModel and TFLite no longer compute the same."""
+  from xbar_tfmot.export.model_io import load_model
+  _, result = exported
+  copy = _tampered_copy(result, tmp_path)
+  model = load_model(str(copy / "model.keras"))
+  kernel = np.asarray(model.get_layer("fc").kernel)
+  row, col = np.argwhere(kernel != 0)[0]
+  kernel[row, col] += 10.0
+  model.get_layer("fc").kernel.assign(kernel)
+  model.save(copy / "model.keras")
+  assert cli.verify_main([str(copy), "--samples", "4"]) == 1
+  out = capsys.readouterr().out
+  assert re.search(r"crossbar-explicit vs keras: .*  ok$", out, re.M), out
+  for name in ("saved_model", "tflite"):
+    assert re.search(rf"{name} vs keras: max abs \S+, max rel \S+  MISMATCH$", out, re.M), out
+
+
+def test_verify_refuses_tampered_tflite_metadata(exported, tmp_path, capsys):
+  """The TFLite file carries another (valid) mapping than the export's mapping.json."""
+  from xbar_tfmot import _compat
+  _, result = exported
+  copy = _tampered_copy(result, tmp_path)
+  data = json.loads(json.dumps(result.mapping.data))
+  data["model"]["name"] = "tampered"
+  _, flatbuffer_utils = _compat.tflite_flatbuffer_modules()
+  flat = flatbuffer_utils.convert_bytearray_to_object(bytearray((copy / "model.tflite").read_bytes()))
+  entries = [e for e in flat.metadata if (e.name.decode() if isinstance(e.name, bytes) else e.name)
+             == export_lib.METADATA_NAME]
+  assert len(entries) == 1
+  flat.buffers[entries[0].buffer].data = np.frombuffer(json.dumps(data).encode(), np.uint8)
+  (copy / "model.tflite").write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(flat)))
+  assert export_lib.read_mapping(copy / "model.tflite").data["model"]["name"] == "tampered"
+  assert cli.verify_main([str(copy), "--samples", "2"]) == 1
+  err = capsys.readouterr().err
+  assert "xbar-verify: error:" in err
+  assert f"the mapping carried by {str(copy / 'model.tflite')!r} differs from the export's" in err
+
+
 def test_existing_target_is_not_overwritten(exported):
   model, result = exported
   before = (result.directory / "mapping.json").read_text()
@@ -132,12 +187,53 @@ def test_existing_target_is_not_overwritten(exported):
 
 
 def test_failed_step_leaves_nothing(tmp_path, monkeypatch):
+  seen = []
+
   def broken(*_):
+    seen.append((tmp_path / "out").exists())
     raise RuntimeError("converter exploded")
   monkeypatch.setattr(export_lib, "_convert_tflite", broken)
   with pytest.raises(export_lib.ExportError, match="'tflite' failed.*converter exploded"):
     export_lib.export(pruned_model(), tmp_path / "out", SPEC)
+  assert seen == [False]  # the last step runs before the target exists
   assert list(tmp_path.iterdir()) == []
+
+
+def _files(folder):
+  return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_overwrite_replaces_the_old_export_only_when_the_new_one_is_complete(tmp_path,
+                                                                             monkeypatch):
+  model, target = pruned_model(), tmp_path / "out"
+  seen = []
+  real_summary = export_lib._summary
+
+  def summary(*args):  # the first step: records what the target holds while it runs
+    seen.append(_files(target) if target.exists() else None)
+    return real_summary(*args)
+  monkeypatch.setattr(export_lib, "_summary", summary)
+  export_lib.export(model, target, SPEC, formats=("json",))
+  assert seen == [None]  # the target does not exist while the export is written
+  old = _files(target)
+  assert set(old) == {"mapping.json", "model.keras", "summary.txt"}
+
+  def broken(*_):
+    seen.append(_files(target))
+    raise RuntimeError("converter exploded")
+  monkeypatch.setattr(export_lib, "_convert_tflite", broken)
+  with pytest.raises(export_lib.ExportError, match="'tflite' failed.*converter exploded"):
+    export_lib.export(model, target, SPEC, granularity="crossbar", overwrite=True)
+  assert seen[1] == old and seen[2] == old  # the old export is intact while the new is written
+  assert _files(target) == old  # and after the failure
+  assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+  export_lib.export(model, target, SPEC, granularity="crossbar", formats=("json",),
+                    overwrite=True)
+  assert seen[3] == old
+  assert export_lib.read_mapping(target).granularity == "crossbar"
+  assert set(_files(target)) == set(old)
+  assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -151,7 +247,7 @@ def test_bad_export_arguments(tmp_path, kwargs, match):
 
 def test_read_mapping_errors(tmp_path):
   (tmp_path / "bad.json").write_text('{"format": "xbar_tfmot.crossbar_mapping"}')
-  with pytest.raises(ValueError, match="version|layers|spec"):
+  with pytest.raises(ValueError, match="<root>: 'version' is a required property"):
     export_lib.read_mapping(tmp_path / "bad.json")
   with pytest.raises(FileNotFoundError, match="not an export folder"):
     export_lib.read_mapping(tmp_path)

@@ -87,6 +87,20 @@ def test_global_mode_infeasible_target_is_explained():
     policy.plan(geometries(), 0.5)
 
 
+@pytest.mark.parametrize("dense,reduction,expected", [
+    # 14 of 35: shares 1.2, 2.0, 2.8, 3.6, 4.4; floors add up to 12; the two largest
+    # remainders (0.8, 0.6) get the two crossbars left.
+    ((3, 5, 7, 9, 11), 0.6, (1, 2, 3, 4, 4)),
+    # 5 of 10: shares 1.5, 1.5, 2.0; the tie between the first two goes to model order.
+    ((3, 3, 4), 0.5, (2, 1, 2)),
+])
+def test_global_mode_largest_remainder_by_hand(dense, reduction, expected):
+  geos = [LayerGeometry(f"fc{i}", "Dense", (36 * d, 8), SPEC) for i, d in enumerate(dense)]
+  assert [g.dense_crossbars for g in geos] == list(dense)
+  plan = CrossbarPolicy(leave_dense=(), mode="global").plan(geos, reduction)
+  assert tuple(plan[g.name] for g in geos) == expected
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=6),
        st.floats(0.0, 0.95))

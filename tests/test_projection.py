@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
+import _pruning_models as pm
 from xbar_tfmot.core import projection
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.spec import CrossbarSpec
@@ -55,13 +56,12 @@ def brute_force_columns(g, w, budget):
   return best
 
 
-def assert_structured(g, w, mask):
-  """The mask is 0/1, one value per column segment, and kept weights are untouched."""
+def assert_structured(g, w, mask, granularity="column"):
+  """The mask is 0/1, one value per column segment (per block at crossbar grain), judged
+  independently of the geometry's code (`_pruning_models.structured`), and kept weights are
+  untouched."""
   assert set(np.unique(mask)) <= {0.0, 1.0}
-  rows = g.unroll(tf.constant(mask)).numpy()
-  group_of_row = np.arange(rows.shape[0]) // (g.kin * g.unit_rows)
-  first_row_of_group = np.searchsorted(group_of_row, group_of_row)
-  np.testing.assert_array_equal(rows, rows[first_row_of_group])
+  assert pm.structured(g, mask, granularity)
   np.testing.assert_array_equal((w * mask)[mask == 1], w[mask == 1])
 
 
@@ -72,7 +72,7 @@ def assert_structured(g, w, mask):
 def test_is_the_exact_projection(granularity, brute_force, count, case):
   g, w, budget = case
   mask = projection.project(g, w, budget, granularity).numpy()
-  assert_structured(g, w, mask)
+  assert_structured(g, w, mask, granularity)
   np.testing.assert_allclose(np.sum((w * mask) ** 2), brute_force(g, w, budget), rtol=1e-9)
   assert getattr(g.counts(w * mask), count) == budget
 
@@ -97,7 +97,7 @@ def test_sampled_projection_meets_budget_and_structure(case, temperature, seed):
   for granularity, field in (("crossbar", "blocks"), ("column", "packed")):
     mask = projection.project(g, w, budget, granularity, temperature,
                               projection.stateless_seed(seed, 3, 7)).numpy()
-    assert_structured(g, w, mask)
+    assert_structured(g, w, mask, granularity)
     counts = g.counts(w * mask)
     assert getattr(counts, field) == budget
     assert counts.packed == packing_count(g, g.nonzero_segments(w * mask))
@@ -131,6 +131,23 @@ def test_ties_are_broken_by_index():
   w = np.ones((8, 8), np.float32)
   mask = projection.project(g, w, 1, "crossbar").numpy()
   assert mask[:4, :4].all() and mask.sum() == 16
+
+
+def test_column_ties_go_to_the_lower_output_channel_then_the_earlier_group():
+  """Equal segment energies inside a group: the lower output channel is kept; equal chunks
+  across groups: the earlier input group wins (docs/design.md, Ties)."""
+  g = LayerGeometry("fc", "Dense", (8, 8), CrossbarSpec(rows=4, cols=4))  # Kin 4 rows, Kout 4
+  scale = np.array([2, 1, 1, 1, 1, 1, 2, 2], np.float32)  # channels 1..5 tie at the cut
+  w = np.ones((8, 8), np.float32) * scale
+  mask = projection.project(g, w, 1, "column").numpy()
+  assert mask[4:].sum() == 0  # group 1 is as strong as group 0: the earlier group wins
+  np.testing.assert_array_equal(mask[:4], np.broadcast_to([1, 1, 0, 0, 0, 0, 1, 1], (4, 8)))
+  w[4:] *= 2  # now group 1 is stronger and still ties inside
+  mask = projection.project(g, w, 2, "column").numpy()
+  np.testing.assert_array_equal(mask[4:], np.ones((4, 8)))  # both of its chunks
+  assert mask[:4].sum() == 0
+  mask = projection.project(g, w, 3, "column").numpy()
+  np.testing.assert_array_equal(mask[:4], np.broadcast_to([1, 1, 0, 0, 0, 0, 1, 1], (4, 8)))
 
 
 @pytest.mark.parametrize("budget", [0, 5, -1])

@@ -1,11 +1,14 @@
 """Reduction and temperature schedules: values, update steps, graph mode, config, bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
                                   CrossbarTemperatureDecay, deserialize, serialize)
+from xbar_tfmot.pruning.plan import budget_at
 
 
 def run(schedule, step):
@@ -31,6 +34,38 @@ def test_polynomial_reduction_rises_to_final_and_stays():
   assert values[10] == pytest.approx(0.7 + (0.1 - 0.7) * 0.5**3)  # step 200
   assert values[15] == pytest.approx(0.7) and values[-1] == pytest.approx(0.7)
   assert float(schedule.progress(300)) == 1.0 and float(schedule.progress(10**6)) == 1.0
+
+
+def _independent_reduction(step, final, initial, begin, end, power):
+  """s(t) of docs/design.md, in plain Python floats."""
+  p = min(max((step - begin) / (end - begin), 0.0), 1.0)
+  return final + (initial - final) * (1.0 - p) ** power
+
+
+@pytest.mark.parametrize("dense,final_budget,final,initial,begin,end,power,frequency", [
+    (120, 36, 0.7, 0.0, 0, 45, 3.0, 10),
+    (37, 11, 0.7, 0.0, 0, 100, 3.0, 7),
+    (16, 5, 0.7, 0.2, 3, 50, 2.0, 4),
+    (1000, 280, 0.72, 0.0, 10, 400, 3.0, 13),
+])
+def test_budget_at_every_update_step(dense, final_budget, final, initial, begin, end, power,
+                                     frequency):
+  """`budget(t) = dense - round((dense - N) * s(t) / s_final)` at every update step."""
+  schedule = CrossbarPolynomialDecay(final, begin_step=begin, end_step=end,
+                                     initial_reduction=initial, power=power, frequency=frequency)
+  updates = [s for s in range(end + 3 * frequency) if run(schedule, s)[0]]
+  assert updates == sorted(set(range(begin, end + 1, frequency)) | {end})
+  rounded_down = rounded_up = 0
+  for step in updates:
+    cut = (dense - final_budget) * _independent_reduction(step, final, initial, begin, end,
+                                                          power) / final
+    assert abs(cut - math.floor(cut) - 0.5) > 1e-6, "a tie: pick other parameters"
+    expected = dense - round(cut)
+    assert int(budget_at(schedule, dense, final_budget, step)) == expected, step
+    rounded_down += 0 < cut - math.floor(cut) < 0.5
+    rounded_up += cut - math.floor(cut) > 0.5
+  assert rounded_down and rounded_up  # ceil or floor would differ at some update step
+  assert int(budget_at(schedule, dense, final_budget, end)) == final_budget
 
 
 def test_constant_forever_and_with_end():
