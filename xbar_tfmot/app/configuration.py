@@ -16,6 +16,7 @@ import ml_collections
 from xbar_tfmot.core.errors import XbarError
 
 from xbar_tfmot.app.datasets import DATASETS
+from xbar_tfmot.app.training import OPTIMIZERS, OUTPUTS
 from xbar_tfmot.core.projection import GRANULARITIES
 from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
 from xbar_tfmot.models.introspection import FLAVOURS
@@ -66,6 +67,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.batch_size = 128
   c.train.learning_rate = 1e-3
   c.train.finetune_learning_rate = 3e-4
+  c.train.optimizer = "adam"  # adam | adamw | sgd (momentum 0.9) | rmsprop
+  c.train.outputs = "auto"  # the loss: auto (softmax last layer = probabilities) | logits |
+  #                           probabilities
   c.train.baseline_epochs = 3
   c.train.prune_epochs = 2
   c.train.finetune_epochs = 1
@@ -90,6 +94,8 @@ _CHOICES = {
     "crossbar.projection": PROJECTIONS,
     "crossbar.regrowth": REGROWTHS,
     "crossbar.mode": ("per_layer", "global"),
+    "train.optimizer": OPTIMIZERS,
+    "train.outputs": OUTPUTS,
 }
 _POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",
              "train.finetune_learning_rate", "crossbar.updates_per_epoch")

@@ -171,7 +171,8 @@ class Pipeline:
       return self.K.models.load_model(path)
 
   def _compile(self, model, learning_rate: float) -> None:
-    training.compile_classifier(model, self.K, learning_rate)
+    c = self.config.train
+    training.compile_classifier(model, self.K, learning_rate, c.optimizer, c.outputs)
 
   def _evaluate(self, model) -> float:
     _, (xt, yt) = self.data

@@ -57,10 +57,39 @@ def format_seconds(seconds: float) -> str:
 
 # --- compiling and training ------------------------------------------------------------------
 
-def compile_classifier(model, keras, learning_rate) -> None:
-  """Adam (a float or a schedule) on sparse cross-entropy from logits, with accuracy."""
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+OUTPUTS = ("auto", "logits", "probabilities")
+
+
+def outputs_probabilities(model) -> bool:
+  """True when the model's last layer ends in a softmax (a `Softmax` layer, or an activation
+  named softmax), as Keras Applications and most trained classifiers do; else logits."""
+  layer = model.layers[-1]
+  while hasattr(layer, "layers") and layer.layers:  # a nested model's own last layer
+    layer = layer.layers[-1]
+  if type(layer).__name__ == "Softmax":
+    return True
+  activation = getattr(layer, "activation", None)
+  return getattr(activation, "__name__", str(activation)) == "softmax"
+
+
+def compile_classifier(model, keras, learning_rate, optimizer: str = "adam",
+                       outputs: str = "auto") -> None:
+  """`optimizer` (a float learning rate or a schedule) on sparse cross-entropy, with accuracy.
+
+  The loss follows the model: from probabilities when it ends in a softmax, else from logits
+  (`outputs="auto"`); `outputs="logits"` or `"probabilities"` overrides the detection.
+  """
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(f"optimizer={optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}.")
+  if outputs not in OUTPUTS:
+    raise ValueError(f"outputs={outputs!r} is unknown; valid: {', '.join(OUTPUTS)}.")
+  probabilities = outputs_probabilities(model) if outputs == "auto" else outputs == "probabilities"
+  make = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+          "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
+          "rmsprop": keras.optimizers.RMSprop}[optimizer]
+  model.compile(optimizer=make(learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
                 metrics=["accuracy"])
 
 
