@@ -114,8 +114,7 @@ def prune(model, spec: CrossbarSpec, reduction: float, granularity: str, permuta
     permuted = np.take(kernel, perm, axis=-2)
     budget = crossbar_budget(geometry.dense_crossbars, reduction)
     mask = np.asarray(project(geometry, tf.constant(permuted), budget, granularity))
-    unpermuted = np.empty_like(mask)
-    unpermuted[..., perm, :] = mask
+    unpermuted = np.take(mask, np.argsort(perm), axis=-2)  # argsort inverts a permutation
     layer.kernel.assign(kernel * unpermuted)
   return model
 

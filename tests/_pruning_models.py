@@ -62,18 +62,30 @@ def mapped_counts(model, spec: CrossbarSpec = SPEC) -> dict:
 
 
 def structured(geometry, mask: np.ndarray, granularity: str) -> bool:
-  """Whether a 0/1 mask is constant over every column segment (and every block at crossbar grain)."""
-  seg = geometry.nonzero_segments(mask)
-  rebuilt = np.asarray(geometry.segment_to_kernel_mask(tf.constant(seg.astype("float32"))))
-  if not np.array_equal(rebuilt, mask):
-    return False
-  if granularity == "crossbar":
-    blocks = np.zeros((geometry.g_in, geometry.g_out * geometry.kout), bool)
-    blocks[:, : geometry.cout] = seg
-    blocks = blocks.reshape(geometry.g_in, geometry.g_out, geometry.kout)
-    whole = blocks.all(axis=2) | ~blocks.any(axis=2)
-    # The last output group may be partial: judge it on its real columns only.
-    last = seg[:, (geometry.g_out - 1) * geometry.kout:]
-    whole[:, -1] = last.all(axis=1) | ~last.any(axis=1)
-    return bool(whole.all())
+  """Whether a 0/1 mask is constant over every column segment (and every block at crossbar grain).
+
+  Judged from the spec and the row order of docs/design.md alone (channel-major rows
+  `c * taps + t`, input groups of `Kin` units, `Kout = cols // q`), not from the geometry's own
+  unroll and segment functions, which are under test.
+  """
+  spec, mask = geometry.spec, np.asarray(mask)
+  cin, cout = mask.shape[-2:]
+  taps = int(np.prod(mask.shape[:-2]))
+  matrix = np.moveaxis(mask, -2, 0).reshape(cin * taps, cout)
+  q = -(-spec.weight_bits // spec.cell_bits) * (2 if spec.differential else 1)
+  if spec.mapping == "direct":
+    group_rows, kout = spec.kin * taps, spec.kout
+  elif spec.mapping == "flat":
+    group_rows, kout = spec.rows, spec.cols // q
+  else:  # kernel_aligned: whole channels, as many as fit in the rows
+    group_rows, kout = spec.rows // taps * taps, spec.cols // q
+  for start in range(0, cin * taps, group_rows):
+    group = matrix[start:start + group_rows]
+    if not (group == group[0]).all():  # a column segment is cut
+      return False
+    if granularity == "crossbar":
+      for first in range(0, cout, kout):
+        block = group[0, first:first + kout]
+        if not (block == block[0]).all():  # a crossbar is partly kept
+          return False
   return True
