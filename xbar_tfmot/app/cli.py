@@ -11,6 +11,11 @@ from xbar_tfmot._quiet import TF_LOG_FLAG, TF_LOG_HELP
 from xbar_tfmot.core.spec import CrossbarSpec, parse_spec, preset_names
 
 PROGRAMS = ("xbar-prune", "xbar-report", "xbar-verify")
+CUSTOM_OBJECTS_FLAG = "--custom-objects"
+CUSTOM_OBJECTS_HELP = ("importable module(s) defining the model's own layers (their classes and "
+                       "functions are passed to Keras as custom objects)")
+
+
 def report_main(argv: list[str] | None = None) -> int:
   """`xbar-report MODEL --crossbar 128x128`: crossbars per layer and in total."""
   parser = argparse.ArgumentParser(
@@ -26,9 +31,10 @@ def report_main(argv: list[str] | None = None) -> int:
   parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
   parser.add_argument("--cost", metavar="HW", help="add energy/area/latency per layer on a "
                       "hardware preset (isaac_32nm, puma_256x256) or JSON file")
+  parser.add_argument(CUSTOM_OBJECTS_FLAG, metavar="MODULE[,MODULE]", help=CUSTOM_OBJECTS_HELP)
   parser.add_argument(TF_LOG_FLAG, action="store_true", help=TF_LOG_HELP)
   args = parser.parse_args(argv)
-  from xbar_tfmot.export.model_io import load_model
+  from xbar_tfmot.export.model_io import load_custom_objects, load_model
   from xbar_tfmot.models.report import crossbar_report
   try:
     mapping, source = None, args.model
@@ -39,7 +45,7 @@ def report_main(argv: list[str] | None = None) -> int:
         mapping.spec if mapping else CrossbarSpec(rows=128, cols=128))
     if args.mapping:
       spec = CrossbarSpec.from_dict({**spec.to_dict(), "mapping": args.mapping})
-    model = load_model(source)
+    model = load_model(source, load_custom_objects(args.custom_objects or ""))
     report = crossbar_report(model, spec)
     cost = _cost_table(model, spec, mapping, args.cost) if args.cost else None
   except (ValueError, FileNotFoundError) as err:
@@ -79,11 +85,14 @@ def verify_main(argv: list[str] | None = None) -> int:
   parser.add_argument("--samples", type=int, default=8, help="random inputs to compare on")
   parser.add_argument("--tolerance", type=float, default=1e-4,
                       help="largest relative difference accepted (default 1e-4)")
+  parser.add_argument(CUSTOM_OBJECTS_FLAG, metavar="MODULE[,MODULE]", help=CUSTOM_OBJECTS_HELP)
   parser.add_argument(TF_LOG_FLAG, action="store_true", help=TF_LOG_HELP)
   args = parser.parse_args(argv)
+  from xbar_tfmot.export.model_io import load_custom_objects
   from xbar_tfmot.export.verification import verify
   try:
-    result = verify(args.export_dir, args.samples, args.tolerance)
+    result = verify(args.export_dir, args.samples, args.tolerance,
+                    custom_objects=load_custom_objects(args.custom_objects or ""))
   except (ValueError, FileNotFoundError) as err:
     print(f"xbar-verify: error: {err}", file=sys.stderr)
     return 1

@@ -49,6 +49,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.file = ""  # a .keras/.h5/SavedModel to start from instead of the zoo
   c.model.input_shape = ""  # "H,W,C" when data.name is none
   c.model.classes = 0  # when data.name is none
+  c.model.custom_objects = ""  # module(s) defining model.file's own layers, comma-separated
 
   c.crossbar = ml_collections.ConfigDict()
   c.crossbar.spec = "128x128"  # ROWSxCOLS[,field=value] or a preset JSON file

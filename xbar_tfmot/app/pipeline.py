@@ -31,6 +31,7 @@ from xbar_tfmot.app import zoo
 from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.workdir_lock import WorkdirBusy, WorkdirLock
+from xbar_tfmot.export import model_io
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
 from xbar_tfmot.core import spec as spec_lib
@@ -69,6 +70,11 @@ class Pipeline:
     self.K = layers_lib.keras_module(config.flavour)
     self.state: dict[str, Any] = {"phases": {}}
     self.data = None
+    try:
+      self.custom_objects = model_io.load_custom_objects(config.model.custom_objects)
+    except ValueError as e:
+      raise ConfigError(f"config.model.custom_objects={config.model.custom_objects!r}: "
+                        f"{e}") from None
 
   # --- set-up, all before any training -----------------------------------------------------
 
@@ -115,8 +121,11 @@ class Pipeline:
       try:
         model = self._load(pathlib.Path(c.model.file))
       except Exception as e:  # Keras raises many kinds for files it cannot read
+        unknown = model_io.unknown_class(str(e))
+        why = (f"it uses the class {unknown!r}; give the module defining it as "
+               f"config.model.custom_objects" if unknown else str(e)[:model_io.ERROR_CHARS])
         raise ConfigError(f"config.model.file={c.model.file!r}: cannot load it as a "
-                          f"{c.flavour} model (config.flavour): {e}") from None
+                          f"{c.flavour} model (config.flavour): {why}") from None
       field = "config.model.file"
     else:
       if self.data is None:
@@ -166,9 +175,7 @@ class Pipeline:
     training.save_model(model, path)
 
   def _load(self, path: pathlib.Path):
-    from xbar_tfmot.pruning.api import crossbar_pruning_scope
-    with crossbar_pruning_scope(self.config.flavour):
-      return self.K.models.load_model(path)
+    return model_io.load_with(self.config.flavour, str(path), self.custom_objects)
 
   def _compile(self, model, learning_rate: float) -> None:
     c = self.config.train
@@ -317,10 +324,10 @@ class Pipeline:
     self.log(f"[export] {', '.join(formats)} to {self.workdir / 'export'}")
     model = self._load(self._path("pruned.keras"))
     export(model, self.workdir / "export", self.spec, c.crossbar.granularity, formats,
-           overwrite=True)
+           overwrite=True, custom_objects=self.custom_objects)
     result: dict[str, Any] = {"enabled": True, "formats": list(formats)}
     if c.export.verify:
-      check = verify(str(self.workdir / "export"))
+      check = verify(str(self.workdir / "export"), custom_objects=self.custom_objects)
       result.update(verified=check.ok, differences=check.differences)
       self.log(check.format())
       if not check.ok:

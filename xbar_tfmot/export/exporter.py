@@ -57,7 +57,8 @@ class ExportResult:
 def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
            granularity: str = "column", formats: Iterable[str] = FORMATS[:3],
            permutations: Mapping[str, Any] | None = None, sparse_tflite: bool = False,
-           overwrite: bool = False) -> ExportResult:
+           overwrite: bool = False,
+           custom_objects: Mapping[str, Any] | None = None) -> ExportResult:
   """Strips pruning wrappers and writes the export folder (see the module docstring).
 
   Args:
@@ -69,6 +70,9 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
     permutations: mapping-only input permutations (`ReorderResult.permutations`).
     sparse_tflite: let the TFLite converter encode the zeros sparsely.
     overwrite: replace an existing export folder.
+    custom_objects: `{name: class}` of the model's own layers; `model.keras` is loaded back
+      with them before anything is renamed into place, and a class it needs but was not given
+      fails the export, naming the class.
   """
   formats = tuple(formats)
   bad = sorted(set(formats) - set(FORMATS))
@@ -92,6 +96,7 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
       (tmp / "summary.txt").write_text(_summary(stripped, spec, mapping), encoding="utf-8")
     with _step("model.keras"):
       stripped.save(tmp / "model.keras")
+      _check_loads_back(tmp / "model.keras", layers_lib.flavour(stripped), custom_objects)
     if "saved_model" in formats:
       with _step("saved_model"):
         _write_saved_model(stripped, tmp / "saved_model", tmp / "mapping.json")
@@ -125,6 +130,22 @@ def _step(name: str):
     yield
   except Exception as err:  # noqa: BLE001 - re-raised with the step named
     raise ExportError(f"export step {name!r} failed: {type(err).__name__}: {err}") from err
+
+
+def _check_loads_back(path: pathlib.Path, flavour: str,
+                      custom_objects: Mapping[str, Any] | None) -> None:
+  """`xbar-verify` reads model.keras: an export whose model does not load back is refused."""
+  from xbar_tfmot.export import model_io
+  try:
+    model_io.load_with(flavour, str(path), custom_objects)
+  except Exception as err:  # noqa: BLE001 - Keras raises many kinds for unknown classes
+    unknown = model_io.unknown_class(str(err))
+    if unknown is None:
+      raise RuntimeError(f"model.keras does not load back: "
+                         f"{str(err)[:model_io.ERROR_CHARS]}") from None
+    raise RuntimeError(f"model.keras does not load back: the model uses the class "
+                       f"{unknown!r}; pass custom_objects={{{unknown!r}: ...}} to export (and "
+                       f"--custom-objects MODULE to xbar-verify).") from None
 
 
 def _remove_stale(target: pathlib.Path) -> None:

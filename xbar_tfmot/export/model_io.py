@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
-from typing import Any
+import re
+from typing import Any, Mapping
 
 # Keras 3 applications built with weights=None: for mapping, counting and speed only.
 BUILTINS = {
@@ -15,8 +18,41 @@ BUILTINS = {
 }
 
 
-def load_model(source: str) -> Any:
+# How each Keras names a class it cannot find in a saved config.
+_UNKNOWN_CLASS = (r"Could not locate (?:class|function) '([\w.]+)'", r"Unknown \w+: '([\w.]+)'",
+                  r"Received: layer=([\w.]+) of type <class 'str'>")  # tf_keras Sequential
+ERROR_CHARS = 300  # how much of a loader's message (often a whole config) an error quotes
+
+
+def load_custom_objects(modules: str) -> dict[str, Any]:
+  """`{name: class or function}` defined in the comma-separated importable `modules` (for
+  the command lines' `--custom-objects`); a module that does not import is a ValueError."""
+  out: dict[str, Any] = {}
+  for name in [m.strip() for m in modules.split(",") if m.strip()]:
+    try:
+      module = importlib.import_module(name)
+    except ImportError as e:
+      raise ValueError(f"custom objects module {name!r} does not import: {e}; valid: a module "
+                       f"on the Python path that defines the model's custom layers.") from None
+    out.update({k: v for k, v in vars(module).items()
+                if (inspect.isclass(v) or inspect.isfunction(v)) and v.__module__ == name})
+  return out
+
+
+def unknown_class(message: str) -> str | None:
+  """The class a Keras loading error says it cannot find, if it says so."""
+  for pattern in _UNKNOWN_CLASS:
+    found = re.search(pattern, message)
+    if found:
+      return found.group(1)
+  return None
+
+
+def load_model(source: str, custom_objects: Mapping[str, Any] | None = None) -> Any:
   """A model from `builtin:NAME`, a `.keras` or `.h5` file, or a SavedModel folder.
+
+  `custom_objects` (`{name: class}`) are the model's own layers and functions, as for
+  `keras.saving.load_model`; a model that needs one not given fails naming the class.
 
   `.keras` files are tried with Keras 3 first, then tf_keras; `.h5` files and SavedModel
   folders with tf_keras first. The tf_keras loader knows the crossbar pruning wrappers (it
@@ -44,20 +80,28 @@ def load_model(source: str) -> Any:
   else:
     raise ValueError(f"model file {source!r}: unknown format; valid: .keras, .h5, a SavedModel "
                      f"folder, or builtin:NAME.")
-  errors = []
+  errors, unknown = [], None
   for flavour in loaders:
     try:
-      return _load_with(flavour, source)
+      return load_with(flavour, source, custom_objects)
     except Exception as err:  # noqa: BLE001 - each loader's failure is reported below
-      errors.append(f"{flavour}: {type(err).__name__}: {err}")
+      unknown = unknown or unknown_class(str(err))
+      errors.append(f"{flavour}: {type(err).__name__}: {str(err)[:ERROR_CHARS]}")
+  if unknown:
+    raise ValueError(
+        f"model file {source!r} uses the class {unknown!r}, which is not known here; pass its "
+        f"class as custom_objects={{{unknown!r}: ...}} (library) or the module defining it as "
+        f"--custom-objects MODULE (command line).")
   raise ValueError(f"model file {source!r} could not be loaded:\n  " + "\n  ".join(errors))
 
 
-def _load_with(flavour: str, source: str) -> Any:
+def load_with(flavour: str, source: str, custom_objects: Mapping[str, Any] | None = None) -> Any:
+  """`source` loaded by one flavour's Keras, crossbar wrappers and `custom_objects` known."""
+  custom_objects = dict(custom_objects or {})
   if flavour == "keras3":
     import keras
-    return keras.saving.load_model(source, compile=False)
+    return keras.saving.load_model(source, custom_objects=custom_objects, compile=False)
   import tf_keras
   from xbar_tfmot.pruning.api import crossbar_pruning_scope
   with crossbar_pruning_scope():
-    return tf_keras.models.load_model(source, compile=False)
+    return tf_keras.models.load_model(source, custom_objects=custom_objects, compile=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -76,8 +77,10 @@ def _same_mapping(mapping: CrossbarMapping, source: pathlib.Path) -> None:
     raise MappingError("", f"the mapping carried by {str(source)!r} differs from the export's.")
 
 
-def verify(directory: str, samples: int = 8, tolerance: float = 1e-4, seed: int = 0) -> Verification:
-  """Runs the exported artefacts on the same random inputs and compares them."""
+def verify(directory: str, samples: int = 8, tolerance: float = 1e-4, seed: int = 0,
+           custom_objects: Mapping[str, Any] | None = None) -> Verification:
+  """Runs the exported artefacts on the same random inputs and compares them
+  (`custom_objects`: the model's own layers, as for `export`)."""
   from xbar_tfmot.models.crossbar_model import crossbar_model
   from xbar_tfmot.export.model_io import load_model
 
@@ -85,7 +88,7 @@ def verify(directory: str, samples: int = 8, tolerance: float = 1e-4, seed: int 
   if not (root / "model.keras").exists():
     raise FileNotFoundError(f"{str(root)!r} is not an export folder: model.keras is missing.")
   mapping = read_mapping(root)
-  model = load_model(str(root / "model.keras"))
+  model = load_model(str(root / "model.keras"), custom_objects)
   explicit = crossbar_model(model, mapping)
   shape = (samples, *model.input_shape[1:])
   x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
