@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     except WorkdirBusy as e:
       print(f"xbar-prune: {e}", file=sys.stderr)
       sys.exit(3)
+    except training.TrainingDiverged as e:
+      print(f"xbar-prune: {e}", file=sys.stderr)
+      sys.exit(4)
 
   flags.FLAGS.unparse_flags()
   app.run(_main, argv=argv or sys.argv)

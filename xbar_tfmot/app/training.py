@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import project
 from xbar_tfmot.core.spec import CrossbarSpec
@@ -132,6 +133,27 @@ class RunFolder:
     write_json(self.progress_file, {"epoch": epochs_done, "history": history})
 
 
+class TrainingDiverged(XbarError, RuntimeError):
+  """The loss became NaN or infinite; the last checkpoint is left as it was."""
+
+
+def _divergence_watch(keras):
+  class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops `fit` at the first batch whose loss is NaN or infinite, remembering it."""
+
+    def __init__(self):
+      super().__init__()
+      self.bad_batch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+      loss = (logs or {}).get("loss")
+      if loss is not None and not np.isfinite(float(loss)):
+        self.bad_batch = batch
+        self.model.stop_training = True
+
+  return _StopOnNonFiniteLoss()
+
+
 def _one_epoch_callback(keras):
   class _StopAfterOneEpoch(keras.callbacks.Callback):
     """Lets `fit(epochs=total, initial_epoch=e)` run epoch `e` only, so Keras prints
@@ -159,9 +181,17 @@ def fit_epochs(model, x, y, keras, *, epochs: int, batch_size: int, seed: int, p
     on_epoch(epoch)
     keras.utils.set_random_seed(epoch_seed(seed, phase, epoch))
     model.optimizer.learning_rate.assign(learning_rate(epoch))
+    watch = _divergence_watch(keras)
     h = model.fit(x, y, batch_size=batch_size, epochs=epochs, initial_epoch=epoch,
                   validation_data=validation_data, shuffle=True,
-                  callbacks=[*callbacks, _one_epoch_callback(keras)], verbose=verbose)
+                  callbacks=[*callbacks, watch, _one_epoch_callback(keras)], verbose=verbose)
+    if watch.bad_batch is not None:
+      kept = (f"the checkpoint after epoch {epoch} in {run_folder.folder} is kept as it was"
+              if epoch else f"{run_folder.folder} holds no checkpoint of this phase yet")
+      raise TrainingDiverged(
+          f"{run_folder.folder.name}: the loss became NaN or infinite in epoch {epoch + 1} "
+          f"(batch {watch.bad_batch + 1}); training stopped and {kept}. Lower the learning "
+          f"rate (or check the data for NaN) and rerun the same command to resume.")
     for key, values in h.history.items():
       history.setdefault(key, []).append(float(values[-1]))
     run_folder.checkpoint(model, epoch + 1, history)
