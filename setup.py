@@ -22,6 +22,7 @@ setuptools.setup(
         "ml-collections>=1.0",
         "jsonschema>=4.0",
         "tensorboard==2.21.*",
+        "ai-edge-litert==2.3.*",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scikit-learn>=1.4",

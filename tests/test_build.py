@@ -46,18 +46,19 @@ def test_bazel_query_passes(tmp_path):
 
 # The tiers, lowest first. A module may import its own tier and lower ones; `xbar_tfmot`
 # (the public API in __init__.py) sits above export; nothing but app imports app.
-TIERS = {"compat": 0, "core": 0, "models": 1, "pruning": 2, "export": 3, "xbar_tfmot": 4,
-         "app": 5}
+TIERS = {"compat": 0, "quiet": 0, "core": 0, "models": 1, "pruning": 2, "export": 3,
+         "xbar_tfmot": 4, "app": 5}
 KERAS = ("keras", "tf_keras", "tensorflow_model_optimization")
 APP_ONLY = ("absl", "ml_collections", "matplotlib", "sklearn")
 
 
 def tier_of(module: str) -> str:
-  """`xbar_tfmot.models.reorder` -> `models`, `xbar_tfmot._compat` -> `compat`, and the
+  """`xbar_tfmot.models.reorder` -> `models`, `xbar_tfmot._compat` -> `compat`
+  (`_quiet` -> `quiet`), and the
   package itself or a public name of it (`xbar_tfmot.prune_crossbar`) -> `xbar_tfmot`."""
   parts = module.split(".") + [""]
-  if parts[1] == "_compat":
-    return "compat"
+  if parts[1] in ("_compat", "_quiet"):
+    return parts[1][1:]
   return parts[1] if parts[1] in TIERS else "xbar_tfmot"
 
 
