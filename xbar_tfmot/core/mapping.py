@@ -36,6 +36,8 @@ MAX_SHAPE_DEPTH = 16
 # The per-layer arrays that grow with the model: checked with vectorised code, not the schema.
 _BULK = ("input_permutation", "groups", "crossbars")
 _CROSSBAR_KEYS = frozenset(("id", "input_group", "columns"))
+_UNMAPPED_KEYS = frozenset(("name", "type", "reason"))
+_SCALARS = frozenset((int, str, bool, type(None)))
 
 
 class MappingError(XbarError, ValueError):
@@ -55,6 +57,12 @@ def schema() -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def _validator():
   return jsonschema.Draft202012Validator(schema())
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_validator():
+  """The schema's `layer` definition on its own (its `$ref`s resolve in the same `$defs`)."""
+  return jsonschema.Draft202012Validator({"$ref": "#/$defs/layer", "$defs": schema()["$defs"]})
 
 
 def format_path(parts: Iterable[Any]) -> str:
@@ -210,11 +218,9 @@ def validate_document(data: Any) -> None:
   formed stays in the skeleton, so the schema reports it exactly as it would have alone. Of
   several errors the one with the earliest path is reported.
   """
-  errors = list(_validator().iter_errors(_skeleton(data)))
-  if errors:
-    first = min(errors, key=lambda e: [(0, p) if isinstance(p, int) else (1, str(p))
-                                       for p in e.absolute_path])
-    raise MappingError(format_path(first.absolute_path), first.message)
+  error = _first_schema_error(data)
+  if error is not None:
+    raise MappingError(format_path(error.absolute_path), error.message)
   _check_finite(data)
   try:
     spec = CrossbarSpec.from_dict(data["spec"])
@@ -258,19 +264,46 @@ def _bulk_ok(key: str, value: Any) -> bool:
           and _plain_counts(list(itertools.chain.from_iterable(columns))))
 
 
-def _skeleton(data: Any) -> Any:
-  """`data` with each layer's well-formed bulk arrays emptied (shallow copies; data untouched)."""
-  if type(data) is not dict or type(data.get("layers")) is not list:
-    return data
-  layers = []
-  for layer in data["layers"]:
+def _error_key(error) -> list:
+  return [(0, p) if isinstance(p, int) else (1, str(p)) for p in error.absolute_path]
+
+
+def _first_schema_error(data: Any):
+  """The schema error with the earliest path, or None.
+
+  The top level is validated with `layers` (if a list) and `unmapped` (if well formed)
+  emptied, then the layers one by one, each with its well-formed bulk arrays emptied; every
+  error inside `layers[i]` sorts before any inside `layers[j > i]`, so the layers stop at the
+  first one with an error.
+  """
+  validator = _validator()
+  if type(data) is not dict:
+    return min(validator.iter_errors(data), key=_error_key, default=None)
+  top = dict(data)
+  layers = data.get("layers")
+  if type(layers) is list:
+    top["layers"] = []
+  else:
+    layers = []
+  unmapped = data.get("unmapped")
+  if (type(unmapped) is list and all(type(x) is dict and x.keys() == _UNMAPPED_KEYS
+                                     and set(map(type, x.values())) == {str} for x in unmapped)):
+    top["unmapped"] = []
+  errors = list(validator.iter_errors(top))
+  layer_schema = _layer_validator()
+  for i, layer in enumerate(layers):
     if type(layer) is dict:
       layer = dict(layer)
       for key in _BULK:
         if key in layer and _bulk_ok(key, layer[key]):
           layer[key] = []
-    layers.append(layer)
-  return {**data, "layers": layers}
+    found = list(layer_schema.iter_errors(layer))
+    if found:
+      for e in found:
+        e.path.extendleft(["layers", i][::-1])
+      errors += found
+      break
+  return min(errors, key=_error_key, default=None)
 
 
 def _check_finite(data: dict) -> None:
@@ -282,17 +315,18 @@ def _check_finite(data: dict) -> None:
   for path, value in fields:
     if not math.isfinite(value):
       raise MappingError(path, f"{value!r} is not a finite number.")
-  stack = [("model.input_shape", data["model"]["input_shape"], 0)]
+  stack = [(("model", "input_shape"), data["model"]["input_shape"], 0)]
   while stack:
-    path, value, depth = stack.pop()
+    parts, value, depth = stack.pop()
     if depth > MAX_SHAPE_DEPTH:
-      raise MappingError(path, f"nested deeper than {MAX_SHAPE_DEPTH} levels.")
+      raise MappingError(format_path(parts), f"nested deeper than {MAX_SHAPE_DEPTH} levels.")
     if isinstance(value, float) and not math.isfinite(value):
-      raise MappingError(path, f"{value!r} is not a finite number.")
-    if isinstance(value, list):
-      stack.extend((f"{path}[{k}]", v, depth + 1) for k, v in enumerate(value))
-    elif isinstance(value, dict):
-      stack.extend((f"{path}.{k}", v, depth + 1) for k, v in value.items())
+      raise MappingError(format_path(parts), f"{value!r} is not a finite number.")
+    if isinstance(value, dict):
+      stack.extend((parts + (k,), v, depth + 1) for k, v in value.items())
+    elif isinstance(value, list) and not set(map(type, value)) <= _SCALARS:
+      stack.extend((parts + (k,), v, depth + 1) for k, v in enumerate(value)
+                   if type(v) in (list, dict, float))
 
 
 def _int_array(values: list, where) -> np.ndarray:
