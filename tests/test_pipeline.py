@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from xbar_tfmot.app import configuration
@@ -79,7 +81,7 @@ def test_metrics_agree_with_report_mapping_and_export(straight):
   first, *rest = metrics["layers"]
   assert first["pruned"] == first["dense"]  # the first conv is left dense by default
   for row in rest:
-    assert row["pruned"] <= crossbar_budget(row["dense"], config.crossbar.reduction)
+    assert row["pruned"] == crossbar_budget(row["dense"], config.crossbar.reduction)
     assert 0.0 < row["kept_energy"] < 1.0
 
 
@@ -114,8 +116,22 @@ def _command(workdir: pathlib.Path, flavour: str = "tf_keras") -> list[str]:
           "--config.report.plots=False", f"--config.flavour={flavour}"]
 
 
-def test_killed_during_pruning_resumes_to_the_same_crossbars(straight, tmp_path):
-  _, metrics, _, config = straight
+def _weights(path: pathlib.Path, flavour: str) -> list:
+  pipe = pipeline.Pipeline(load_config(TINY, flavour=flavour))
+  return pipe._load(path).get_weights()
+
+
+def test_killed_during_pruning_resumes_to_the_same_result(straight, tmp_path):
+  """A run killed mid-pruning and resumed ends where the straight run did: same mapping,
+  accuracy and weights. It starts from the straight run's baseline and reorder checkpoints, so
+  the subprocess goes straight to pruning."""
+  workdir, metrics, _, config = straight
+  (tmp_path / "checkpoints").mkdir()
+  for name in ("baseline.keras", "reordered.keras"):
+    shutil.copy(workdir / "checkpoints" / name, tmp_path / "checkpoints" / name)
+  phases = json.loads((workdir / "state.json").read_text())["phases"]
+  (tmp_path / "state.json").write_text(json.dumps(
+      {"phases": {p: phases[p] for p in ("baseline", "reorder")}}))
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   progress = tmp_path / "checkpoints" / "prune" / "progress.json"
   proc = subprocess.Popen(_command(tmp_path, config.flavour), env=env, stdout=subprocess.DEVNULL,
@@ -129,14 +145,24 @@ def test_killed_during_pruning_resumes_to_the_same_crossbars(straight, tmp_path)
   proc.wait()
   state = json.loads((tmp_path / "state.json").read_text())
   assert "prune" not in state["phases"]  # killed during pruning
+  assert json.loads(progress.read_text())["epoch"] < (config.train.prune_epochs +
+                                                      config.train.finetune_epochs)
 
   done = subprocess.run(_command(tmp_path, config.flavour), env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "[prune] resuming after epoch" in done.stdout
-  assert "[baseline] done" not in done.stdout
+  assert "[baseline] done" not in done.stdout and "[reorder] done" not in done.stdout
   resumed = json.loads((tmp_path / "report" / "metrics.json").read_text())
   assert resumed["crossbars"] == metrics["crossbars"]
-  assert [l["pruned"] for l in resumed["layers"]] == [l["pruned"] for l in metrics["layers"]]
+  assert resumed["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+  # The same surviving weights: the mapping lists which columns survived and where.
+  assert (json.loads((tmp_path / "report" / "mapping.json").read_text()) ==
+          json.loads((workdir / "report" / "mapping.json").read_text()))
+  straight_weights = _weights(workdir / "checkpoints" / "pruned.keras", config.flavour)
+  resumed_weights = _weights(tmp_path / "checkpoints" / "pruned.keras", config.flavour)
+  assert len(resumed_weights) == len(straight_weights)
+  for a, b in zip(resumed_weights, straight_weights):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_mapping_only_config_runs_without_data(tmp_path):
@@ -148,7 +174,7 @@ def test_mapping_only_config_runs_without_data(tmp_path):
   mapping = json.loads((tmp_path / "report" / "mapping.json").read_text())
   assert mapping["totals"]["crossbars"] == metrics["crossbars"]["pruned"]
   for row in metrics["layers"][1:]:
-    assert row["pruned"] <= crossbar_budget(row["dense"], 0.7)
+    assert row["pruned"] == crossbar_budget(row["dense"], 0.7)
   assert not (tmp_path / "export").exists()
 
 
