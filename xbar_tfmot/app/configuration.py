@@ -68,6 +68,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.batch_size = 128
   c.train.learning_rate = 1e-3
   c.train.finetune_learning_rate = 3e-4
+  c.train.strategy = "default"  # default (one device) | mirrored (tf.distribute, one host)
+  c.train.devices = ""  # mirrored: comma-separated devices; "" = all GPUs, else the CPU
   c.train.optimizer = "adam"  # adam | adamw | sgd (momentum 0.9) | rmsprop
   c.train.outputs = "auto"  # the loss: auto (softmax last layer = probabilities) | logits |
   #                           probabilities
@@ -96,6 +98,7 @@ _CHOICES = {
     "crossbar.regrowth": REGROWTHS,
     "crossbar.mode": ("per_layer", "global"),
     "train.optimizer": OPTIMIZERS,
+    "train.strategy": ("default", "mirrored"),
     "train.outputs": OUTPUTS,
 }
 _POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",

@@ -350,13 +350,36 @@ class Pipeline:
     with WorkdirLock(self.workdir):
       return self._run()
 
+  def _strategy(self):
+    """`train.strategy`: TensorFlow's default strategy, or `MirroredStrategy` over
+    `train.devices` for the phases that build and train models (export and report run on one
+    device). `train.batch_size` is the global batch (split over the replicas); the learning
+    rate is not scaled."""
+    import tensorflow as tf
+    t = self.config.train
+    if t.strategy == "default":
+      return tf.distribute.get_strategy()
+    devices = [d.strip() for d in t.devices.split(",") if d.strip()]
+    known = {(d.device_type, int(d.name.rsplit(":", 1)[1])): d.name
+             for d in tf.config.list_logical_devices()}
+    for device in devices:
+      try:
+        spec = tf.DeviceSpec.from_string(device)
+      except ValueError:
+        spec = None
+      if spec is None or (str(spec.device_type).upper(), spec.device_index or 0) not in known:
+        raise ConfigError(f"config.train.devices={t.devices!r}: {device!r} is not a device of "
+                          f"this machine; valid: {', '.join(sorted(known.values()))}.")
+    return tf.distribute.MirroredStrategy(devices or None)
+
   def _run(self) -> dict[str, Any]:
-    self.prepare()
-    self.log(f"[run] {self.config.name}: workdir {self.workdir}, {self.config.flavour}, "
-             f"{self.spec}")
-    self.baseline()
-    self.reorder()
-    self.prune()
+    with self._strategy().scope():
+      self.prepare()
+      self.log(f"[run] {self.config.name}: workdir {self.workdir}, {self.config.flavour}, "
+               f"{self.spec}")
+      self.baseline()
+      self.reorder()
+      self.prune()
     self.export()
     metrics = self.report()
     self.log(f"[run] report: {self.workdir / 'report' / 'report.md'}")
