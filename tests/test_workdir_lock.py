@@ -55,12 +55,14 @@ def test_another_hosts_lock_is_respected(tmp_path):
     WorkdirLock(tmp_path).acquire()
 
 
-@pytest.mark.parametrize("content", ["dead", "{broken", "[1, 2]"])
+@pytest.mark.parametrize("content", ["dead", "{broken", "[1, 2]", '{"pid": -1}',
+                                     '{"pid": "12"}'])
 def test_stale_or_broken_locks_are_taken_over(tmp_path, content):
   if content == "dead":
     plant(tmp_path, pid=dead_pid(), host=socket.gethostname())
   else:
-    (tmp_path / LOCK_NAME).write_text(content)
+    (tmp_path / LOCK_NAME).write_text(content.replace("}", f', "host": "{socket.gethostname()}"}}')
+                                      if content.startswith('{"') else content)
   lock = WorkdirLock(tmp_path)
   lock.acquire()
   assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()

@@ -175,7 +175,7 @@ class Pipeline:
     training.save_model(model, path)
 
   def _load(self, path: pathlib.Path):
-    return model_io.load_with(self.config.flavour, str(path), self.custom_objects)
+    return model_io.load_with(self.config.flavour, str(path), self.custom_objects, compile=True)
 
   def _compile(self, model, learning_rate: float) -> None:
     c = self.config.train

@@ -15,22 +15,13 @@ import socket
 import time
 
 from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.export.exporter import process_alive
 
 LOCK_NAME = "lock.json"
 
 
 class WorkdirBusy(XbarError, RuntimeError):
   """Another live run holds the workdir."""
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 class WorkdirLock:
@@ -65,9 +56,11 @@ class WorkdirLock:
         held = self.holder()
         if held is None:
           continue
-        if held and (held.get("host") != self.owner["host"] or _alive(int(held.get("pid", -1)))):
+        pid = held.get("pid")
+        valid = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+        if valid and (held.get("host") != self.owner["host"] or process_alive(pid)):
           raise WorkdirBusy(
-              f"{self.path.parent} is in use by xbar-prune process {held.get('pid')} on host "
+              f"{self.path.parent} is in use by xbar-prune process {pid} on host "
               f"{held.get('host')} (started {held.get('started', '?')}); wait for it to finish, "
               f"stop it, or give another config.workdir. (A lock of a process that no longer "
               f"runs on this host is taken over.)") from None

@@ -154,11 +154,12 @@ def _remove_stale(target: pathlib.Path) -> None:
   for path in target.parent.glob(f".{target.name}.*"):
     kind, _, rest = path.name[len(target.name) + 2:].partition("-")
     pid = rest.split("-")[0]
-    if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+    if kind in ("tmp", "old") and pid.isdigit() and not process_alive(int(pid)):
       shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+  """True while a process of this pid runs on this host (or cannot be signalled by us)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:

@@ -95,13 +95,15 @@ def load_model(source: str, custom_objects: Mapping[str, Any] | None = None) -> 
   raise ValueError(f"model file {source!r} could not be loaded:\n  " + "\n  ".join(errors))
 
 
-def load_with(flavour: str, source: str, custom_objects: Mapping[str, Any] | None = None) -> Any:
-  """`source` loaded by one flavour's Keras, crossbar wrappers and `custom_objects` known."""
+def load_with(flavour: str, source: str, custom_objects: Mapping[str, Any] | None = None,
+              compile: bool = False) -> Any:
+  """`source` loaded by one flavour's Keras, crossbar wrappers and `custom_objects` known;
+  `compile=True` restores the optimizer and its state too (to resume training)."""
   custom_objects = dict(custom_objects or {})
   if flavour == "keras3":
     import keras
-    return keras.saving.load_model(source, custom_objects=custom_objects, compile=False)
+    return keras.saving.load_model(source, custom_objects=custom_objects, compile=compile)
   import tf_keras
   from xbar_tfmot.pruning.api import crossbar_pruning_scope
   with crossbar_pruning_scope():
-    return tf_keras.models.load_model(source, custom_objects=custom_objects, compile=False)
+    return tf_keras.models.load_model(source, custom_objects=custom_objects, compile=compile)

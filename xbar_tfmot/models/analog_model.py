@@ -35,30 +35,10 @@ from xbar_tfmot.core import analog
 from xbar_tfmot.core import mapping as mapping_lib
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.models import introspection as layers_lib
-from xbar_tfmot.models.crossbar_model import extract_patches, patch_index
+from xbar_tfmot.models.crossbar_model import gather_inputs, output_shape, scatter_columns
 from xbar_tfmot.models.model_mapping import validate_mapping
 
 CALIBRATION_ROWS = 4096  # patch rows sampled per layer to calibrate the ADC range
-
-
-def gather_inputs(x, kind, kernel_shape, rows: np.ndarray, conv: dict) -> tf.Tensor:
-  """`(..., n, rows_used)`: the input each crossbar row sees (0 for unused rows)."""
-  patches = x if kind == "Dense" else extract_patches(x, kind, kernel_shape, **conv)
-  depth = int(np.prod(kernel_shape[:-1]))
-  patches = tf.concat([patches, tf.zeros_like(patches[..., :1])], axis=-1)
-  index = np.where(rows >= 0, patch_index(kernel_shape)[rows], depth)
-  return tf.gather(patches, index, axis=-1)
-
-
-def scatter_columns(partial: tf.Tensor, columns: np.ndarray, cout: int) -> tf.Tensor:
-  """Adds each crossbar column `(..., n, kout)` into its output channel: `(..., cout)`."""
-  batch_shape = tf.shape(partial)[:-2]
-  flat = tf.reshape(partial, tf.concat([batch_shape, [-1]], 0))
-  rank = len(partial.shape) - 1
-  target = np.where(columns >= 0, columns, cout).reshape(-1)
-  moved = tf.transpose(flat, [rank - 1, *range(rank - 1)])
-  summed = tf.math.unsorted_segment_sum(moved, target, cout + 1)[:cout]
-  return tf.transpose(summed, [*range(1, rank), 0])
 
 
 class AnalogCore:
@@ -181,19 +161,7 @@ def layer_class(flavour: str):
       return self.activation(out) if self.activation is not None else out
 
     def compute_output_shape(self, input_shape):
-      cout = self.kernel_shape[-1]
-      if self.kind == "Dense":
-        return (*input_shape[:-1], cout)
-      dims = []
-      for size, k, s, d in zip(input_shape[1:-1], self.kernel_shape[:-2], self.conv["strides"],
-                               self.conv["dilation_rate"]):
-        if size is None:
-          dims.append(None)
-        elif self.conv["padding"] in ("same", "causal"):
-          dims.append(-(-size // s))
-        else:
-          dims.append(-(-(size - (k - 1) * d) // s))
-      return (input_shape[0], *dims, cout)
+      return output_shape(input_shape, self.kind, self.kernel_shape, self.conv)
 
   AnalogLayer.__name__ = AnalogLayer.__qualname__ = "AnalogLayer"
   return AnalogLayer

@@ -56,12 +56,22 @@ def extract_patches(x: tf.Tensor, kind: str, kernel_shape, strides, padding: str
 def crossbar_forward(x: tf.Tensor, weights: tf.Tensor, rows: np.ndarray, columns: np.ndarray,
                      kind: str, kernel_shape, cout: int, conv: dict) -> tf.Tensor:
   """Sum over crossbars of their partial sums, scattered into `cout` output channels."""
-  patches = extract_patches(x, kind, kernel_shape, **conv)
+  partial = tf.einsum("...nr,nrk->...nk", gather_inputs(x, kind, kernel_shape, rows, conv),
+                      weights)
+  return scatter_columns(partial, columns, cout)
+
+
+def gather_inputs(x, kind, kernel_shape, rows: np.ndarray, conv: dict) -> tf.Tensor:
+  """`(..., n, rows_used)`: the input each crossbar row sees (0 for unused rows, -1)."""
+  patches = x if kind == "Dense" else extract_patches(x, kind, kernel_shape, **conv)
   depth = int(np.prod(kernel_shape[:-1]))
-  patches = tf.concat([patches, tf.zeros_like(patches[..., :1])], axis=-1)  # -1 rows read 0
+  patches = tf.concat([patches, tf.zeros_like(patches[..., :1])], axis=-1)
   index = np.where(rows >= 0, patch_index(kernel_shape)[rows], depth)
-  inputs = tf.gather(patches, index, axis=-1)  # (..., n, rows_used)
-  partial = tf.einsum("...nr,nrk->...nk", inputs, weights)
+  return tf.gather(patches, index, axis=-1)
+
+
+def scatter_columns(partial: tf.Tensor, columns: np.ndarray, cout: int) -> tf.Tensor:
+  """Adds each crossbar column `(..., n, kout)` into its output channel: `(..., cout)`."""
   batch_shape = tf.shape(partial)[:-2]
   flat = tf.reshape(partial, tf.concat([batch_shape, [-1]], 0))
   rank = len(partial.shape) - 1
@@ -118,20 +128,7 @@ def layer_class(flavour: str):
       return self.activation(out) if self.activation is not None else out
 
     def compute_output_shape(self, input_shape):
-      cout = self.kernel_shape[-1]
-      if self.kind == "Dense":
-        return (*input_shape[:-1], cout)
-      spatial = self.kernel_shape[:-2]
-      dims = []
-      for size, k, s, d in zip(input_shape[1:-1], spatial, self.conv["strides"],
-                               self.conv["dilation_rate"]):
-        if size is None:
-          dims.append(None)
-        elif self.conv["padding"] in ("same", "causal"):
-          dims.append(-(-size // s))
-        else:
-          dims.append(-(-(size - (k - 1) * d) // s))
-      return (input_shape[0], *dims, cout)
+      return output_shape(input_shape, self.kind, self.kernel_shape, self.conv)
 
     def get_config(self):
       config = super().get_config()
@@ -192,3 +189,21 @@ def crossbar_model(model: Any, mapping: mapping_lib.CrossbarMapping) -> Any:
     if not isinstance(new, explicit_cls) and old.weights:
       new.set_weights(old.get_weights())
   return copy
+
+
+def output_shape(input_shape, kind: str, kernel_shape, conv: dict) -> tuple:
+  """The output shape of a Dense or convolution layer given as kind, kernel shape and conv
+  arguments (`strides`, `dilation_rate`, `padding`)."""
+  cout = kernel_shape[-1]
+  if kind == "Dense":
+    return (*input_shape[:-1], cout)
+  dims = []
+  for size, k, s, d in zip(input_shape[1:-1], kernel_shape[:-2], conv["strides"],
+                           conv["dilation_rate"]):
+    if size is None:
+      dims.append(None)
+    elif conv["padding"] in ("same", "causal"):
+      dims.append(-(-size // s))
+    else:
+      dims.append(-(-(size - (k - 1) * d) // s))
+  return (input_shape[0], *dims, cout)

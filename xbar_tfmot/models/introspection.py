@@ -117,3 +117,14 @@ def iter_layers(model: Any) -> Iterator[Any]:
       yield from iter_layers(inner)
     else:
       yield layer
+
+
+def compiled_loss(model: Any, owner: str, loss: Any = None) -> Any:
+  """`loss`, or the one loss `model` was compiled with, as a callable `(y, y_pred)`."""
+  loss = getattr(model, "loss", None) if loss is None else loss
+  if isinstance(loss, str):
+    loss = keras_module(flavour(model)).losses.get(loss)
+  if not callable(loss):
+    raise ValueError(f"{owner}: the loss {loss!r} is not one callable; compile the model with "
+                     f"a single loss (or pass loss=).")
+  return loss

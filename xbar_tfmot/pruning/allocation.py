@@ -69,22 +69,12 @@ def set_budget(wrapper: Any, budget: int) -> None:
     wrapper.budget.assign(budget)
 
 
-def _loss_fn(model):
-  loss = getattr(model, "loss", None)
-  if isinstance(loss, str):
-    loss = xlayers.keras_module(xlayers.flavour(model)).losses.get(loss)
-  if not callable(loss):
-    raise ValueError(f"CrossbarPolicy(score='saliency'): the model's compiled loss {loss!r} "
-                     f"is not one callable; compile it with a single loss.")
-  return loss
-
-
 def magnitudes(model: Any, group: Sequence[Any], score: str, data: Any) -> list:
   """Per wrapper, a kernel-shaped array whose squares summed over a unit give its score."""
   kernels = [w._kernel() for w in group]
   if score == "energy":
     return [_read(k) for k in kernels]
-  loss_fn = _loss_fn(model)
+  loss_fn = xlayers.compiled_loss(model, "CrossbarPolicy(score='saliency')")
   total = [np.zeros(tuple(k.shape), np.float64) for k in kernels]
   strategy = getattr(model, "distribute_strategy", None)
   replicated = strategy is not None and strategy.num_replicas_in_sync > 1

@@ -29,16 +29,6 @@ def _batches(data: Any, batch_size: int) -> list:
   return [(b[0], b[1]) for b in data]
 
 
-def _loss_fn(model, loss):
-  loss = getattr(model, "loss", None) if loss is None else loss
-  if isinstance(loss, str):
-    loss = xlayers.keras_module(xlayers.flavour(model)).losses.get(loss)
-  if not callable(loss):
-    raise ValueError(f"sensitivity_curves: loss {loss!r} is not callable; compile the model "
-                     f"with one loss or pass loss=.")
-  return loss
-
-
 def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
                        granularity: str = "crossbar", reductions: Sequence[float] = REDUCTIONS,
                        loss: Any = None, batch_size: int = 256,
@@ -61,7 +51,7 @@ def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
     `curves` to `CrossbarPolicy(mode="sensitivity", curves=...)`.
   """
   spec = CrossbarSpec.from_string(spec) if isinstance(spec, str) else spec
-  loss_fn = _loss_fn(model, loss)
+  loss_fn = xlayers.compiled_loss(model, "sensitivity_curves", loss)
   batches = _batches(data, batch_size)
   if not batches:
     raise ValueError("sensitivity_curves: data holds no batch.")
