@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402  (after the device set-up)
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _pruning_models as pm  # noqa: E402
+
 import xbar_tfmot as xt  # noqa: E402
 
 

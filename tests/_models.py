@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from xbar_tfmot.models import introspection as layers_lib
-from xbar_tfmot.models.introspection import FLAVOURS, keras_module  # noqa: F401  (used by the tests)
 from xbar_tfmot.core.projection import crossbar_budget, project
 from xbar_tfmot.core.spec import CrossbarSpec
-
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models.introspection import (FLAVOURS,  # noqa: F401  (used by the tests)
+                                             keras_module)
 
 
 def vgg(flavour: str, seed: int = 0):

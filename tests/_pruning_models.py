@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection as xlayers
 from xbar_tfmot.models.introspection import keras_module
-from xbar_tfmot.core.spec import CrossbarSpec
 
 # Kin = 4 channels of 3x3 (36 rows) or 36 Dense inputs, Kout = 8: every layer spans several
 # crossbars even in a small CNN.

@@ -8,10 +8,10 @@ cut.
 
 import itertools
 
+import _pruning_models as pm
 import numpy as np
 import pytest
 
-import _pruning_models as pm
 import xbar_tfmot as xt
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import (CrossbarPolicy, allocate_by_curves, allocate_by_score,

@@ -1,10 +1,10 @@
 """The analog model: known answers for conductance encoding, the ADC, faults, noise and the ideal case."""
 
+import _models
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import _models
 from xbar_tfmot.core import analog
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.core.spec import CrossbarSpec

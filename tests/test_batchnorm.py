@@ -1,10 +1,10 @@
 """recalibrate_batchnorm: restores accuracy after the moving statistics were corrupted, on
 plain, crossbar-wrapped and stripped models of both Keras flavours."""
 
+import _pruning_models as pm
 import numpy as np
 import pytest
 
-import _pruning_models as pm
 import xbar_tfmot as xt
 from xbar_tfmot.models.batchnorm import batchnorm_layers
 from xbar_tfmot.models.introspection import keras_module

@@ -1,8 +1,8 @@
 """Channel-space analysis of small Keras graphs, both flavours."""
 
+import _models
 import pytest
 
-import _models
 from xbar_tfmot.models.channels import analyze
 
 

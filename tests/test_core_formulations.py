@@ -4,7 +4,8 @@ selection against the old sort-and-scatter, and NaN/Inf kernels refused naming t
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xbar_tfmot.core import projection
 from xbar_tfmot.core.geometry import LayerGeometry

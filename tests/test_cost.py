@@ -1,9 +1,9 @@
 """The cost model against hand computations from a preset's numbers, and its bad inputs."""
 
+import _models
 import numpy as np
 import pytest
 
-import _models
 from xbar_tfmot.core.cost import estimate_cost
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec, parse_hardware, preset_names
 from xbar_tfmot.core.spec import CrossbarSpec

@@ -1,10 +1,10 @@
 """Models with the user's own layers: `custom_objects` in export, verify and loading, the
 command lines' `--custom-objects MODULE`, and short errors naming the unknown class."""
 
+import _custom_layers
 import numpy as np
 import pytest
 
-import _custom_layers
 import xbar_tfmot as xt
 from xbar_tfmot.app import cli
 from xbar_tfmot.export import model_io

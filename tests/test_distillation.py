@@ -1,11 +1,11 @@
 """Knowledge distillation through model.fit in both flavours: weight 0 is plain training; the
 soft term is the temperature-scaled KL to the teacher; the loss serialises."""
 
+import _pruning_models as pm
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import _pruning_models as pm
 import xbar_tfmot as xt
 from xbar_tfmot.models.introspection import keras_module
 from xbar_tfmot.pruning.api import FLAVOURS

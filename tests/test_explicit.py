@@ -2,14 +2,14 @@
 
 import copy
 
+import _models
 import numpy as np
 import pytest
 
-import _models
-from xbar_tfmot.models import crossbar_model as explicit
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
-from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import crossbar_model as explicit
+from xbar_tfmot.models.model_mapping import build_mapping
 
 SPECS = [CrossbarSpec(rows=36, cols=4), CrossbarSpec(rows=20, cols=6, cell_bits=4, mapping="flat"),
          CrossbarSpec(rows=8, cols=8, mapping="direct", kin=3, kout=2)]

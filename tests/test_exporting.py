@@ -8,16 +8,16 @@ import json
 import re
 import shutil
 
+import _models
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import _models
 from xbar_tfmot.app import cli
-from xbar_tfmot.export import exporter as export_lib
 from xbar_tfmot.core import projection
-from xbar_tfmot.models.introspection import geometry_of
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.export import exporter as export_lib
+from xbar_tfmot.models.introspection import geometry_of
 
 SPEC = CrossbarSpec(rows=36, cols=8)
 
@@ -118,6 +118,7 @@ def test_verify_passes_and_report_reads_the_export(exported, capsys):
 
 def test_verify_fails_on_a_weight_in_a_dropped_crossbar(exported, tmp_path, capsys):
   import shutil
+
   from xbar_tfmot.export.model_io import load_model
   _, result = exported
   copy = tmp_path / "tampered"
@@ -255,10 +256,10 @@ def test_read_mapping_errors(tmp_path):
 
 @pytest.mark.parametrize("flavour", _models.FLAVOURS)
 def test_wrapped_model_is_stripped_on_export(tmp_path, flavour):
-  from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
+  from xbar_tfmot.core.schedules import CrossbarConstant
   from xbar_tfmot.export.model_io import load_model
   from xbar_tfmot.pruning.api import prune_crossbar
-  from xbar_tfmot.core.schedules import CrossbarConstant
+  from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
   k = _models.keras_module(flavour)
   wrapped = prune_crossbar(pruned_model(flavour), spec=SPEC, granularity="crossbar",
                            schedule=CrossbarConstant(0.5, begin_step=0, frequency=1))

@@ -1,8 +1,8 @@
 """Where the user sees the hardware view: NeuroSim export, `xbar-eval`, `xbar-report --cost`."""
 
+import _models
 import numpy as np
 
-import _models
 from xbar_tfmot.app import cli, eval_cli
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.export.exporter import export

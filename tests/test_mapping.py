@@ -3,14 +3,14 @@
 import copy
 import json
 
+import _models
 import numpy as np
 import pytest
 
-import _models
-from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError, schema
-from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
 
 SPEC = CrossbarSpec(rows=36, cols=4)
 SPECS = [SPEC, CrossbarSpec(rows=20, cols=6, cell_bits=4, mapping="flat", replicas=2),

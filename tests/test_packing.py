@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.packing import pack_layer, unrolled

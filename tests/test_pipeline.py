@@ -14,13 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from xbar_tfmot.app import configuration
-from xbar_tfmot.app import pipeline
+from xbar_tfmot.app import configuration, pipeline
 from xbar_tfmot.app.configuration import ConfigError
-from xbar_tfmot.export.exporter import read_mapping
 from xbar_tfmot.core.projection import crossbar_budget
-from xbar_tfmot.models.report import crossbar_report
+from xbar_tfmot.export.exporter import read_mapping
 from xbar_tfmot.models.introspection import FLAVOURS
+from xbar_tfmot.models.report import crossbar_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_digits.py"
@@ -254,9 +253,9 @@ def test_command_line_rejects_an_unknown_field(tmp_path):
 
 
 def test_starts_from_a_given_model_file(tmp_path):
-  from xbar_tfmot.app import datasets
-  from xbar_tfmot.app import zoo
   import tf_keras
+
+  from xbar_tfmot.app import datasets, zoo
   (x, y), (xt, yt) = datasets.load_digits()
   model = zoo.build_model("vgg8", (8, 8, 1), 10, 0.125, "tf_keras", seed=5)
   model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -291,6 +290,7 @@ def test_epoch_progress_counts_the_whole_phase(tmp_path, capfd):
   resumed phase goes on counting from where it stopped."""
   import numpy as np
   import tf_keras
+
   from xbar_tfmot.app import training
   x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
   y = (x[:, 0] > 0).astype("int64")
@@ -310,6 +310,7 @@ def test_epoch_progress_counts_the_whole_phase(tmp_path, capfd):
 
 def test_occupancy_axes_with_one_input_group(tmp_path):
   import numpy as np
+
   from xbar_tfmot.app import plots
   fig = plots.occupancy_figure([("dense", np.ones((1, 6), bool), "output group"),
                                 ("conv", np.eye(12, 20, dtype=bool), "column")], "t")

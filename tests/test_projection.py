@@ -2,12 +2,13 @@
 
 import itertools
 
+import _pruning_models as pm
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import _pruning_models as pm
 from xbar_tfmot.core import projection
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.spec import CrossbarSpec

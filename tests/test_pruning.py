@@ -8,18 +8,18 @@ modules of the same process start without `TF_USE_LEGACY_KERAS`.
 
 import glob
 
+import _pruning_models as pm
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import _pruning_models as pm
-from xbar_tfmot.models import introspection as xlayers
-from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import crossbar_budget
-from xbar_tfmot.pruning.api import (FLAVOURS, crossbar_pruning_scope, crossbar_wrappers,
-                                prune_crossbar, strip_crossbar_pruning)
 from xbar_tfmot.core.schedules import CrossbarConstant, CrossbarPolynomialDecay
+from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.pruning.api import (FLAVOURS, crossbar_pruning_scope, crossbar_wrappers,
+                                    prune_crossbar, strip_crossbar_pruning)
+from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
 
 SPEC = pm.SPEC
 X, Y = pm.digits()

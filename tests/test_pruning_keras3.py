@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 
+import _pruning_models as pm
 import keras
 import numpy as np
 import pytest
 
-import _pruning_models as pm
 import xbar_tfmot as xt
 from xbar_tfmot.core import schedules as xschedules
 

@@ -3,16 +3,16 @@ TFMOT schedules, TFMOT's own `UpdatePruningStep`, and the RPP mask update inside
 `Pruning` object. The shared behaviour of both flavours is in test_pruning.py.
 """
 
+import _pruning_models as pm
 import numpy as np
 import pytest
 import tf_keras as keras
 
-import _pruning_models as pm
 from xbar_tfmot.core.projection import project
-from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
-from xbar_tfmot.pruning.api import crossbar_wrappers, prune_crossbar, strip_crossbar_pruning
 from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
-                                  CrossbarTemperatureDecay)
+                                       CrossbarTemperatureDecay)
+from xbar_tfmot.pruning.api import crossbar_wrappers, prune_crossbar, strip_crossbar_pruning
+from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
 
 SPEC = pm.SPEC
 X, Y = pm.digits()
@@ -40,7 +40,8 @@ def test_wrapper_is_tfmot_wrapper_with_crossbar_pruning_object():
 
 def test_schedules_count_as_tfmot_pruning_schedules():
   adapter()
-  from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule import PruningSchedule
+  from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule import \
+      PruningSchedule
   assert isinstance(schedule(), PruningSchedule)
   assert isinstance(CrossbarConstant(0.5), PruningSchedule)
 
@@ -69,7 +70,8 @@ def test_rpp_samples_by_seed_and_step_and_is_exact_at_temperature_zero(granulari
 
 
 def test_tfmot_update_pruning_step_works_unchanged():
-  from tensorflow_model_optimization.python.core.sparsity.keras.pruning_callbacks import UpdatePruningStep
+  from tensorflow_model_optimization.python.core.sparsity.keras.pruning_callbacks import \
+      UpdatePruningStep
   pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=40), seed=1)
   pm.compile_model(pruned)
   pruned.fit(X, Y, batch_size=64, epochs=2, shuffle=False, verbose=0,

@@ -1,17 +1,18 @@
 """Input feature-map reorder: same function when materialised, never less kept energy."""
 
+import _models
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import _models
-from xbar_tfmot.models import crossbar_model as explicit
 from xbar_tfmot.core.geometry import LayerGeometry
-from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.core.projection import crossbar_budget, project
-from xbar_tfmot.models.reorder import kept_energy, project_permuted, reorder_model
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import crossbar_model as explicit
+from xbar_tfmot.models.model_mapping import build_mapping
+from xbar_tfmot.models.reorder import kept_energy, project_permuted, reorder_model
 
 SPECS = [CrossbarSpec(rows=36, cols=4), CrossbarSpec(rows=20, cols=3, mapping="flat")]
 

@@ -6,19 +6,19 @@ on sklearn digits: train -> reorder (materialised copy) -> prune_crossbar on the
 strip -> map -> crossbar-explicit model.
 """
 
+import _pruning_models as pm
 import numpy as np
 import pytest
 
-import _pruning_models as pm
+from xbar_tfmot.app.datasets import load_digits
+from xbar_tfmot.core.projection import crossbar_budget
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
 from xbar_tfmot.models import crossbar_model as explicit
 from xbar_tfmot.models import introspection as xlayers
-from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
-from xbar_tfmot.app.datasets import load_digits
 from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
-from xbar_tfmot.core.projection import crossbar_budget
-from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
 from xbar_tfmot.models.reorder import reorder_model
-from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
+from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
+from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
 
 SPEC = pm.SPEC  # 36x8: Kin 4 channels of 3x3, Kout 8
 REDUCTION = 0.7

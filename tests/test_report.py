@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from xbar_tfmot.app import cli
-from xbar_tfmot.models.report import crossbar_report
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models.report import crossbar_report
 
 SPEC = CrossbarSpec(rows=36, cols=8)  # Kin = 4 channels of 3x3, Kout = 8
 
@@ -115,9 +115,10 @@ def test_keras3_report_does_not_import_tfmot():
 
 def test_cli_reports_a_saved_pruned_model_through_its_masks(tmp_path, capsys):
   import tf_keras as k
-  from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
-  from xbar_tfmot.pruning.api import prune_crossbar
+
   from xbar_tfmot.core.schedules import CrossbarConstant
+  from xbar_tfmot.pruning.api import prune_crossbar
+  from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
   model = k.Sequential([k.Input((16,)), k.layers.Dense(32, name="fc1"), k.layers.Dense(8, name="fc2")])
   pruned = prune_crossbar(model, spec=CrossbarSpec(rows=4, cols=8), granularity="crossbar",
                           schedule=CrossbarConstant(0.5, begin_step=0, frequency=1))

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
-                                  CrossbarTemperatureDecay, deserialize, serialize)
+                                       CrossbarTemperatureDecay, deserialize, serialize)
 from xbar_tfmot.pruning.plan import budget_at
 
 

@@ -1,13 +1,15 @@
 """CrossbarSpec: validation, derived columns, serialisation and the command-line form."""
 
 import json
-import re
 import pathlib
+import re
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xbar_tfmot.core.spec import CrossbarSpec, parse_spec, preset_names
+
 
 @pytest.mark.parametrize("kwargs, kout", [
     (dict(rows=128, cols=128), 128),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.app import zoo
+from xbar_tfmot.models import introspection as layers_lib
 
 # (name, input shape, width) -> mapped layers: convs + shortcuts + dense.
 CASES = [

@@ -238,6 +238,7 @@ class Bench:
 
   def __init__(self, args, network: tuple[str, float], seed: int, log: Callable[[str], None]):
     import tf_keras as keras
+
     import xbar_tfmot as xt
     from xbar_tfmot.app import training
     from xbar_tfmot.models import introspection as xlayers

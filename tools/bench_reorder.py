@@ -35,14 +35,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from xbar_tfmot.models import introspection as xlayers
-from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning  # noqa: E402
 from xbar_tfmot.app.datasets import load_fashion_mnist  # noqa: E402
 from xbar_tfmot.core.projection import crossbar_budget, project  # noqa: E402
-from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning  # noqa: E402
-from xbar_tfmot.models.reorder import reorder_model  # noqa: E402
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay  # noqa: E402
 from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
+from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models.reorder import reorder_model  # noqa: E402
+from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning  # noqa: E402
+from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning  # noqa: E402
 
 SPECS = {
     "72x16 (Kin 8 ch, Kout 16)": CrossbarSpec(rows=72, cols=16),

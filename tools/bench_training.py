@@ -22,10 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning  # noqa: E402
-from xbar_tfmot.pruning.api import prune_crossbar  # noqa: E402
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay  # noqa: E402
 from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
+from xbar_tfmot.pruning.api import prune_crossbar  # noqa: E402
+from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning  # noqa: E402
 
 
 def cnn(keras):

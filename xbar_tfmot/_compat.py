@@ -23,8 +23,10 @@ def tfmot_sparsity():
 
   import tensorflow_model_optimization as tfmot
   from tensorflow_model_optimization.python.core.keras.compat import keras
-  from tensorflow_model_optimization.python.core.sparsity.keras import (
-      pruning_callbacks, pruning_impl, pruning_schedule, pruning_wrapper)
+  from tensorflow_model_optimization.python.core.sparsity.keras import (pruning_callbacks,
+                                                                        pruning_impl,
+                                                                        pruning_schedule,
+                                                                        pruning_wrapper)
 
   if tfmot.__version__ != TFMOT_VERSION or not callable(
       getattr(pruning_impl.Pruning, TFMOT_MASK_HOOK, None)):

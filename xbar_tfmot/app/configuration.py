@@ -13,14 +13,13 @@ from typing import Any
 
 import ml_collections
 
-from xbar_tfmot.core.errors import XbarError
-
 from xbar_tfmot.app.datasets import DATASETS
 from xbar_tfmot.app.training import OPTIMIZERS, OUTPUTS
-from xbar_tfmot.core.projection import GRANULARITIES
-from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
-from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.app.zoo import BUILDERS
+from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.projection import GRANULARITIES
+from xbar_tfmot.models.introspection import FLAVOURS
+from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
 
 EXPORT_FORMATS = ("saved_model", "tflite", "json")
 # Fields that do not change results: a rerun may change them without starting over.

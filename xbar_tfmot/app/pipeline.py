@@ -23,19 +23,15 @@ import sys
 import time
 from typing import Any, Callable
 
-from xbar_tfmot.app import configuration
-from xbar_tfmot.app import datasets
-from xbar_tfmot.app import run_report
-from xbar_tfmot.app import training
-from xbar_tfmot.app import zoo
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.app import configuration, datasets, run_report, training, zoo
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.workdir_lock import WorkdirBusy, WorkdirLock
-from xbar_tfmot.export import model_io
+from xbar_tfmot.core import spec as spec_lib
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
-from xbar_tfmot.core import spec as spec_lib
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.export import model_io
+from xbar_tfmot.models import introspection as layers_lib
 
 PHASES = ("baseline", "reorder", "prune", "export", "report")
 
@@ -277,8 +273,8 @@ class Pipeline:
     return model
 
   def _prune_training(self, model, n_train: int):
-    from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
     from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
+    from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
     c, t = self.config, self.config.train
     steps_per_epoch = math.ceil(n_train / t.batch_size)
     end_step = max(1, round(c.crossbar.ramp * t.prune_epochs * steps_per_epoch))

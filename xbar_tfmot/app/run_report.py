@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from xbar_tfmot.app import configuration
-from xbar_tfmot.app import plots
+from xbar_tfmot.app import configuration, plots
+from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.models.report import crossbar_report
-from xbar_tfmot.core.spec import CrossbarSpec
 
 
 def count_field(granularity: str) -> str:

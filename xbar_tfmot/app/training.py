@@ -22,7 +22,6 @@ from xbar_tfmot.core.projection import project
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection as layers_lib
 
-
 # --- run folder ------------------------------------------------------------------------------
 
 def jsonable(value: Any) -> Any:

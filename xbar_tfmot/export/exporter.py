@@ -31,12 +31,12 @@ import numpy as np
 import tensorflow as tf
 
 from xbar_tfmot import _compat
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
+from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.models.report import crossbar_report
-from xbar_tfmot.core.errors import XbarError
-from xbar_tfmot.core.spec import CrossbarSpec
 
 FORMATS = ("saved_model", "tflite", "json", "neurosim")
 METADATA_NAME = "xbar_tfmot.crossbar_mapping"

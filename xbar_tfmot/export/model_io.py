@@ -104,6 +104,7 @@ def load_with(flavour: str, source: str, custom_objects: Mapping[str, Any] | Non
     import keras
     return keras.saving.load_model(source, custom_objects=custom_objects, compile=compile)
   import tf_keras
+
   from xbar_tfmot.pruning.api import crossbar_pruning_scope
   with crossbar_pruning_scope():
     return tf_keras.models.load_model(source, custom_objects=custom_objects, compile=compile)

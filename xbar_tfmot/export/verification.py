@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from xbar_tfmot.export.exporter import read_mapping
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
+from xbar_tfmot.export.exporter import read_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +81,8 @@ def verify(directory: str, samples: int = 8, tolerance: float = 1e-4, seed: int 
            custom_objects: Mapping[str, Any] | None = None) -> Verification:
   """Runs the exported artefacts on the same random inputs and compares them
   (`custom_objects`: the model's own layers, as for `export`)."""
-  from xbar_tfmot.models.crossbar_model import crossbar_model
   from xbar_tfmot.export.model_io import load_model
+  from xbar_tfmot.models.crossbar_model import crossbar_model
 
   root = pathlib.Path(directory)
   if not (root / "model.keras").exists():

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from xbar_tfmot import _compat
-from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.core.geometry import KERNEL_RANK
+from xbar_tfmot.models import introspection as layers_lib
 
 # Layers that keep every channel where it is and have no per-channel parameters.
 PASSTHROUGH = frozenset({

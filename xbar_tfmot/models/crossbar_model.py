@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.core import mapping as mapping_lib
+from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.models.model_mapping import validate_mapping
 
 

@@ -23,11 +23,11 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from xbar_tfmot.models import channels as channels_lib
-from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.projection import GRANULARITIES, crossbar_budget, project
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import channels as channels_lib
+from xbar_tfmot.models import introspection as layers_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.core.geometry import Counts, LayerGeometry
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as layers_lib
 
 
 @dataclasses.dataclass(frozen=True)

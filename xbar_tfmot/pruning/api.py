@@ -12,13 +12,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from xbar_tfmot.models import introspection as xlayers
-from xbar_tfmot.pruning.adapter import adapter_for
-from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import GRANULARITIES
 from xbar_tfmot.core.schedules import CrossbarConstant, CrossbarSchedule, CrossbarTemperatureDecay
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models.introspection import FLAVOURS
+from xbar_tfmot.pruning.adapter import adapter_for
 
 PROJECTIONS = ("rpp", "topk")
 REGROWTHS = ("reset", "straight_through")

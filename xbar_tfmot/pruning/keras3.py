@@ -25,10 +25,9 @@ import tensorflow as tf
 from xbar_tfmot import _compat
 from xbar_tfmot.core import schedules as xschedules
 from xbar_tfmot.models import introspection as xlayers
-from xbar_tfmot.pruning import adapter
-from xbar_tfmot.pruning import allocation
-from xbar_tfmot.pruning import distillation
+from xbar_tfmot.pruning import adapter, allocation
 from xbar_tfmot.pruning import callbacks as xcallbacks
+from xbar_tfmot.pruning import distillation
 from xbar_tfmot.pruning import plan as core
 
 PACKAGE = "xbar_tfmot"

@@ -12,12 +12,12 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
-from xbar_tfmot.models import introspection as xlayers
 from xbar_tfmot.core.geometry import KERNEL_RANK, LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import crossbar_budget, project, stateless_seed
 from xbar_tfmot.core.schedules import CrossbarSchedule, CrossbarTemperatureDecay
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as xlayers
 
 CALLBACK_MISSING = (
     "Prune() wrapper requires the UpdatePruningStep callback to be provided during training. "
