@@ -17,6 +17,7 @@ from xbar_tfmot.app.datasets import DATASETS
 from xbar_tfmot.app.training import OPTIMIZERS, OUTPUTS
 from xbar_tfmot.app.zoo import BUILDERS
 from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.policy import MODES, SCORES
 from xbar_tfmot.core.projection import GRANULARITIES
 from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
@@ -59,7 +60,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.crossbar.temperature = 1.0
   c.crossbar.reorder = True
   c.crossbar.leave_dense = "default"  # default (first conv) | "" (none) | comma-separated names
-  c.crossbar.mode = "per_layer"  # or global
+  c.crossbar.mode = "per_layer"  # per_layer | global | global_score | sensitivity
+  c.crossbar.score = "energy"  # global_score: energy | saliency (|w dL/dw| on training batches)
+  c.crossbar.validation_images = 512  # sensitivity: training images held out for its curves
   c.crossbar.ramp = 0.75  # fraction of the pruning epochs over which the budget falls
   c.crossbar.updates_per_epoch = 4
 
@@ -95,13 +98,15 @@ _CHOICES = {
     "crossbar.granularity": GRANULARITIES,
     "crossbar.projection": PROJECTIONS,
     "crossbar.regrowth": REGROWTHS,
-    "crossbar.mode": ("per_layer", "global"),
+    "crossbar.mode": MODES,
+    "crossbar.score": SCORES,
     "train.optimizer": OPTIMIZERS,
     "train.strategy": ("default", "mirrored"),
     "train.outputs": OUTPUTS,
 }
 _POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",
-             "train.finetune_learning_rate", "crossbar.updates_per_epoch")
+             "train.finetune_learning_rate", "crossbar.updates_per_epoch",
+             "crossbar.validation_images")
 _NON_NEGATIVE = ("seed", "data.train_size", "data.test_size", "model.classes",
                  "train.baseline_epochs", "train.prune_epochs", "train.finetune_epochs",
                  "train.verbose", "crossbar.temperature")
@@ -166,6 +171,12 @@ def check(config: ml_collections.ConfigDict) -> None:
   if "tflite" in formats and "saved_model" not in formats:
     raise ConfigError("config.export.formats: tflite is converted from the SavedModel; add "
                       "saved_model.")
+  if c["crossbar.mode"] == "global_score" and not c["train.prune_epochs"]:
+    raise ConfigError("config.crossbar.mode='global_score' re-splits the budget at the mask "
+                      "updates of training; valid: train.prune_epochs >= 1 (or another mode).")
+  if c["crossbar.mode"] == "sensitivity" and c["data.name"] == "none":
+    raise ConfigError("config.crossbar.mode='sensitivity' measures its curves on held-out "
+                      "training images; valid: a data.name other than none.")
   if c["data.name"] == "none":
     if c["train.baseline_epochs"] or c["train.prune_epochs"] or c["train.finetune_epochs"]:
       raise ConfigError("config.data.name='none' (mapping only) needs train.baseline_epochs, "

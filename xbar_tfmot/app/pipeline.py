@@ -66,6 +66,7 @@ class Pipeline:
     self.K = layers_lib.keras_module(config.flavour)
     self.state: dict[str, Any] = {"phases": {}}
     self.data = None
+    self.validation = None  # held-out training images for the methods' own choices
     try:
       self.custom_objects = model_io.load_custom_objects(config.model.custom_objects)
     except ValueError as e:
@@ -107,6 +108,13 @@ class Pipeline:
       raise ConfigError(f"config.data.path={c.path!r} (data.name={c.name!r}): {e}") from None
     if c.train_size:
       x, y = x[:c.train_size], y[:c.train_size]
+    if self.config.crossbar.mode == "sensitivity":  # carved from the training images
+      held = self.config.crossbar.validation_images
+      if held >= len(x):
+        raise ConfigError(f"config.crossbar.validation_images={held}: valid: fewer than the "
+                          f"{len(x)} training images.")
+      self.validation = (x[-held:], y[-held:])
+      x, y = x[:-held], y[:-held]
     if c.test_size:
       xt, yt = xt[:c.test_size], yt[:c.test_size]
     return (x, y), (xt, yt)
@@ -245,9 +253,21 @@ class Pipeline:
     reordered = self._path("reordered.keras")
     return reordered if self._done("reorder").get("applied") else self._path("baseline.keras")
 
-  def _policy(self) -> CrossbarPolicy:
-    return CrossbarPolicy(leave_dense=configuration.leave_dense(self.config),
-                          mode=self.config.crossbar.mode)
+  def _policy(self, model=None) -> CrossbarPolicy:
+    """The configured policy; `sensitivity` measures its curves on `model` (the prune input)
+    over the validation images held out of training (`crossbar.validation_images`)."""
+    c = self.config.crossbar
+    curves = None
+    if c.mode == "sensitivity":
+      from xbar_tfmot.pruning.sensitivity import sensitivity_curves
+      self._compile(model, self.config.train.learning_rate)
+      measured = sensitivity_curves(model, self.spec, self.validation, c.granularity)
+      self.log(f"[prune] sensitivity curves: {measured['evaluations']} evaluations on "
+               f"{len(self.validation[1])} held-out training images, "
+               f"{training.format_seconds(measured['seconds'])}")
+      curves = measured["curves"]
+    return CrossbarPolicy(leave_dense=configuration.leave_dense(self.config), mode=c.mode,
+                          score=c.score, curves=curves)
 
   def prune(self) -> None:
     if self._done("prune"):
@@ -269,7 +289,7 @@ class Pipeline:
   def _one_shot(self, model):
     c = self.config
     training.apply_masks(model, training.one_shot_masks(
-        model, self.spec, self._policy(), c.crossbar.reduction, c.crossbar.granularity))
+        model, self.spec, self._policy(model), c.crossbar.reduction, c.crossbar.granularity))
     return model
 
   def _prune_training(self, model, n_train: int):
@@ -288,10 +308,15 @@ class Pipeline:
              f"{t.finetune_epochs} fine-tuning epochs")
     pruned = prune_crossbar(model, self.spec, granularity=c.crossbar.granularity,
                             schedule=schedule, projection=c.crossbar.projection,
-                            regrowth=c.crossbar.regrowth, policy=self._policy(), seed=c.seed,
+                            regrowth=c.crossbar.regrowth, policy=self._policy(model), seed=c.seed,
                             temperature=c.crossbar.temperature)
     self._compile(pruned, t.learning_rate)
-    callbacks = [UpdateCrossbarPruning(), *self._tensorboard("prune")]
+    saliency = None
+    if c.crossbar.mode == "global_score" and c.crossbar.score == "saliency":
+      (x, y), _ = self.data
+      saliency = [(x[i:i + t.batch_size], y[i:i + t.batch_size])
+                  for i in range(0, min(len(x), 4 * t.batch_size), t.batch_size)]
+    callbacks = [UpdateCrossbarPruning(allocation_data=saliency), *self._tensorboard("prune")]
     if c.report.tensorboard:
       callbacks.append(CrossbarPruningSummaries(str(self.workdir / "logs" / "prune")))
 

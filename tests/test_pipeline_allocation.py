@@ -1,0 +1,59 @@
+"""xbar-prune with the network-level allocation modes: the model-wide crossbar count is the
+global budget exactly; sensitivity measures its curves on training images held out of training."""
+
+import pathlib
+
+import pytest
+
+from xbar_tfmot.app import pipeline
+from xbar_tfmot.app.configuration import ConfigError
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.policy import CrossbarPolicy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny(workdir, **crossbar):
+  namespace: dict = {}
+  path = ROOT / "configs" / "tiny_digits.py"
+  exec(compile(path.read_text(), str(path), "exec"), namespace)
+  config = namespace["get_config"]()
+  config.workdir = str(workdir)
+  config.train.verbose, config.train.baseline_epochs = 0, 2
+  config.report.plots, config.export.enabled = False, False
+  for key, value in crossbar.items():
+    config.crossbar[key] = value
+  return config
+
+
+@pytest.mark.parametrize("mode, score", [("global_score", "energy"),
+                                         ("global_score", "saliency"),
+                                         ("sensitivity", "energy")])
+def test_allocation_modes_meet_the_global_budget(tmp_path, mode, score):
+  lines: list[str] = []
+  config = tiny(tmp_path, mode=mode, score=score, validation_images=256)
+  metrics = pipeline.run(config, log=lines.append)
+  rows = metrics["layers"]
+  spec = pipeline.parse_spec(config.crossbar.spec)
+  geometries = [LayerGeometry(r["name"], r["type"], tuple(r["kernel_shape"]), spec) for r in rows]
+  plan = CrossbarPolicy(mode="global").plan(geometries, config.crossbar.reduction)
+  assert sum(r["pruned"] for r in rows) == sum(
+      g.dense_crossbars if plan[g.name] is None else plan[g.name] for g in geometries)
+  assert rows[0]["pruned"] == rows[0]["dense"]  # the first conv stays dense
+  curves = [line for line in lines if "sensitivity curves" in line]
+  assert bool(curves) == (mode == "sensitivity")
+  if curves:
+    assert "on 256 held-out training images" in curves[0]
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"mode": "global_score", "prune_epochs": 0}, "train.prune_epochs >= 1"),
+    ({"mode": "sensitivity", "validation_images": 100000}, "validation_images=100000"),
+    ({"mode": "best"}, "config.crossbar.mode='best'"),
+])
+def test_allocation_config_errors(tmp_path, fields, match):
+  config = tiny(tmp_path)
+  for key, value in fields.items():
+    (config.train if key == "prune_epochs" else config.crossbar)[key] = value
+  with pytest.raises(ConfigError, match=match):
+    pipeline.Pipeline(config).prepare()
