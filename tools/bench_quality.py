@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--regrowth-reductions", default="0.72",
                  help="rpp-crossbar-st (the regrowth comparison) runs only at these reductions "
                       "('all': every one)")
-  p.add_argument("--spec", default="72x16", help="CrossbarSpec string or a configs/hardware JSON")
+  p.add_argument("--spec", default="72x16", help="CrossbarSpec string, preset name or JSON file")
   p.add_argument("--train-size", type=int, default=10000, help="training images (random subset)")
   p.add_argument("--test-size", type=int, default=0, help="test images (0: the whole test set)")
   p.add_argument("--dense-epochs", type=int, default=8, help="epochs of the dense baseline")
