@@ -51,9 +51,11 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
       the mask, so they can win back at the next update; from `end_step` on the mask is
       frozen and they are zeroed; with `end_step=-1` nothing freezes, and
       `strip_crossbar_pruning` applies the last mask).
-    policy: per-layer targets, layers left dense and the budget mode (`CrossbarPolicy`);
-      default: every mapped layer takes the schedule's reduction except the first
-      convolution of a model. Layers whose budget equals their dense count are not wrapped.
+    policy: per-layer targets, layers left dense and the budget mode (`CrossbarPolicy`:
+      `per_layer`, `global`, `global_score` re-split by `UpdateCrossbarPruning` at every mask
+      update, `sensitivity` from measured curves); default: every mapped layer takes the
+      schedule's reduction except the first convolution of a model. Layers whose budget
+      equals their dense count are not wrapped.
     seed: seeds the stateless random numbers, with the layer index and the step; `None`
       draws one (stored in the layer config, so a reloaded model continues identically).
     temperature: RPP's initial temperature (annealed over the schedule's begin and end
