@@ -50,7 +50,12 @@ class CrossbarSpec:
     overrides = self.layer_replicas
     if isinstance(overrides, Mapping):
       overrides = overrides.items()
-    object.__setattr__(self, "layer_replicas", tuple(sorted((str(k), v) for k, v in overrides)))
+    try:
+      pairs = tuple(sorted((str(k), v) for k, v in overrides))
+    except (TypeError, ValueError):
+      raise ValueError(f"CrossbarSpec.layer_replicas={self.layer_replicas!r} is invalid; valid: "
+                       f"a mapping {{layer name: replicas}}.") from None
+    object.__setattr__(self, "layer_replicas", pairs)
     self._validate()
 
   def _validate(self) -> None:
@@ -110,6 +115,9 @@ class CrossbarSpec:
     unknown = sorted(set(config) - fields)
     if unknown:
       raise ValueError(f"CrossbarSpec: unknown field(s) {unknown}; valid: {sorted(fields)}.")
+    missing = [name for name in ("rows", "cols") if name not in config]
+    if missing:
+      raise ValueError(f"CrossbarSpec: missing field(s) {missing}; rows and cols are required.")
     return cls(**config)
 
   def to_string(self) -> str:
