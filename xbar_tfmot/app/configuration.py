@@ -70,6 +70,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.batch_size = 128
   c.train.learning_rate = 1e-3
   c.train.finetune_learning_rate = 3e-4
+  c.train.bn_recalibration_images = 0  # >0: re-estimate BatchNorm statistics on this many
+  #                                       training images before saving and evaluating a phase
   c.train.strategy = "default"  # default (one device) | mirrored (tf.distribute, one host)
   c.train.devices = ""  # mirrored: comma-separated devices; "" = all GPUs, else the CPU
   c.train.optimizer = "adam"  # adam | adamw | sgd (momentum 0.9) | rmsprop
@@ -108,6 +110,7 @@ _POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",
              "train.finetune_learning_rate", "crossbar.updates_per_epoch",
              "crossbar.validation_images")
 _NON_NEGATIVE = ("seed", "data.train_size", "data.test_size", "model.classes",
+                 "train.bn_recalibration_images",
                  "train.baseline_epochs", "train.prune_epochs", "train.finetune_epochs",
                  "train.verbose", "crossbar.temperature")
 

@@ -178,6 +178,15 @@ class Pipeline:
   def _save(self, model, path: pathlib.Path) -> None:
     training.save_model(model, path)
 
+  def _recalibrated(self, model):
+    """`model` with its BatchNorm statistics re-estimated on `train.bn_recalibration_images`
+    training images (never test images), when that is set; saved and evaluated as such."""
+    images = self.config.train.bn_recalibration_images
+    if images and self.data is not None:
+      from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
+      recalibrate_batchnorm(model, self.data[0][0][:images], batch_size=500)
+    return model
+
   def _load(self, path: pathlib.Path):
     return model_io.load_with(self.config.flavour, str(path), self.custom_objects, compile=True)
 
@@ -223,7 +232,7 @@ class Pipeline:
       self._compile(model, c.train.learning_rate)
       model, history = self._fit(model, "baseline", epochs, lambda e: c.train.learning_rate,
                                  self._tensorboard("baseline"))
-    self._save(model, self._path("baseline.keras"))
+    self._save(self._recalibrated(model), self._path("baseline.keras"))
     result = {"history": history}
     if self.data is not None:
       result["accuracy"] = self._evaluate(model)
@@ -280,7 +289,7 @@ class Pipeline:
       stripped, history = self._one_shot(model), {}
     else:
       stripped, history = self._prune_training(model, len(x))
-    self._save(stripped, self._path("pruned.keras"))
+    self._save(self._recalibrated(stripped), self._path("pruned.keras"))
     result = {"history": history}
     if self.data is not None:
       result["accuracy"] = self._evaluate(stripped)

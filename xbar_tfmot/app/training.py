@@ -199,23 +199,6 @@ def fit_epochs(model, x, y, keras, *, epochs: int, batch_size: int, seed: int, p
 
 # --- evaluation ------------------------------------------------------------------------------
 
-def recalibrate_batchnorm(model, x, images: int, batch: int = 500) -> None:
-  """Re-estimates BatchNorm moving statistics as the average over the first `images` of `x`
-  (forward passes in training mode, batches of `batch`; no weight changes)."""
-  bns = [l for l in layers_lib.iter_layers(model)
-         if type(layers_lib.unwrap(l)).__name__ == "BatchNormalization"]
-  n = min(images, len(x))
-  if not bns or n < 1:
-    return
-  momenta = [l.momentum for l in bns]
-  for k, start in enumerate(range(0, n, batch)):
-    for l in bns:
-      l.momentum = k / (k + 1)  # cumulative average of the batch statistics
-    model(x[start:min(n, start + batch)], training=True)
-  for l, m in zip(bns, momenta):
-    l.momentum = m
-
-
 def accuracy(model, x, y, batch_size: int = 1000) -> float:
   """Top-1 accuracy of a logits (or probabilities) classifier on `(x, y)`."""
   logits = model.predict(x, batch_size=batch_size, verbose=0)
