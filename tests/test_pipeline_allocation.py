@@ -57,3 +57,25 @@ def test_allocation_config_errors(tmp_path, fields, match):
     (config.train if key == "prune_epochs" else config.crossbar)[key] = value
   with pytest.raises(ConfigError, match=match):
     pipeline.Pipeline(config).prepare()
+
+
+def test_distillation_trains_the_pruned_model_against_the_dense_one(tmp_path):
+  lines: list[str] = []
+  config = tiny(tmp_path, mode="global_score", score="saliency")
+  config.train.distillation_weight, config.train.distillation_temperature = 0.5, 3.0
+  metrics = pipeline.run(config, log=lines.append)
+  assert any("distillation from the dense model: weight 0.5, temperature 3.0" in l
+             for l in lines)
+  state = (tmp_path / "checkpoints" / "prune" / "progress.json").read_text()
+  assert "distillation_accuracy" in state  # the pruned model was compiled for distillation
+  resumed = pipeline.Pipeline(config)._load(tmp_path / "checkpoints" / "prune" / "model.keras")
+  assert type(resumed.loss).__name__ == "DistillationLoss"  # a resumed run keeps training so
+  assert resumed.loss.weight == 0.5 and resumed.loss.temperature == 3.0
+  assert metrics["accuracy"]["pruned"] > 0.6
+
+
+def test_distillation_weight_out_of_range_names_the_field(tmp_path):
+  config = tiny(tmp_path)
+  config.train.distillation_weight = 1.5
+  with pytest.raises(ConfigError, match="config.train.distillation_weight=1.5"):
+    pipeline.Pipeline(config).prepare()

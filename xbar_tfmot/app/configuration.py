@@ -70,6 +70,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.batch_size = 128
   c.train.learning_rate = 1e-3
   c.train.finetune_learning_rate = 3e-4
+  c.train.distillation_weight = 0.0  # >0: pruning and fine-tuning learn from the dense model
+  c.train.distillation_temperature = 4.0
   c.train.bn_recalibration_images = 0  # >0: re-estimate BatchNorm statistics on this many
   #                                       training images before saving and evaluating a phase
   c.train.strategy = "default"  # default (one device) | mirrored (tf.distribute, one host)
@@ -108,7 +110,7 @@ _CHOICES = {
 }
 _POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",
              "train.finetune_learning_rate", "crossbar.updates_per_epoch",
-             "crossbar.validation_images")
+             "crossbar.validation_images", "train.distillation_temperature")
 _NON_NEGATIVE = ("seed", "data.train_size", "data.test_size", "model.classes",
                  "train.bn_recalibration_images",
                  "train.baseline_epochs", "train.prune_epochs", "train.finetune_epochs",
@@ -174,6 +176,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   if "tflite" in formats and "saved_model" not in formats:
     raise ConfigError("config.export.formats: tflite is converted from the SavedModel; add "
                       "saved_model.")
+  if not 0 <= c["train.distillation_weight"] <= 1:
+    raise ConfigError(f"config.train.distillation_weight={c['train.distillation_weight']!r}: "
+                      f"valid: 0 (off) <= weight <= 1.")
   if c["crossbar.mode"] == "global_score" and not c["train.prune_epochs"]:
     raise ConfigError("config.crossbar.mode='global_score' re-splits the budget at the mask "
                       "updates of training; valid: train.prune_epochs >= 1 (or another mode).")

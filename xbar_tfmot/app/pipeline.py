@@ -190,18 +190,24 @@ class Pipeline:
   def _load(self, path: pathlib.Path):
     return model_io.load_with(self.config.flavour, str(path), self.custom_objects, compile=True)
 
-  def _compile(self, model, learning_rate: float) -> None:
+  def _compile(self, model, learning_rate: float, distill: bool = False) -> None:
     c = self.config.train
-    training.compile_classifier(model, self.K, learning_rate, c.optimizer, c.outputs)
+    distillation = (c.distillation_temperature, c.distillation_weight) if distill else None
+    training.compile_classifier(model, self.K, learning_rate, c.optimizer, c.outputs,
+                                distillation)
 
   def _evaluate(self, model) -> float:
     _, (xt, yt) = self.data
     return training.accuracy(model, xt, yt, batch_size=512)
 
   def _fit(self, model, phase: str, epochs: int, learning_rate: Callable[[int], float],
-           callbacks: list, on_epoch: Callable[[int], None] = lambda e: None):
-    """Trains `epochs` epochs with a checkpoint after each; continues from the last one."""
+           callbacks: list, on_epoch: Callable[[int], None] = lambda e: None,
+           targets: tuple | None = None):
+    """Trains `epochs` epochs with a checkpoint after each; continues from the last one.
+    `targets`: `(train, test)` labels to fit on instead of the data's (distillation)."""
     (x, y), (xt, yt) = self.data
+    if targets is not None:
+      y, yt = targets
 
     def resumed(start: int) -> None:
       self.log(f"[{phase}] resuming after epoch {start} of {epochs} from {self._path(phase)}")
@@ -319,10 +325,22 @@ class Pipeline:
                             schedule=schedule, projection=c.crossbar.projection,
                             regrowth=c.crossbar.regrowth, policy=self._policy(model), seed=c.seed,
                             temperature=c.crossbar.temperature)
-    self._compile(pruned, t.learning_rate)
+    targets = None
+    if t.distillation_weight:
+      from xbar_tfmot.pruning.distillation import teacher_targets
+      teacher = self._load(self._prune_input())  # a copy: the pruned model shares its layers
+      probabilities = (training.outputs_probabilities(teacher) if t.outputs == "auto"
+                       else t.outputs == "probabilities")
+      (x, y), (xt, yt) = self.data
+      targets = tuple(teacher_targets(teacher, a, b, from_logits=not probabilities)
+                      for a, b in ((x, y), (xt, yt)))
+      self.log(f"[prune] distillation from the dense model: weight {t.distillation_weight}, "
+               f"temperature {t.distillation_temperature}")
+    self._compile(pruned, t.learning_rate, distill=targets is not None)
     saliency = None
     if c.crossbar.mode == "global_score" and c.crossbar.score == "saliency":
       (x, y), _ = self.data
+      y = y if targets is None else targets[0]  # what the compiled loss reads
       saliency = [(x[i:i + t.batch_size], y[i:i + t.batch_size])
                   for i in range(0, min(len(x), 4 * t.batch_size), t.batch_size)]
     callbacks = [UpdateCrossbarPruning(allocation_data=saliency), *self._tensorboard("prune")]
@@ -337,7 +355,7 @@ class Pipeline:
     pruned, history = self._fit(
         pruned, "prune", epochs,
         lambda e: t.learning_rate if e < t.prune_epochs else t.finetune_learning_rate,
-        callbacks, on_epoch)
+        callbacks, on_epoch, targets)
     history["phase_boundary"] = [t.prune_epochs]
     return strip_crossbar_pruning(pruned), history
 

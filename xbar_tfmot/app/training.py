@@ -74,11 +74,14 @@ def outputs_probabilities(model) -> bool:
 
 
 def compile_classifier(model, keras, learning_rate, optimizer: str = "adam",
-                       outputs: str = "auto") -> None:
+                       outputs: str = "auto", distillation: tuple[float, float] | None = None
+                       ) -> None:
   """`optimizer` (a float learning rate or a schedule) on sparse cross-entropy, with accuracy.
 
   The loss follows the model: from probabilities when it ends in a softmax, else from logits
   (`outputs="auto"`); `outputs="logits"` or `"probabilities"` overrides the detection.
+  `distillation=(temperature, weight)` trains against packed teacher targets instead
+  (`xbar_tfmot.DistillationLoss`; fit on `teacher_targets(...)`).
   """
   if optimizer not in OPTIMIZERS:
     raise ValueError(f"optimizer={optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}.")
@@ -88,9 +91,14 @@ def compile_classifier(model, keras, learning_rate, optimizer: str = "adam",
   make = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
           "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
           "rmsprop": keras.optimizers.RMSprop}[optimizer]
-  model.compile(optimizer=make(learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
-                metrics=["accuracy"])
+  if distillation:
+    from xbar_tfmot.pruning.distillation import DistillationLoss, distillation_accuracy
+    loss = DistillationLoss(*distillation, from_logits=not probabilities)
+    metrics = [distillation_accuracy]
+  else:
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    metrics = ["accuracy"]
+  model.compile(optimizer=make(learning_rate), loss=loss, metrics=metrics)
 
 
 def epoch_seed(seed: int, phase: int, epoch: int) -> int:
