@@ -84,6 +84,14 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.finetune_epochs = 1
   c.train.verbose = 1
 
+  c.hardware = ml_collections.ConfigDict()
+  c.hardware.enabled = False  # energy/area and accuracy on non-ideal crossbars after export
+  c.hardware.preset = "isaac_32nm"  # a hardware preset name or JSON file (docs/hardware.md)
+  c.hardware.set = ""  # overrides, e.g. "variation=0.05,adc_bits=6"
+  c.hardware.instances = 3  # chip instances (seeds) for accuracy mean and spread
+  c.hardware.test_images = 1000
+  c.hardware.calibration_images = 256  # training images that set the DAC/ADC ranges
+
   c.export = ml_collections.ConfigDict()
   c.export.enabled = True
   c.export.formats = "saved_model,tflite,json"
@@ -110,7 +118,8 @@ _CHOICES = {
 }
 _POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",
              "train.finetune_learning_rate", "crossbar.updates_per_epoch",
-             "crossbar.validation_images", "train.distillation_temperature")
+             "crossbar.validation_images", "train.distillation_temperature",
+             "hardware.instances", "hardware.test_images", "hardware.calibration_images")
 _NON_NEGATIVE = ("seed", "data.train_size", "data.test_size", "model.classes",
                  "train.bn_recalibration_images",
                  "train.baseline_epochs", "train.prune_epochs", "train.finetune_epochs",
@@ -176,6 +185,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   if "tflite" in formats and "saved_model" not in formats:
     raise ConfigError("config.export.formats: tflite is converted from the SavedModel; add "
                       "saved_model.")
+  if c["hardware.enabled"]:
+    if c["data.name"] == "none":
+      raise ConfigError("config.hardware.enabled: measuring accuracy needs data; valid: a "
+                        "data.name other than none.")
+    hardware_spec(config)
   if not 0 <= c["train.distillation_weight"] <= 1:
     raise ConfigError(f"config.train.distillation_weight={c['train.distillation_weight']!r}: "
                       f"valid: 0 (off) <= weight <= 1.")
@@ -208,6 +222,17 @@ def check(config: ml_collections.ConfigDict) -> None:
   elif c["data.path"] and not pathlib.Path(c["data.path"]).expanduser().is_dir():
     raise ConfigError(f"config.data.path={c['data.path']!r}: no such folder; valid: the folder "
                       f"holding the dataset's files, or '' for its default place.")
+
+
+def hardware_spec(config: ml_collections.ConfigDict):
+  """The `HardwareSpec` of `hardware.preset` with the `hardware.set` overrides."""
+  from xbar_tfmot.core.hardware import parse_hardware, parse_override
+  h = config.hardware
+  try:
+    overrides = dict(parse_override(s) for s in h.set.split(",") if s.strip())
+    return parse_hardware(h.preset, **overrides)
+  except ValueError as e:
+    raise ConfigError(f"config.hardware (preset={h.preset!r}, set={h.set!r}): {e}") from None
 
 
 def export_formats(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from xbar_tfmot.app import configuration, datasets, run_report, training, zoo
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.workdir_lock import WorkdirBusy, WorkdirLock
@@ -33,7 +35,7 @@ from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.export import model_io
 from xbar_tfmot.models import introspection as layers_lib
 
-PHASES = ("baseline", "reorder", "prune", "export", "report")
+PHASES = ("baseline", "reorder", "prune", "export", "hardware", "report")
 
 
 def parse_spec(text: str) -> CrossbarSpec:
@@ -383,6 +385,39 @@ class Pipeline:
                            f"{check.format()}")
     self._finish("export", result, started)
 
+  def hardware(self) -> None:
+    """Energy, area and accuracy on non-ideal crossbars (`hardware.*`), dense and pruned."""
+    if self._done("hardware"):
+      return
+    started, c = time.perf_counter(), self.config
+    if not c.hardware.enabled:
+      self._finish("hardware", {"enabled": False}, started)
+      return
+    from xbar_tfmot.core.cost import estimate_cost
+    from xbar_tfmot.models import analog_model
+    from xbar_tfmot.models.model_mapping import build_mapping
+    hw = configuration.hardware_spec(c)
+    (x_train, _), (x, y) = self.data
+    x, y = x[:c.hardware.test_images], y[:c.hardware.test_images]
+    seeds = range(c.seed, c.seed + c.hardware.instances)
+    self.log(f"[hardware] {hw.name}: {c.hardware.instances} chip instances on {len(x)} test "
+             f"images")
+    result: dict[str, Any] = {"enabled": True, "hardware": hw.to_dict(),
+                              "instances": c.hardware.instances, "images": int(len(x))}
+    for label, path in (("dense", self._prune_input()), ("pruned", self._path("pruned.keras"))):
+      model = self._load(path)
+      mapping = build_mapping(model, self.spec, c.crossbar.granularity)
+      accuracies = analog_model.analog_accuracy(model, mapping, hw, x, y, seeds,
+                                                x_train[:c.hardware.calibration_images])
+      cost = estimate_cost(mapping, hw, analog_model.output_positions(model, mapping.layer_names))
+      result[label] = {"crossbars": mapping.totals["crossbars"],
+                       "energy_nj": cost.pruned.energy_pj / 1e3, "area_mm2": cost.pruned.area_mm2,
+                       "latency_ns": cost.pruned.latency_ns,
+                       "float_accuracy": training.accuracy(model, x, y),
+                       "accuracy_mean": float(np.mean(accuracies)),
+                       "accuracy_std": float(np.std(accuracies))}
+    self._finish("hardware", result, started)
+
   def report(self) -> dict[str, Any]:
     started = time.perf_counter()
     dense = self._load(self._prune_input())
@@ -429,6 +464,7 @@ class Pipeline:
       self.reorder()
       self.prune()
     self.export()
+    self.hardware()
     metrics = self.report()
     self.log(f"[run] report: {self.workdir / 'report' / 'report.md'}")
     return metrics

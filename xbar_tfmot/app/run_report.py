@@ -98,6 +98,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
       "mapping": mapping.totals,
       "unmapped": mapping.data.get("unmapped", []),
       "export": phases.get("export", {}),
+      "hardware": phases.get("hardware", {}),
       "seconds": {name: phases[name].get("seconds") for name in phases},
       "config": configuration.flatten(config),
   }
@@ -163,6 +164,19 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
     lines += ["", f"Export: `export/` ({', '.join(export['formats'])})"
               + (f", xbar-verify {'passed' if export.get('verified') else 'FAILED'}"
                  if "verified" in export else "")]
+  hw = m["hardware"]
+  if hw.get("enabled"):
+    lines += ["", f"## On {hw['hardware']['name']} crossbars", "",
+              f"{hw['instances']} chip instances, {hw['images']} test images; accuracy mean "
+              f"± std over the instances.", "",
+              "| model | crossbars | energy / inference | area | latency | float accuracy | "
+              "analog accuracy |", "|---|---|---|---|---|---|---|"]
+    for label in ("dense", "pruned"):
+      r = hw[label]
+      lines.append(f"| {label} | {r['crossbars']} | {r['energy_nj']:.1f} nJ | "
+                   f"{r['area_mm2']:.3f} mm2 | {r['latency_ns']:.0f} ns | "
+                   f"{r['float_accuracy']:.1%} | {r['accuracy_mean']:.1%} ± "
+                   f"{r['accuracy_std']:.1%} |")
   for caption, name in images:
     lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
   lines += ["", "## Config", "", "```"]

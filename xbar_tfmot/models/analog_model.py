@@ -96,6 +96,11 @@ class AnalogCore:
           self.adc(self.column_sums(slices[j], g)), slices[j])
     return out
 
+  def uncalibrated(self) -> bool:
+    """True while a range the hardware needs (DAC or ADC) has not been calibrated."""
+    return ((self.hw.input_bits is not None and self.input_range is None)
+            or (self.hw.adc_bits is not None and self.adc_range is None))
+
   def calibrate_inputs(self, x: np.ndarray) -> None:
     self.input_range = analog.input_range(_sample(x), self.hw.adc_percentile)
 
@@ -151,6 +156,12 @@ def layer_class(flavour: str):
       return gather_inputs(x, self.kind, self.kernel_shape, self.crossbar_rows, self.conv)
 
     def call(self, inputs):
+      if self.core.uncalibrated():
+        # Only the symbolic call that builds the copy (tf_keras rebuilds a functional model by
+        # calling its layers) comes before `analog_model` calibrates: the shape is what counts.
+        shape = list(self.compute_output_shape(tuple(inputs.shape)))
+        shape[0] = tf.shape(inputs)[0]
+        return tf.zeros(tf.stack(shape), inputs.dtype)
       counter = None
       if self.core.hw.read_noise > 0:
         counter = self.counter.assign_add(1)
