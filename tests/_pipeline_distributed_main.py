@@ -14,23 +14,16 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _configs import load_config  # noqa: E402
 from xbar_tfmot.app import pipeline  # noqa: E402  (after the device set-up)
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny(flavour: str, workdir: pathlib.Path, **train):
-  namespace: dict = {}
-  path = ROOT / "configs" / "tiny_digits.py"
-  exec(compile(path.read_text(), str(path), "exec"), namespace)
-  config = namespace["get_config"]()
-  config.workdir, config.flavour = str(workdir), flavour
-  config.train.verbose, config.train.baseline_epochs = 0, 2
-  config.report.plots = False
-  config.export.formats = "saved_model,json"
-  for key, value in train.items():
-    config.train[key] = value
-  return config
+  return load_config(workdir=str(workdir), flavour=flavour, train__verbose=0,
+                     train__baseline_epochs=2, report__plots=False,
+                     export__formats="saved_model,json",
+                     **{f"train__{k}": v for k, v in train.items()})
 
 
 def main(flavour: str, workdir: str) -> None:

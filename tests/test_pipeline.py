@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from _configs import ROOT, TINY, load_config
 
 from xbar_tfmot.app import configuration, pipeline
 from xbar_tfmot.app.configuration import ConfigError
@@ -20,23 +21,6 @@ from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.export.exporter import read_mapping
 from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.models.report import crossbar_report
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny_digits.py"
-
-
-def load_config(path: pathlib.Path, **fields):
-  """`get_config()` of a config file, with dotted-field overrides like the command line."""
-  namespace: dict = {}
-  exec(compile(path.read_text(), str(path), "exec"), namespace)
-  config = namespace["get_config"]()
-  for dotted, value in fields.items():
-    node = config
-    *parents, leaf = dotted.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 @pytest.fixture(scope="module", params=FLAVOURS)

@@ -1,29 +1,19 @@
 """xbar-prune with the network-level allocation modes: the model-wide crossbar count is the
 global budget exactly; sensitivity measures its curves on training images held out of training."""
 
-import pathlib
-
 import pytest
+from _configs import load_config
 
 from xbar_tfmot.app import pipeline
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def tiny(workdir, **crossbar):
-  namespace: dict = {}
-  path = ROOT / "configs" / "tiny_digits.py"
-  exec(compile(path.read_text(), str(path), "exec"), namespace)
-  config = namespace["get_config"]()
-  config.workdir = str(workdir)
-  config.train.verbose, config.train.baseline_epochs = 0, 2
-  config.report.plots, config.export.enabled = False, False
-  for key, value in crossbar.items():
-    config.crossbar[key] = value
-  return config
+  return load_config(workdir=str(workdir), train__verbose=0, train__baseline_epochs=2,
+                     report__plots=False, export__enabled=False,
+                     **{f"crossbar__{k}": v for k, v in crossbar.items()})
 
 
 @pytest.mark.parametrize("mode, score", [("global_score", "energy"),

@@ -2,28 +2,19 @@
 evaluates a phase (`train.bn_recalibration_images`): the saved moving means are the means of
 the BatchNorm inputs over those images, computed here independently."""
 
-import pathlib
-
 import numpy as np
 import pytest
+from _configs import load_config
 
 from xbar_tfmot.app import datasets, pipeline
 from xbar_tfmot.models.introspection import keras_module
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def tiny(workdir, flavour, images):
-  namespace: dict = {}
-  path = ROOT / "configs" / "tiny_digits.py"
-  exec(compile(path.read_text(), str(path), "exec"), namespace)
-  config = namespace["get_config"]()
-  config.workdir, config.flavour = str(workdir), flavour
-  config.train.verbose, config.train.baseline_epochs = 0, 1
-  config.train.prune_epochs = config.train.finetune_epochs = 0  # one-shot projection
-  config.train.bn_recalibration_images = images
-  config.report.plots, config.export.enabled = False, False
-  return config
+  return load_config(workdir=str(workdir), flavour=flavour, train__verbose=0,
+                     train__baseline_epochs=1, train__prune_epochs=0, train__finetune_epochs=0,
+                     train__bn_recalibration_images=images, report__plots=False,
+                     export__enabled=False)
 
 
 @pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])

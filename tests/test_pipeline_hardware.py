@@ -1,28 +1,17 @@
 """xbar-prune's hardware phase: energy, area and accuracy on non-ideal crossbars for the dense
 and the pruned model, in metrics.json and report.md; bad hardware fields are config errors."""
 
-import pathlib
-
 import pytest
+from _configs import load_config
 
 from xbar_tfmot.app import pipeline
 from xbar_tfmot.app.configuration import ConfigError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def tiny(workdir, **hardware):
-  namespace: dict = {}
-  path = ROOT / "configs" / "tiny_digits.py"
-  exec(compile(path.read_text(), str(path), "exec"), namespace)
-  config = namespace["get_config"]()
-  config.workdir = str(workdir)
-  config.train.verbose = 0
-  config.report.plots, config.export.enabled = False, False
-  config.hardware.enabled = True
-  for key, value in hardware.items():
-    config.hardware[key] = value
-  return config
+  return load_config(workdir=str(workdir), train__verbose=0, report__plots=False,
+                     export__enabled=False, hardware__enabled=True,
+                     **{f"hardware__{k}": v for k, v in hardware.items()})
 
 
 def test_hardware_phase_reports_dense_and_pruned(tmp_path):
