@@ -2,7 +2,6 @@
 LGD-RPP cells respect their crossbar budget, a rerun resumes (skips finished cells), and
 `--dataset cifar10` without a local copy fails naming the missing path."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -10,17 +9,15 @@ import subprocess
 import sys
 
 import pytest
+from _tools import load_tool
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
 TOOL = ROOT / "tools" / "bench_quality.py"
+
+
 METHODS = "rpp-crossbar,rpp-column,oneshot-crossbar"
-
-
-def _tool():
-  spec = importlib.util.spec_from_file_location("bench_quality", TOOL)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _run(out: pathlib.Path) -> subprocess.CompletedProcess:
@@ -59,7 +56,7 @@ def test_quick_run_cells_budget_and_resume(tmp_path):
 
 
 def test_other_setting_in_same_out_is_refused(tmp_path):
-  tool = _tool()
+  tool = load_tool("bench_quality")
   (tmp_path / "results.json").write_text(json.dumps(
       {"setting": {**tool.settings(tool.parse_args(["--out", str(tmp_path)])), "epochs": 9},
        "baselines": {}, "cells": []}))
@@ -68,7 +65,7 @@ def test_other_setting_in_same_out_is_refused(tmp_path):
 
 
 def test_cifar10_without_local_copy_names_the_path(tmp_path):
-  tool = _tool()
+  tool = load_tool("bench_quality")
   missing = tmp_path / "no-cifar"
   with pytest.raises(SystemExit, match=str(missing)) as info:
     tool.main(["--dataset", "cifar10", "--data", str(missing), "--out", str(tmp_path / "o")])
@@ -76,7 +73,7 @@ def test_cifar10_without_local_copy_names_the_path(tmp_path):
 
 
 def test_bad_method_is_named(capsys):
-  tool = _tool()
+  tool = load_tool("bench_quality")
   with pytest.raises(SystemExit):
     tool.parse_args(["--out", "x", "--methods", "rpp-crossbar,magic"])
   assert "--methods: 'magic' is unknown" in capsys.readouterr().err

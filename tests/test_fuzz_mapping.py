@@ -2,27 +2,16 @@
 found, and the vectorised validation naming the same first bad path as the full schema."""
 
 import copy
-import importlib.util
 import json
-import pathlib
 import random
 
 import pytest
+from _tools import load_tool
 
 from xbar_tfmot.core import mapping as mapping_lib
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _tool():
-  spec = importlib.util.spec_from_file_location("fuzz_mapping", ROOT / "tools" / "fuzz_mapping.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-FUZZ = _tool()
+FUZZ = load_tool("fuzz_mapping")
 
 
 def test_a_few_hundred_fuzzed_documents_load_or_name_the_path():
@@ -99,6 +88,8 @@ def _with(edit):
     (_with(lambda d: d["layers"][0].__setitem__("kernel_shape", [2**40, 4])),
      "layers[0].kernel_shape[0]", "maximum"),
 ])
+
+
 def test_fuzzing_finds_named_errors_not_crashes(text, path, message, tmp_path):
   with pytest.raises(MappingError) as error:
     CrossbarMapping.from_json(text)
@@ -138,6 +129,8 @@ def test_non_utf8_file(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["[[[[[]]]]]", "[]", "[1]"])
+
+
 def test_a_top_level_that_is_not_an_object_is_a_mapping_error(text):
   """Found by fuzzing: the document was copied into a dict before it was validated."""
   with pytest.raises(MappingError, match="^<root>: .* is not of type 'object'"):

@@ -1,31 +1,21 @@
 """Fuzzing spec strings, preset files and configs (tools/fuzz_spec.py, a few hundred here), and
 the crashes it found in `CrossbarSpec.from_dict`."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
+from _tools import load_tool
 
 from xbar_tfmot.core.spec import CrossbarSpec, parse_spec
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _tool():
-  spec = importlib.util.spec_from_file_location("fuzz_spec", ROOT / "tools" / "fuzz_spec.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def test_fuzzed_spec_strings_and_preset_files_parse_or_say_why():
-  result = _tool().fuzz_specs(400, seed=3)
+  result = load_tool("fuzz_spec").fuzz_specs(400, seed=3)
   assert not result["failures"], json.dumps(result["failures"][:3])[:2000]
 
 
 def test_fuzzed_configs_pass_or_name_the_field():
-  result = _tool().fuzz_configs(200, seed=3)
+  result = load_tool("fuzz_spec").fuzz_configs(200, seed=3)
   assert not result["failures"], json.dumps(result["failures"][:3])[:2000]
   assert 0 < result["accepted"] < 200
 
@@ -35,6 +25,8 @@ def test_fuzzed_configs_pass_or_name_the_field():
     ({"rows": 8, "cols": 8, "layer_replicas": None}, "layer_replicas=None is invalid"),
     ({"rows": 8, "cols": 8, "layer_replicas": 3}, "layer_replicas=3 is invalid"),
 ])
+
+
 def test_preset_documents_that_crashed_the_reader(tmp_path, document, match):
   path = tmp_path / "found.json"
   path.write_text(json.dumps(document))

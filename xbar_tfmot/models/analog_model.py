@@ -35,7 +35,8 @@ from xbar_tfmot.core import analog
 from xbar_tfmot.core import mapping as mapping_lib
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.models import introspection as layers_lib
-from xbar_tfmot.models.crossbar_model import gather_inputs, output_shape, scatter_columns
+from xbar_tfmot.models.crossbar_model import (gather_inputs, output_shape,
+                                              replace_mapped_layers, scatter_columns)
 from xbar_tfmot.models.model_mapping import validate_mapping
 
 CALIBRATION_ROWS = 4096  # patch rows sampled per layer to calibrate the ADC range
@@ -225,22 +226,12 @@ def analog_model(model: Any, mapping: mapping_lib.CrossbarMapping, hw: HardwareS
                         "adc_bits is set (the DAC and ADC ranges are calibrated on data).")
   validate_mapping(mapping, model)
   hw.cells(mapping.spec)
-  K = layers_lib.keras_module(layers_lib.flavour(model))
-  order = {name: i for i, name in enumerate(mapping.layer_names)}
-
-  def clone(layer):
-    name = layers_lib.unwrap(layer).name
-    if name in order:
-      return _analog_layer(layer, mapping, hw, seed, order[name])
-    return layer.__class__.from_config(layer.get_config())
-
-  copy = K.models.clone_model(model, clone_function=clone)
   cls = layer_class(layers_lib.flavour(model))
-  for old, new in zip(model.layers, copy.layers):
-    if not isinstance(new, cls) and old.weights:
-      new.set_weights(old.get_weights())
+  copy = replace_mapped_layers(
+      model, mapping.layer_names,
+      lambda layer, index: _analog_layer(layer, mapping, hw, seed, index), cls)
   if needs_calibration:
-    _calibrate(model, copy, cls, calibration, K)
+    _calibrate(model, copy, cls, calibration, layers_lib.keras_module(layers_lib.flavour(model)))
   return copy
 
 

@@ -15,7 +15,7 @@ The layer's maths uses TensorFlow ops, so a Keras 3 model needs the TensorFlow b
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -175,18 +175,27 @@ def crossbar_model(model: Any, mapping: mapping_lib.CrossbarMapping) -> Any:
   of the first bad field rather than with a silently different output.
   """
   validate_mapping(mapping, model)
+  return replace_mapped_layers(model, mapping.layer_names,
+                               lambda layer, index: explicit_layer(layer, mapping),
+                               layer_class(layers_lib.flavour(model)))
+
+
+def replace_mapped_layers(model: Any, names, make: Callable[[Any, int], Any],
+                          replaced: type) -> Any:
+  """A copy of `model` in which each layer named in `names` is `make(layer, its index in
+  names)` (an instance of `replaced`) and every other layer a fresh copy with its weights."""
   K = layers_lib.keras_module(layers_lib.flavour(model))
-  names = set(mapping.layer_names)
+  order = {name: i for i, name in enumerate(names)}
 
   def clone(layer):
-    if layers_lib.unwrap(layer).name in names:
-      return explicit_layer(layer, mapping)
+    name = layers_lib.unwrap(layer).name
+    if name in order:
+      return make(layer, order[name])
     return layer.__class__.from_config(layer.get_config())
 
   copy = K.models.clone_model(model, clone_function=clone)
-  explicit_cls = layer_class(layers_lib.flavour(model))
   for old, new in zip(model.layers, copy.layers):
-    if not isinstance(new, explicit_cls) and old.weights:
+    if not isinstance(new, replaced) and old.weights:
       new.set_weights(old.get_weights())
   return copy
 
