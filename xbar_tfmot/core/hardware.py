@@ -21,6 +21,7 @@ import math
 import pathlib
 from typing import Any, Mapping
 
+from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.spec import CrossbarSpec
 
@@ -226,14 +227,18 @@ def parse_override(text: str) -> tuple[str, Any]:
   if not sep:
     raise HardwareError(f"hardware override {text!r} is not of the form field=value.")
   try:
-    return key.strip(), json.loads(value)
+    return key.strip(), strict_json.loads(value, f"hardware override {key.strip()!r}")
+  except strict_json.DuplicateKeyError as e:
+    raise HardwareError(str(e)) from None
   except json.JSONDecodeError:
     return key.strip(), value.strip()
 
 
 def _from_file(path: pathlib.Path) -> HardwareSpec:
   try:
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = strict_json.loads(path.read_text(encoding="utf-8"), f"hardware file {str(path)!r}")
+  except strict_json.DuplicateKeyError as e:
+    raise HardwareError(str(e)) from None
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise HardwareError(f"hardware file {str(path)!r} cannot be read as JSON: {e}") from None
   try:

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import jsonschema
 import numpy as np
 
-from xbar_tfmot.core import packing
+from xbar_tfmot.core import packing, strict_json
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.spec import CrossbarSpec
@@ -135,17 +135,24 @@ class CrossbarMapping:
 
     A `str` that starts (after white space) like a JSON value other than a bare word is taken
     as JSON text, anything else as a path. Any text that does not parse (truncated, not UTF-8,
-    nested too deeply, an integer of thousands of digits) is a `MappingError` at the root.
+    nested too deeply, an integer of thousands of digits) is a `MappingError` at the root; a
+    key repeated in one object is a `MappingError` at that key's path.
     """
     text = source if isinstance(source, str) else None
+    file = None
     if text is None or not text.lstrip()[:1] in _JSON_STARTS:
+      file = str(source)
       raw = pathlib.Path(source).read_bytes()
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError as e:
         raise MappingError("", f"not valid JSON: the file is not UTF-8 text ({e}).") from None
     try:
-      data = json.loads(text)
+      data = strict_json.loads(text)
+    except strict_json.DuplicateKeyError as e:
+      where = f" (file {file!r})" if file else ""
+      raise MappingError(e.path, f"duplicate key {e.key!r} in a JSON object{where}; valid: each "
+                         f"key at most once per object.") from None
     except json.JSONDecodeError as e:
       raise MappingError("", f"not valid JSON: {e}") from None
     except RecursionError:

@@ -12,6 +12,8 @@ import math
 import pathlib
 from typing import Any, Mapping
 
+from xbar_tfmot.core import strict_json
+
 MAPPINGS = ("kernel_aligned", "flat", "direct")
 
 
@@ -188,7 +190,10 @@ def parse_spec(text: str) -> CrossbarSpec:
 
 def _from_file(path: pathlib.Path) -> CrossbarSpec:
   try:
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = strict_json.loads(path.read_text(encoding="utf-8"),
+                               f"crossbar preset file {str(path)!r}")
+  except strict_json.DuplicateKeyError:
+    raise  # already names the file and the key
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"crossbar preset file {str(path)!r} cannot be read as JSON: {e}") from None
   if not isinstance(config, dict):
