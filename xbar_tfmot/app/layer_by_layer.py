@@ -1,0 +1,291 @@
+"""The layer-by-layer procedure: each layer in turn is pruned with LGD-RPP until a stop rule
+fires, then fine-tuned, before the next layer starts (docs/design.md, "The layer-by-layer
+procedure").
+
+One function, `prune_layer_by_layer`, serves the `xbar-prune` pipeline
+(`prune.procedure = "layer_by_layer"`) and the benchmarks: the caller supplies how to train
+and how to measure accuracy on a validation split carved from the training images.
+
+Within one layer's stage the layer's crossbar budget is pushed down a grid of reductions
+(`step`, `2 * step`, ...); every grid step is one short LGD-RPP run (`prune_crossbar` with a
+policy that wraps only that layer), while the layers already done keep their masks fixed. The
+stage stops at the first rule that fires:
+
+- `accuracy_drop`: the validation accuracy fell more than `max_accuracy_drop` below the
+  accuracy of the model before the procedure; the step is rolled back to the last one that
+  passed;
+- `crossbar_threshold`: the layer holds at most `crossbar_threshold` (Tc) crossbars;
+- `max_reduction`: the layer reached `max_reduction` (its budget at that reduction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import crossbar_budget
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
+from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import introspection as layers_lib
+
+STOP_REASONS = ("accuracy_drop", "crossbar_threshold", "max_reduction")
+
+
+class LayerByLayerError(XbarError, ValueError):
+  """A stop rule or an argument of `prune_layer_by_layer` is out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRules:
+  """When a layer's stage stops, and the grid its reduction climbs.
+
+  Attributes:
+    max_accuracy_drop: a step whose validation accuracy is more than this below the accuracy
+      of the model before the procedure is rejected and rolled back (0 <= drop <= 1).
+    max_reduction: a layer's largest reduction (0 < max_reduction < 1).
+    crossbar_threshold: Tc; a layer holding at most this many crossbars (one copy) stops.
+    step: the reduction added at each grid step (0 < step < 1).
+  """
+
+  max_accuracy_drop: float = 0.02
+  max_reduction: float = 0.9
+  crossbar_threshold: int = 1
+  step: float = 0.1
+
+  def __post_init__(self):
+    checks = (
+        ("max_accuracy_drop", 0.0 <= self.max_accuracy_drop <= 1.0, "0 <= drop <= 1"),
+        ("max_reduction", 0.0 < self.max_reduction < 1.0, "0 < max_reduction < 1"),
+        ("crossbar_threshold", isinstance(self.crossbar_threshold, int)
+         and not isinstance(self.crossbar_threshold, bool) and self.crossbar_threshold >= 1,
+         "an integer >= 1"),
+        ("step", 0.0 < self.step < 1.0, "0 < step < 1"),
+    )
+    for field, ok, valid in checks:
+      if not ok:
+        raise LayerByLayerError(f"StopRules.{field}={getattr(self, field)!r} is invalid; "
+                                f"valid: {valid}.")
+
+  def reductions(self) -> list[float]:
+    """The grid: `step, 2 * step, ...` up to and including `max_reduction`."""
+    out, k = [], 1
+    while True:
+      r = min(round(k * self.step, 12), self.max_reduction)
+      out.append(r)
+      if r >= self.max_reduction:
+        return out
+      k += 1
+
+  def floor(self, dense: int) -> int:
+    """The fewest crossbars any rule but the accuracy lets a layer of `dense` reach."""
+    return max(crossbar_budget(dense, self.max_reduction), self.crossbar_threshold)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerOutcome:
+  """What one layer's stage did (crossbars of one copy, at the procedure's granularity)."""
+
+  layer: str
+  dense: int
+  before: int
+  after: int
+  steps: int  # grid steps trained, the rejected one included
+  stop: str  # one of STOP_REASONS
+  accuracy: float  # validation accuracy after the layer's fine-tuning
+  rejected_accuracy: float | None  # validation accuracy of the rolled-back step
+
+  @property
+  def reduction(self) -> float:
+    return 1.0 - self.after / self.dense
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), "reduction": self.reduction}
+
+
+TrainFn = Callable[..., None]
+
+
+def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: StopRules,
+                         train: TrainFn, validate: Callable[[Any], float], steps_per_epoch: int,
+                         step_epochs: int = 1, finetune_epochs: int = 1,
+                         leave_dense: Any = None, ramp: float = 0.75,
+                         updates_per_epoch: int = 4, projection: str = "rpp",
+                         regrowth: str = "reset", temperature: float = 1.0, seed: int = 0,
+                         log: Callable[[str], None] = lambda line: None
+                         ) -> tuple[Any, list[LayerOutcome]]:
+  """Prunes the mapped layers one after the other, each until a stop rule fires.
+
+  Args:
+    model: a Sequential or functional model of either flavour; its layers are trained in
+      place (as `prune_crossbar` shares them), so pass a copy to keep the original.
+    spec, granularity: the crossbar and `crossbar` or `column` grain (what is counted).
+    rules: the stop rules and the reduction grid.
+    train: `train(model, epochs, *, callbacks, seed, finetune)` compiles `model` (it is a
+      new wrapped model at every step) and fits it `epochs` epochs on the training images
+      with `callbacks`, seeded by `seed`; `finetune` is False for LGD-RPP steps and True for
+      the fine-tuning that ends a layer's stage.
+    validate: accuracy of a model on a validation split carved from the training images
+      (never the test set); it drives the `accuracy_drop` rule.
+    steps_per_epoch: training batches per epoch (to place the schedule's steps).
+    step_epochs: epochs of one grid step; its budget falls over the first `ramp` of them
+      and the mask is updated `updates_per_epoch` times an epoch, then frozen.
+    finetune_epochs: epochs of fine-tuning after each layer's stage (every mask fixed).
+    leave_dense: layers never pruned, as `CrossbarPolicy.leave_dense` (None: the first conv).
+    projection, regrowth, temperature: passed to `prune_crossbar`.
+    seed: makes the run deterministic; every step and fine-tuning gets its own seed from it.
+    log: receives one line per step and per layer.
+
+  Returns:
+    `(model, outcomes)`: the pruned model without wrappers, and one `LayerOutcome` per pruned
+    layer, in model order.
+  """
+  from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
+  from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
+  if not isinstance(rules, StopRules):
+    raise LayerByLayerError(f"prune_layer_by_layer: rules={rules!r} is invalid; valid: a "
+                            f"StopRules.")
+  for name, value, low in (("steps_per_epoch", steps_per_epoch, 1),
+                           ("step_epochs", step_epochs, 1), ("finetune_epochs", finetune_epochs, 0),
+                           ("updates_per_epoch", updates_per_epoch, 1)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise LayerByLayerError(f"prune_layer_by_layer: {name}={value!r} is invalid; valid: an "
+                              f"integer >= {low}.")
+  if not 0.0 < ramp <= 1.0:
+    raise LayerByLayerError(f"prune_layer_by_layer: ramp={ramp!r} is invalid; valid: "
+                            f"0 < ramp <= 1.")
+  keras = layers_lib.keras_module(layers_lib.flavour(model))
+  geometries = _geometries(model, spec)
+  plan = CrossbarPolicy(leave_dense=leave_dense).plan(geometries, 0.5)
+  order = [g for g in geometries if plan[g.name] is not None]
+  mapped = [g.name for g in geometries]
+  end_step = max(1, round(ramp * step_epochs * steps_per_epoch))
+  frequency = max(1, steps_per_epoch // updates_per_epoch)
+  reference = validate(model)
+  log(f"[layer_by_layer] {len(order)} layers in order {', '.join(g.name for g in order)}; "
+      f"validation accuracy before: {reference:.4f}")
+  masks: dict[str, np.ndarray] = {}
+  outcomes = []
+  for position, g in enumerate(order):
+    before = current = count_crossbars(model, g.name, spec, granularity)
+    stop, steps, rejected = None, 0, None
+    if current <= rules.crossbar_threshold:
+      stop = "crossbar_threshold"
+    elif current <= rules.floor(g.dense_crossbars):
+      stop = "max_reduction"
+    previous = 1.0 - current / g.dense_crossbars
+    for k, reduction in enumerate(rules.reductions() if stop is None else ()):
+      budget = max(crossbar_budget(g.dense_crossbars, reduction), rules.crossbar_threshold)
+      if budget < current:
+        target = 1.0 - budget / g.dense_crossbars  # exactly `budget` under crossbar_budget
+        steps += 1
+        snapshot = model.get_weights()
+        policy = CrossbarPolicy(
+            targets={re.escape(g.name): target},
+            leave_dense=[re.escape(n) for n in mapped if n != g.name])
+        schedule = CrossbarPolynomialDecay(target, begin_step=0, end_step=end_step,
+                                           initial_reduction=min(previous, target),
+                                           frequency=frequency)
+        step_seed = _seed(seed, position, k + 1)
+        pruned = prune_crossbar(model, spec, granularity=granularity, schedule=schedule,
+                                projection=projection, regrowth=regrowth, policy=policy,
+                                seed=step_seed, temperature=temperature)
+        train(pruned, step_epochs, seed=step_seed, finetune=False,
+              callbacks=[UpdateCrossbarPruning(), *_fixed_masks(keras, pruned, masks)])
+        candidate = strip_crossbar_pruning(pruned)
+        reached = count_crossbars(candidate, g.name, spec, granularity)
+        if reached > budget:
+          raise RuntimeError(f"layer {g.name!r}: LGD-RPP left {reached} crossbars for a budget "
+                             f"of {budget}; the schedule did not reach its end step.")
+        accuracy = validate(candidate)
+        log(f"[layer_by_layer] {g.name}: step {steps} to {budget} of {g.dense_crossbars} "
+            f"crossbars ({reduction:.0%} grid), validation accuracy {accuracy:.4f}")
+        if reference - accuracy > rules.max_accuracy_drop:
+          model.set_weights(snapshot)
+          stop, rejected = "accuracy_drop", accuracy
+          break
+        model, current, previous = candidate, reached, target
+      if current <= rules.crossbar_threshold:
+        stop = "crossbar_threshold"
+        break
+      if reduction >= rules.max_reduction:
+        stop = "max_reduction"
+        break
+    masks[g.name] = _kernel_mask(model, g.name)
+    if finetune_epochs:
+      train(model, finetune_epochs, seed=_seed(seed, position, 0), finetune=True,
+            callbacks=_fixed_masks(keras, model, masks))
+    outcome = LayerOutcome(layer=g.name, dense=g.dense_crossbars, before=before, after=current,
+                           steps=steps, stop=stop, accuracy=validate(model),
+                           rejected_accuracy=rejected)
+    log(f"[layer_by_layer] {g.name}: {before} -> {current} crossbars "
+        f"({outcome.reduction:.0%} fewer than dense), stopped by {stop}; validation accuracy "
+        f"after fine-tuning {outcome.accuracy:.4f}")
+    outcomes.append(outcome)
+  return model, outcomes
+
+
+def count_crossbars(model, name: str, spec: CrossbarSpec, granularity: str) -> int:
+  """Crossbars of one copy of layer `name` as its kernel's zeros stand (`packed` at column
+  grain, `blocks` at crossbar grain)."""
+  layer = layers_lib.unwrap(_layer(model, name))
+  g = layers_lib.geometry_of(layer, spec)
+  counts = g.counts(layers_lib.effective_kernel(_layer(model, name)))
+  total = counts.packed if granularity == "column" else counts.blocks
+  return total // (counts.dense // g.dense_crossbars)
+
+
+def _geometries(model, spec: CrossbarSpec) -> list[LayerGeometry]:
+  return [layers_lib.geometry_of(layers_lib.unwrap(l), spec)
+          for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(layers_lib.unwrap(l))]
+
+
+def _layer(model, name: str):
+  for layer in layers_lib.iter_layers(model):
+    if layer.name == name or layers_lib.unwrap(layer).name == name:
+      return layer
+  raise LayerByLayerError(f"layer {name!r} is not in model {model.name!r}.")
+
+
+def _kernel_mask(model, name: str) -> np.ndarray:
+  return (np.asarray(layers_lib.unwrap(_layer(model, name)).kernel) != 0).astype(np.float32)
+
+
+def _seed(seed: int, position: int, step: int) -> int:
+  return (seed * 7919 + position * 101 + step) % 2**31
+
+
+def _fixed_masks(keras, model, masks: dict[str, np.ndarray]) -> list:
+  """A callback keeping the finished layers' kernels multiplied by their masks while `model`
+  trains (after every batch, so a regrown weight never reaches the next forward pass)."""
+  if not masks:
+    return []
+  import tensorflow as tf
+  pairs = []
+  for name, mask in masks.items():
+    kernel = layers_lib.unwrap(_layer(model, name)).kernel
+    pairs.append((kernel, tf.constant(mask, kernel.dtype)))
+
+  @tf.function
+  def apply():
+    for kernel, mask in pairs:
+      kernel.assign(tf.convert_to_tensor(kernel) * mask)
+
+  class FixedMasks(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+      apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+      apply()
+
+  return [FixedMasks()]
+
+
+def outcome_rows(outcomes: Sequence[LayerOutcome]) -> list[dict[str, Any]]:
+  """The outcomes as JSON-ready dicts (the pipeline's `state.json` and `metrics.json`)."""
+  return [o.to_dict() for o in outcomes]
