@@ -7,7 +7,10 @@ input it extracts the patches of the layer (Conv2D/Conv1D; the input itself for 
 each crossbar's input rows, computes every crossbar's partial sums with one batched matmul,
 and scatter-adds each column's partial sum into the output channel that column feeds; then
 bias and activation. Its output equals the pruned layer's to float tolerance if, and only if,
-every non-zero weight sits in exactly one crossbar cell of the mapping.
+every non-zero weight sits in exactly one crossbar cell of the mapping. A SeparableConv2D's
+depthwise part stays digital: its `CrossbarLayer` first runs the depthwise convolution
+(`tf.nn.depthwise_conv2d` with the layer's strides, padding and dilation), then the pointwise
+kernel on crossbars as a 1x1 convolution.
 
 The layer's maths uses TensorFlow ops, so a Keras 3 model needs the TensorFlow backend.
 """
@@ -21,8 +24,15 @@ import numpy as np
 import tensorflow as tf
 
 from xbar_tfmot.core import mapping as mapping_lib
+from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.models.model_mapping import validate_mapping
+
+POINTWISE = {"strides": (1, 1), "padding": "valid", "dilation_rate": (1, 1)}
+
+
+class DigitalPartError(XbarError, ValueError):
+  """A layer computed crossbar by crossbar has a digital part the replacing layer omits."""
 
 
 def patch_index(kernel_shape: tuple[int, ...]) -> np.ndarray:
@@ -89,9 +99,11 @@ def layer_class(flavour: str):
   class CrossbarLayer(K.layers.Layer):
     """A mapped layer computed crossbar by crossbar from its packed weights."""
 
+    computes_digital_parts = True  # runs a separable convolution's depthwise part
+
     def __init__(self, kind: str, kernel_shape, crossbar_rows, crossbar_columns,
                  strides=(1, 1), padding="valid", dilation_rate=(1, 1), activation=None,
-                 use_bias=False, **kwargs):
+                 use_bias=False, depthwise=None, **kwargs):
       super().__init__(**kwargs)
       self.kind = kind
       self.kernel_shape = tuple(int(d) for d in kernel_shape)
@@ -101,10 +113,16 @@ def layer_class(flavour: str):
                    "dilation_rate": tuple(dilation_rate)}
       self.activation = K.activations.get(activation)
       self.use_bias = use_bias
+      # {kernel_shape, strides, padding, dilation_rate} of a digital depthwise stage, or None
+      self.depthwise = None if depthwise is None else {
+          "kernel_shape": tuple(int(d) for d in depthwise["kernel_shape"]),
+          "strides": tuple(depthwise["strides"]), "padding": depthwise["padding"],
+          "dilation_rate": tuple(depthwise["dilation_rate"])}
       self._initial = None
 
-    def set_initial_weights(self, crossbar_weights, bias=None) -> None:
-      self._initial = (np.asarray(crossbar_weights), None if bias is None else np.asarray(bias))
+    def set_initial_weights(self, crossbar_weights, bias=None, depthwise_kernel=None) -> None:
+      self._initial = (np.asarray(crossbar_weights), None if bias is None else np.asarray(bias),
+                       None if depthwise_kernel is None else np.asarray(depthwise_kernel))
 
     def build(self, input_shape):
       n, rows_used = self.crossbar_rows.shape
@@ -113,6 +131,11 @@ def layer_class(flavour: str):
       self.crossbars = self.add_weight(
           name="crossbars", shape=shape, trainable=True,
           initializer=(lambda shape, dtype=None: tf.constant(init[0], dtype)) if init else "zeros")
+      self.depthwise_kernel = None
+      if self.depthwise is not None:
+        self.depthwise_kernel = self.add_weight(
+            name="depthwise_kernel", shape=self.depthwise["kernel_shape"], trainable=True,
+            initializer=(lambda shape, dtype=None: tf.constant(init[2], dtype)) if init else "zeros")
       self.bias = None
       if self.use_bias:
         self.bias = self.add_weight(
@@ -121,6 +144,8 @@ def layer_class(flavour: str):
       super().build(input_shape)
 
     def call(self, inputs):
+      if self.depthwise is not None:
+        inputs = depthwise_forward(inputs, self.depthwise_kernel, self.depthwise)
       out = crossbar_forward(inputs, self.crossbars, self.crossbar_rows, self.crossbar_columns,
                              self.kind, self.kernel_shape, self.kernel_shape[-1], self.conv)
       if self.bias is not None:
@@ -128,6 +153,10 @@ def layer_class(flavour: str):
       return self.activation(out) if self.activation is not None else out
 
     def compute_output_shape(self, input_shape):
+      if self.depthwise is not None:
+        input_shape = output_shape(input_shape, "Conv2D", self.depthwise["kernel_shape"],
+                                   self.depthwise)
+        input_shape = (*input_shape[:-1], self.kernel_shape[-2])
       return output_shape(input_shape, self.kind, self.kernel_shape, self.conv)
 
     def get_config(self):
@@ -138,11 +167,20 @@ def layer_class(flavour: str):
           crossbar_columns=self.crossbar_columns.tolist(),
           activation=K.activations.serialize(self.activation), use_bias=self.use_bias,
           strides=list(self.conv["strides"]), padding=self.conv["padding"],
-          dilation_rate=list(self.conv["dilation_rate"]))
+          dilation_rate=list(self.conv["dilation_rate"]),
+          depthwise=None if self.depthwise is None else {
+              k: v if k == "padding" else list(v) for k, v in self.depthwise.items()})
       return config
 
   CrossbarLayer.__name__ = CrossbarLayer.__qualname__ = "CrossbarLayer"
   return CrossbarLayer
+
+
+def depthwise_forward(x: tf.Tensor, kernel, depthwise: dict) -> tf.Tensor:
+  """A separable convolution's digital depthwise part, as Keras computes it (channels_last)."""
+  return tf.nn.depthwise_conv2d(
+      x, tf.cast(kernel, x.dtype), strides=[1, *depthwise["strides"], 1],
+      padding=depthwise["padding"].upper(), dilations=list(depthwise["dilation_rate"]))
 
 
 def explicit_layer(layer: Any, mapping: mapping_lib.CrossbarMapping):
@@ -158,13 +196,18 @@ def explicit_layer(layer: Any, mapping: mapping_lib.CrossbarMapping):
   conv = {} if kind == "Dense" else {
       "strides": config["strides"], "padding": config["padding"],
       "dilation_rate": config["dilation_rate"]}
+  depthwise = depthwise_kernel = None
+  if layers_lib.digital_part(inner):
+    depthwise_kernel = np.asarray(inner.depthwise_kernel)
+    depthwise = {"kernel_shape": depthwise_kernel.shape, **conv}
+    conv = POINTWISE
   cls = layer_class(layers_lib.flavour(inner))
   out = cls(kind, pack.geometry.kernel_shape, pack.crossbar_rows(), pack.columns,
             activation=inner.activation, use_bias=bool(getattr(inner, "use_bias", False)),
-            name=inner.name, dtype=inner.dtype,
+            name=inner.name, dtype=inner.dtype, depthwise=depthwise,
             **{k: tuple(v) if k != "padding" else v for k, v in conv.items()})
   bias = np.asarray(inner.bias) if getattr(inner, "use_bias", False) else None
-  out.set_initial_weights(pack.crossbar_weights(kernel), bias)
+  out.set_initial_weights(pack.crossbar_weights(kernel), bias, depthwise_kernel)
   return out
 
 
@@ -183,13 +226,24 @@ def crossbar_model(model: Any, mapping: mapping_lib.CrossbarMapping) -> Any:
 def replace_mapped_layers(model: Any, names, make: Callable[[Any, int], Any],
                           replaced: type) -> Any:
   """A copy of `model` in which each layer named in `names` is `make(layer, its index in
-  names)` (an instance of `replaced`) and every other layer a fresh copy with its weights."""
+  names)` (an instance of `replaced`) and every other layer a fresh copy with its weights.
+
+  A partly mapped layer (SeparableConv2D) is refused unless `replaced` computes its digital
+  part (`computes_digital_parts`), so no replacement silently drops the depthwise step.
+  """
   K = layers_lib.keras_module(layers_lib.flavour(model))
   order = {name: i for i, name in enumerate(names)}
 
   def clone(layer):
-    name = layers_lib.unwrap(layer).name
+    inner = layers_lib.unwrap(layer)
+    name = inner.name
     if name in order:
+      if layers_lib.digital_part(inner) and not getattr(replaced, "computes_digital_parts", False):
+        raise DigitalPartError(
+            f"layer {name!r} ({type(inner).__name__}): {replaced.__name__} computes only what "
+            f"crossbars hold, so it would drop the layer's digital part "
+            f"({layers_lib.digital_part(inner)}); valid here: Conv2D, Conv1D and Dense layers "
+            f"(crossbar_model computes separable convolutions).")
       return make(layer, order[name])
     return layer.__class__.from_config(layer.get_config())
 

@@ -17,8 +17,7 @@ from xbar_tfmot.core.spec import CrossbarSpec
 # mapped kinds because tf_keras derives DepthwiseConv2D and Conv2DTranspose from Conv2D.
 UNMAPPED_REASONS = {
     "DepthwiseConv2D": "depthwise convolution (one filter per channel) is not mapped",
-    "SeparableConv2D": "separable convolution is not mapped",
-    "SeparableConv1D": "separable convolution is not mapped",
+    "SeparableConv1D": "1-D separable convolution is not mapped",
     "Conv2DTranspose": "transposed convolution is not mapped",
     "Conv1DTranspose": "transposed convolution is not mapped",
     "Conv3DTranspose": "transposed convolution is not mapped",
@@ -28,6 +27,13 @@ UNMAPPED_REASONS = {
     "LayerNormalization": "normalisation parameters stay digital",
 }
 
+
+# Layers of which one kernel maps and the rest stays digital: `{class name: (attribute of the
+# mapped kernel, the kind that kernel maps as, attribute of the digital kernel)}`. A separable
+# convolution's pointwise kernel `(1, 1, cin * depth_multiplier, cout)` is an ordinary 1x1
+# convolution over the depthwise outputs; its depthwise kernel (one filter per channel) is not
+# a vector-matrix product and is computed digitally.
+PARTLY_MAPPED = {"SeparableConv2D": ("pointwise_kernel", "Conv2D", "depthwise_kernel")}
 
 FLAVOURS = ("tf_keras", "keras3")
 
@@ -61,14 +67,51 @@ def unwrap(layer: Any) -> Any:
   return layer
 
 
+def kernel_attribute(layer: Any) -> str:
+  """The attribute holding the kernel crossbars hold: `pointwise_kernel` of a separable
+  convolution, `kernel` otherwise."""
+  for cls in type(layer).__mro__:
+    if cls.__name__ in PARTLY_MAPPED:
+      return PARTLY_MAPPED[cls.__name__][0]
+  return "kernel"
+
+
+def mapped_kernel(layer: Any) -> Any:
+  """The (unwrapped) layer's kernel variable that crossbars hold."""
+  return getattr(layer, kernel_attribute(layer))
+
+
+def mapped_kind(layer: Any) -> str | None:
+  """The kind the mapped kernel is tiled as: `Conv2D` for a separable convolution's pointwise
+  kernel, else `layer_kind`."""
+  kind = layer_kind(layer)
+  return PARTLY_MAPPED[kind][1] if kind in PARTLY_MAPPED else kind
+
+
+def digital_part(layer: Any) -> str | None:
+  """For a partly mapped layer (a separable convolution), what stays digital and why; else None."""
+  kind = layer_kind(layer)
+  if kind not in PARTLY_MAPPED:
+    return None
+  attribute, mapped_as, digital = PARTLY_MAPPED[kind]
+
+  def named(name: str) -> str:
+    variable = getattr(layer, name, None)
+    return name if variable is None else f"{name} {'x'.join(str(int(d)) for d in variable.shape)}"
+
+  return (f"{named(digital)} stays digital (one filter per input channel, not a vector-matrix "
+          f"product); {named(attribute)} is on crossbars, mapped as a 1x1 {mapped_as}")
+
+
 def effective_kernel(layer: Any) -> np.ndarray:
-  """The kernel a layer computes with: a pruning wrapper's kernel times its mask, if any."""
+  """The mapped kernel a layer computes with: a pruning wrapper's kernel times its mask, if any."""
   inner = unwrap(layer)
-  kernel = np.asarray(inner.kernel)
+  variable = mapped_kernel(inner)
+  kernel = np.asarray(variable)
   if layer is inner:
     return kernel
   for triple in getattr(layer, "pruning_vars", ()):  # TFMOT: (weight, mask, threshold)
-    if triple[0] is inner.kernel or np.shape(triple[1]) == kernel.shape:
+    if triple[0] is variable or np.shape(triple[1]) == kernel.shape:
       return kernel * np.asarray(triple[1])
   for weight in layer.weights:
     name = weight.name.split("/")[-1].split(":")[0]
@@ -78,9 +121,10 @@ def effective_kernel(layer: Any) -> np.ndarray:
 
 
 def layer_kind(layer: Any) -> str | None:
-  """`Dense`, `Conv1D`, `Conv2D`, the name of a known unmapped class, or None."""
+  """`Dense`, `Conv1D`, `Conv2D`, `SeparableConv2D`, the name of a known unmapped class, or None."""
   for cls in type(layer).__mro__:
-    if cls.__name__ in UNMAPPED_REASONS or cls.__name__ in KERNEL_RANK:
+    if (cls.__name__ in UNMAPPED_REASONS or cls.__name__ in KERNEL_RANK
+        or cls.__name__ in PARTLY_MAPPED):
       return cls.__name__
   return None
 
@@ -88,6 +132,8 @@ def layer_kind(layer: Any) -> str | None:
 def unmapped_reason(layer: Any) -> str | None:
   """Why a layer with weights is not mapped, or None if it is mapped (or has no weights)."""
   kind = layer_kind(layer)
+  if kind in PARTLY_MAPPED:
+    return None
   if kind in KERNEL_RANK:
     if getattr(layer, "groups", 1) != 1:
       return f"grouped convolution (groups={layer.groups}) is not mapped"
@@ -98,15 +144,17 @@ def unmapped_reason(layer: Any) -> str | None:
 
 
 def is_mapped(layer: Any) -> bool:
-  """True for a Conv2D, Conv1D or Dense layer that maps onto crossbars."""
-  return layer_kind(layer) in KERNEL_RANK and unmapped_reason(layer) is None
+  """True for a Conv2D, Conv1D or Dense layer that maps onto crossbars, and for a
+  SeparableConv2D, whose pointwise kernel does (`digital_part` says what does not)."""
+  kind = layer_kind(layer)
+  return (kind in KERNEL_RANK or kind in PARTLY_MAPPED) and unmapped_reason(layer) is None
 
 
 def geometry_of(layer: Any, spec: CrossbarSpec) -> LayerGeometry:
-  """The crossbar tiling of a mapped layer (raises ValueError if it cannot be mapped)."""
+  """The crossbar tiling of a mapped layer's mapped kernel (ValueError if it cannot be mapped)."""
   if not is_mapped(layer):
     raise ValueError(f"layer {layer.name!r}: {unmapped_reason(layer) or 'has no kernel to map'}.")
-  return LayerGeometry(layer.name, layer_kind(layer), tuple(layer.kernel.shape), spec)
+  return LayerGeometry(layer.name, mapped_kind(layer), tuple(mapped_kernel(layer).shape), spec)
 
 
 def iter_layers(model: Any) -> Iterator[Any]:

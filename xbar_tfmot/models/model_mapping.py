@@ -2,7 +2,9 @@
 
 Either flavour, wrapped or stripped: a wrapped layer is read as its kernel times its mask
 (`introspection.effective_kernel`), so the mapping always describes the zeros the model
-computes with. The document itself is `xbar_tfmot.core.mapping`.
+computes with. A SeparableConv2D is mapped by its pointwise kernel, as a 1x1 `Conv2D` entry
+under the layer's name, and also listed in `unmapped` for its depthwise kernel, which stays
+digital. The document itself is `xbar_tfmot.core.mapping`.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ def mapped_layers(model: Any) -> list[tuple[Any, Any]]:
 
 
 def unmapped_layers(model: Any) -> list[dict[str, str]]:
-  """`{name, type, reason}` of every leaf layer with weights that crossbars do not hold."""
+  """`{name, type, reason}` of every leaf layer with weights that crossbars do not hold, or
+  hold only in part (the reason then says which part stays digital)."""
   out = []
   for layer in introspection.iter_layers(model):
     inner = introspection.unwrap(layer)
-    reason = introspection.unmapped_reason(inner)
+    reason = introspection.unmapped_reason(inner) or introspection.digital_part(inner)
     if reason:
       out.append({"name": inner.name, "type": type(inner).__name__, "reason": reason})
   return out
@@ -71,6 +74,6 @@ def build_mapping(model: Any, spec: CrossbarSpec, granularity: str = "column",
 
 def validate_mapping(mapping: CrossbarMapping, model: Any) -> None:
   """Raises MappingError (first bad path) unless `mapping` fits `model`'s mapped layers."""
-  kernels = {inner.name: (introspection.layer_kind(inner), introspection.effective_kernel(outer))
+  kernels = {inner.name: (introspection.mapped_kind(inner), introspection.effective_kernel(outer))
              for outer, inner in mapped_layers(model)}
   mapping.check_kernels(kernels, model.name)

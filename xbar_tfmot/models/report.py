@@ -2,7 +2,8 @@
 
 Works on tf_keras and Keras 3 models (wrapped or not) without importing TFMOT. Counts come
 from the kernels' actual zeros (a wrapper's mask applied), so the same report serves a dense
-model, a model being pruned and a stripped one.
+model, a model being pruned and a stripped one. A partly mapped layer (SeparableConv2D) is
+counted by the kernel crossbars hold (its pointwise kernel) and says which part stays digital.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class LayerReport:
   geometry: LayerGeometry | None = None
   counts: Counts | None = None
   reason: str | None = None  # set for layers with weights that are not mapped
+  mapped_kernel: str | None = None  # the attribute crossbars hold, for a mapped layer
+  digital: str | None = None  # what of a partly mapped layer stays digital, and why
 
   @property
   def mapped(self) -> bool:
@@ -36,7 +39,8 @@ class LayerReport:
     if not self.mapped:
       return {**out, "mapped": False, "reason": self.reason}
     g, c = self.geometry, self.counts
-    return {**out, "mapped": True, "kin": g.kin, "kout": g.kout, "g_in": g.g_in, "g_out": g.g_out,
+    return {**out, "mapped": True, "mapped_kernel": self.mapped_kernel,
+            "digital_part": self.digital, "kin": g.kin, "kout": g.kout, "g_in": g.g_in, "g_out": g.g_out,
             "replicas": g.replicas, **dataclasses.asdict(c),
             "utilization_blocks": c.utilization(c.blocks),
             "utilization_packed": c.utilization(c.packed)}
@@ -57,6 +61,11 @@ class CrossbarReport:
   @property
   def unmapped(self) -> tuple[LayerReport, ...]:
     return tuple(r for r in self.layers if not r.mapped)
+
+  @property
+  def partly_mapped(self) -> tuple[LayerReport, ...]:
+    """Mapped layers of which a part (a separable convolution's depthwise kernel) is digital."""
+    return tuple(r for r in self.mapped if r.digital)
 
   def total(self, field: str) -> int:
     """Sum of a `Counts` field (`dense`, `blocks`, `packed`, `nonzero_weights`) over layers."""
@@ -107,6 +116,8 @@ class CrossbarReport:
         f"reduction: crossbar grain {self.reduction('blocks'):.1%}, column grain with "
         f"recombination {self.reduction('packed'):.1%}  (xbar = non-zero blocks, col+rc = "
         f"columns packed per input group)")
+    for r in self.partly_mapped:
+      lines.append(f"partly mapped: {r.name} ({r.type}): {r.digital}")
     for r in self.unmapped:
       lines.append(f"not mapped: {r.name} ({r.type}): {r.reason}")
     return "\n".join(lines)
@@ -115,11 +126,16 @@ class CrossbarReport:
 
 
 def crossbar_report(model: Any, spec: CrossbarSpec) -> CrossbarReport:
-  """Counts every layer of `model` on `spec`; layers with weights that cannot map are listed."""
+  """Counts every layer of `model` on `spec`; layers with weights that cannot map are listed.
+
+  A layer's `kernel_shape` is that of the kernel crossbars hold (a separable convolution's
+  pointwise kernel); `mapped_kernel` names it and `digital` says what stays digital.
+  """
   out = []
   for layer in layers_lib.iter_layers(model):
     inner = layers_lib.unwrap(layer)
-    kernel = getattr(inner, "kernel", None)
+    attribute = layers_lib.kernel_attribute(inner)
+    kernel = getattr(inner, attribute, None)
     shape = tuple(int(d) for d in kernel.shape) if kernel is not None else None
     base = {"name": inner.name, "type": type(inner).__name__, "kernel_shape": shape}
     reason = layers_lib.unmapped_reason(inner)
@@ -132,7 +148,8 @@ def crossbar_report(model: Any, spec: CrossbarSpec) -> CrossbarReport:
         reason = str(err)
       else:
         out.append(LayerReport(**base, geometry=geometry,
-                               counts=geometry.counts(layers_lib.effective_kernel(layer))))
+                               counts=geometry.counts(layers_lib.effective_kernel(layer)),
+                               mapped_kernel=attribute, digital=layers_lib.digital_part(inner)))
         continue
     out.append(LayerReport(**base, reason=reason))
   return CrossbarReport(getattr(model, "name", "model"), spec, tuple(out))

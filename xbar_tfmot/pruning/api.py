@@ -29,7 +29,8 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
                    regrowth: str = "reset", policy: CrossbarPolicy | None = None,
                    seed: int | None = None,
                    temperature: float | CrossbarTemperatureDecay = 1.0) -> Any:
-  """Wraps the mapped layers (Conv2D, Conv1D, Dense) of a model, layer or list for crossbar pruning.
+  """Wraps the mapped layers (Conv2D, Conv1D, Dense; a SeparableConv2D's pointwise kernel) of a
+  model, layer or list for crossbar pruning.
 
   Args:
     to_prune: a Sequential or functional model (nested models included), one layer, or a list

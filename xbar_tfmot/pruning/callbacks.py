@@ -183,7 +183,7 @@ class SummariesMixin:
     flavour_adapter = adapter.adapter_for(xlayers.flavour(self.model))
     wrappers = flavour_adapter.crossbar_wrappers(self.model)
     granularity = wrappers[0].granularity if wrappers else "crossbar"
-    entries = [LayerState(w.geometry, np.asarray(w.layer.kernel), np.asarray(w.mask),
+    entries = [LayerState(w.geometry, np.asarray(w._kernel()), np.asarray(w.mask),
                           w.current_budget()) for w in wrappers]
     wrapped_inner = {id(w.layer) for w in wrappers}
     spec = wrappers[0].spec if wrappers else None
@@ -191,7 +191,7 @@ class SummariesMixin:
       if (spec is not None and xlayers.is_mapped(layer) and id(layer) not in wrapped_inner
           and layer.built):
         g = xlayers.geometry_of(layer, spec)
-        kernel = np.asarray(layer.kernel)
+        kernel = np.asarray(xlayers.mapped_kernel(layer))
         entries.append(LayerState(g, kernel, np.ones_like(kernel), g.dense_crossbars))
     scalars = crossbar_scalars(entries, granularity)
     optimizer = getattr(self.model, "optimizer", None)

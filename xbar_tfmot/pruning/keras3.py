@@ -56,7 +56,8 @@ def _check_backend() -> None:
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
-  """A crossbar-pruning wrapper around one Conv2D, Conv1D or Dense layer (Keras 3)."""
+  """A crossbar-pruning wrapper around one Conv2D, Conv1D or Dense layer, or the pointwise
+  kernel of a SeparableConv2D (Keras 3)."""
 
   _serialize_schedule = staticmethod(keras.saving.serialize_keras_object)
   _deserialize_schedule = staticmethod(_schedule)
@@ -88,10 +89,15 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
                                         trainable=False,
                                         initializer=keras.initializers.Constant(-1))
 
+  def _kernel_attribute(self) -> str:
+    """The attribute of the wrapped layer's mapped kernel variable (Keras 3 Conv and Dense
+    keep it in `_kernel`, behind their `kernel` property)."""
+    attribute = xlayers.kernel_attribute(self.layer)
+    return "_kernel" if attribute == "kernel" and hasattr(self.layer, "_kernel") else attribute
+
   def _kernel(self):
-    """The wrapped layer's kernel variable."""
-    kernel = getattr(self.layer, "_kernel", None)
-    return self.layer.kernel if kernel is None else kernel
+    """The wrapped layer's mapped kernel variable."""
+    return getattr(self.layer, self._kernel_attribute())
 
   def frozen(self, step=None) -> tf.Tensor:
     return core.frozen(self.pruning_schedule, self.pruning_step.value if step is None else step)
@@ -137,11 +143,12 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
       effective = core.straight_through_kernel(kernel.value, self.mask.value, self.frozen(step))
     else:
       effective = tf.convert_to_tensor(kernel.value) * tf.convert_to_tensor(self.mask.value)
-    _compat.set_layer_attribute(self.layer, "_kernel", effective)
+    attribute = self._kernel_attribute()
+    _compat.set_layer_attribute(self.layer, attribute, effective)
     try:
       return self.layer.call(inputs)
     finally:
-      _compat.set_layer_attribute(self.layer, "_kernel", kernel)
+      _compat.set_layer_attribute(self.layer, attribute, kernel)
 
   def compute_output_shape(self, input_shape):
     return self.layer.compute_output_shape(input_shape)

@@ -24,6 +24,9 @@ CALLBACK_MISSING = (
     "Please add it as a callback to your model.fit call: pass "
     "xbar_tfmot.UpdateCrossbarPruning() (or TFMOT's UpdatePruningStep on tf_keras).")
 
+MAPPABLE = ", ".join([*KERNEL_RANK, *(f"{kind} ({parts[0]})"
+                                     for kind, parts in xlayers.PARTLY_MAPPED.items())])
+
 SUBCLASSED = (
     "prune_crossbar can only prune a Sequential or functional keras model, a keras layer, or a "
     "list of keras layers; subclassed models ({}) are not supported.")
@@ -87,7 +90,7 @@ def check_wrappable(owner: str, layer: Any, final_budget, target_reduction) -> N
   if not xlayers.is_mapped(layer):
     raise ValueError(
         f"{owner}: layer {layer.name!r} ({type(layer).__name__}) cannot be mapped "
-        f"({xlayers.unmapped_reason(layer) or 'no kernel'}); valid: {', '.join(KERNEL_RANK)}.")
+        f"({xlayers.unmapped_reason(layer) or 'no kernel'}); valid: {MAPPABLE}.")
   if final_budget is None and target_reduction is None:
     raise ValueError(f"{owner}({layer.name!r}): give final_budget or target_reduction.")
 
@@ -96,7 +99,7 @@ def no_mapped_error(layers: Sequence[Any]) -> ValueError:
   reasons = [f"{l.name}: {xlayers.unmapped_reason(l)}" for l in layers if xlayers.unmapped_reason(l)]
   detail = f" Not mapped: {'; '.join(reasons)}." if reasons else ""
   return ValueError(
-      f"prune_crossbar: nothing to prune: no mappable layer (valid: {', '.join(KERNEL_RANK)})."
+      f"prune_crossbar: nothing to prune: no mappable layer (valid: {MAPPABLE})."
       f"{detail}")
 
 

@@ -73,7 +73,7 @@ def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
     if not xlayers.is_mapped(layer) or (layers is not None and layer.name not in layers):
       continue
     g = xlayers.geometry_of(layer, spec)
-    kernel = layer.kernel
+    kernel = xlayers.mapped_kernel(layer)
     saved = np.asarray(kernel).copy()
     budgets = sorted({1, g.dense_crossbars} | {crossbar_budget(g.dense_crossbars, r)
                                                for r in reductions})

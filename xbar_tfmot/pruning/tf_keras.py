@@ -93,7 +93,7 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
       op = self._zero_when_frozen()
     if self.install_into is not None:
       weight, mask, _ = _compat.tfmot_pruning_state(self)[2][0]
-      _compat.set_layer_attribute(self.install_into, "kernel",
+      _compat.set_layer_attribute(self.install_into, xlayers.kernel_attribute(self.install_into),
                                   self.straight_through_kernel(weight, mask))
     return op
 
@@ -117,7 +117,8 @@ _compat.override_tfmot_mask_hook(CrossbarPruning, CrossbarPruning.update_mask)
 
 
 class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLowMagnitude):
-  """A crossbar-pruning wrapper around one Conv2D, Conv1D or Dense layer (tf_keras)."""
+  """A crossbar-pruning wrapper around one Conv2D, Conv1D or Dense layer, or the pointwise
+  kernel of a SeparableConv2D (TFMOT's registry prunes `pointwise_kernel` there) (tf_keras)."""
 
   _serialize_schedule = staticmethod(xschedules.serialize)
 
@@ -154,16 +155,16 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLo
   def call(self, inputs, training=None, **kwargs):
     if self.regrowth == "reset":
       return super().call(inputs, training=training, **kwargs)
-    kernel = self.layer.kernel
+    kernel = self._kernel()
     self.pruning_obj.install_into = self.layer
     try:
       return super().call(inputs, training=training, **kwargs)
     finally:
       self.pruning_obj.install_into = None
-      _compat.set_layer_attribute(self.layer, "kernel", kernel)
+      _compat.set_layer_attribute(self.layer, xlayers.kernel_attribute(self.layer), kernel)
 
   def _kernel(self):
-    return self.layer.kernel
+    return xlayers.mapped_kernel(self.layer)
 
   @property
   def mask(self) -> tf.Variable:
