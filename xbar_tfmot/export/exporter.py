@@ -8,7 +8,10 @@ Folder layout:
                  signature `crossbar_mapping` returning the mapping JSON as a string. Keras 3
                  models are written through Keras 3's own export path
                  (`keras.export.ExportArchive`), tf_keras models as a `tf.Module`; both
-                 have the same signatures (`serving_default(input_0, ...) -> {"output"}`).
+                 have the same signatures: `serving_default(input_0, input_1, ...)`, one
+                 argument per model input in `model.inputs` order with its dtype (float or
+                 integer), returning `{"output": ...}` for one output and
+                 `{"output_0": ..., "output_1": ...}` (`model.outputs` order) for several.
   model.tflite   converted from that SavedModel; the mapping JSON in the flatbuffer's
                  `metadata` list under the name `xbar_tfmot.crossbar_mapping`.
   model.keras    the stripped Keras model (the weights `xbar-verify` rebuilds crossbars from).
@@ -86,6 +89,7 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
   target.parent.mkdir(parents=True, exist_ok=True)
 
   stripped = _strip(model)
+  input_dtypes(stripped)
   mapping = build_mapping(stripped, spec, granularity, permutations)
   _remove_stale(target)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-",
@@ -207,14 +211,54 @@ class _Exported(_MappingAsset):
     self.model = model
 
 
+def input_names(model: Any) -> list[str]:
+  """The serving signature's argument names, one per model input in `model.inputs` order."""
+  return [f"input_{i}" for i in range(len(model.inputs))]
+
+
+def output_names(model: Any) -> list[str]:
+  """The serving signature's result keys, one per model output in `model.outputs` order."""
+  count = len(model.outputs)
+  return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def keras_io_names(model: Any) -> tuple[list[str], list[str]]:
+  """The Keras names of the model's inputs and outputs (for messages), in signature order."""
+  inputs = [getattr(t, "name", None) or f"input_{i}" for i, t in enumerate(model.inputs)]
+  outputs = list(getattr(model, "output_names", None) or [])
+  if len(outputs) != len(model.outputs):
+    outputs = output_names(model)
+  return [n.split(":")[0] for n in inputs], outputs
+
+
+def input_dtypes(model: Any) -> list[tf.DType]:
+  """Each model input's dtype; an input that is neither floating point nor integer (the
+  serving signature, TFLite and `verify`'s random inputs need numbers) is an `ExportError`
+  naming it."""
+  names = keras_io_names(model)[0]
+  dtypes = []
+  for i, tensor in enumerate(model.inputs):
+    dtype = tf.as_dtype(tensor.dtype)
+    if not (dtype.is_floating or dtype.is_integer) or dtype == tf.bfloat16:
+      raise ExportError(f"model input {names[i]!r} (input_{i}) has dtype {dtype.name}; valid: "
+                        f"float16/32/64 or an integer type (export, TFLite and xbar-verify feed "
+                        f"numbers).")
+    dtypes.append(dtype)
+  return dtypes
+
+
 def _input_specs(model: Any) -> list[tf.TensorSpec]:
-  shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
-  return [tf.TensorSpec((None, *shape[1:]), tf.float32, name=f"input_{i}")
-          for i, shape in enumerate(shapes)]
+  return [tf.TensorSpec((None, *tensor.shape[1:]), dtype, name=name)
+          for tensor, dtype, name in zip(model.inputs, input_dtypes(model), input_names(model))]
 
 
 def _serve(model: Any):
-  return lambda *x: {"output": model(list(x) if len(x) > 1 else x[0], training=False)}
+  keys = output_names(model)
+
+  def serve(*x):
+    outputs = tf.nest.flatten(model(list(x) if len(x) > 1 else x[0], training=False))
+    return dict(zip(keys, outputs))
+  return serve
 
 
 def _write_saved_model(model: Any, path: pathlib.Path, mapping_file: pathlib.Path) -> None:

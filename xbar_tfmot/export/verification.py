@@ -17,8 +17,14 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
-from xbar_tfmot.export.exporter import read_mapping
+from xbar_tfmot.export.exporter import (input_dtypes, input_names, keras_io_names,
+                                        output_names, read_mapping)
+
+
+class VerificationError(XbarError, ValueError):
+  """An export folder whose artefacts cannot be compared (their signatures do not fit the model)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +72,54 @@ def tflite_interpreter(path: pathlib.Path):
     return tf.lite.Interpreter(model_path=str(path)), "tensorflow"
 
 
-def _tflite_outputs(path: pathlib.Path, x: np.ndarray) -> tuple[np.ndarray, str]:
+def _check_names(artefact: str, kind: str, found, expected: list[str]) -> None:
+  if sorted(found) != sorted(expected):
+    raise VerificationError(f"{artefact}: serving signature {kind} {sorted(found)}, expected "
+                      f"{expected} (one per model {kind[:-1]}); the export is not from this "
+                      f"model.keras or was written by an older xbar_tfmot.")
+
+
+def _tflite_outputs(path: pathlib.Path, x: dict[str, np.ndarray],
+                    outputs: list[str]) -> tuple[dict[str, np.ndarray], str]:
+  """Per signature output, the TFLite results of one sample at a time; inputs and outputs are
+  matched by their signature names, never by tensor position."""
   interpreter, runtime = tflite_interpreter(path)
   runner = interpreter.get_signature_runner("serving_default")
-  return np.concatenate([runner(input_0=x[i:i + 1])["output"] for i in range(len(x))]), runtime
+  _check_names("model.tflite", "inputs", runner.get_input_details(), list(x))
+  _check_names("model.tflite", "outputs", runner.get_output_details(), outputs)
+  samples = len(next(iter(x.values())))
+  results = [runner(**{k: v[i:i + 1] for k, v in x.items()}) for i in range(samples)]
+  return {k: np.concatenate([r[k] for r in results]) for k in outputs}, runtime
+
+
+def _saved_model_outputs(path: pathlib.Path, x: dict[str, np.ndarray],
+                         outputs: list[str]) -> dict[str, np.ndarray]:
+  serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+  _check_names("saved_model", "inputs", serve.structured_input_signature[1], list(x))
+  _check_names("saved_model", "outputs", serve.structured_outputs, outputs)
+  result = serve(**{k: tf.constant(v) for k, v in x.items()})
+  return {k: result[k].numpy() for k in outputs}
+
+
+def random_inputs(model: Any, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """`{signature input name: batch}` for every model input, in its shape and dtype: standard
+  normal values for floating-point inputs, 0 or 1 for integer ones (valid indices for any
+  embedding or lookup of two entries or more)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, tensor, dtype in zip(input_names(model), model.inputs, input_dtypes(model)):
+    shape = (samples, *[int(d) for d in tuple(tensor.shape)[1:]])
+    if dtype.is_floating:
+      out[name] = rng.normal(size=shape).astype(dtype.as_numpy_dtype)
+    else:
+      out[name] = rng.integers(0, 2, size=shape).astype(dtype.as_numpy_dtype)
+  return out
+
+
+def _keras_outputs(model: Any, x: dict[str, np.ndarray]) -> list[np.ndarray]:
+  args = list(x.values())
+  return [np.asarray(y) for y in tf.nest.flatten(model(args if len(args) > 1 else args[0],
+                                                       training=False))]
 
 
 def _same_mapping(mapping: CrossbarMapping, source: pathlib.Path) -> None:
@@ -79,8 +129,12 @@ def _same_mapping(mapping: CrossbarMapping, source: pathlib.Path) -> None:
 
 def verify(directory: str, samples: int = 8, tolerance: float = 1e-4, seed: int = 0,
            custom_objects: Mapping[str, Any] | None = None) -> Verification:
-  """Runs the exported artefacts on the same random inputs and compares them
-  (`custom_objects`: the model's own layers, as for `export`)."""
+  """Runs the exported artefacts on the same random inputs and compares them, output by
+  output (`custom_objects`: the model's own layers, as for `export`).
+
+  Every model input gets random values of its own shape and dtype (`random_inputs`); the
+  SavedModel and TFLite signatures are fed and read by name. With several outputs each
+  comparison is named `ARTEFACT:OUTPUT` after the Keras output name (`tflite:cls`)."""
   from xbar_tfmot.export.model_io import load_model
   from xbar_tfmot.models.crossbar_model import crossbar_model
 
@@ -90,17 +144,21 @@ def verify(directory: str, samples: int = 8, tolerance: float = 1e-4, seed: int 
   mapping = read_mapping(root)
   model = load_model(str(root / "model.keras"), custom_objects)
   explicit = crossbar_model(model, mapping)
-  shape = (samples, *model.input_shape[1:])
-  x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-  reference = np.asarray(model(x, training=False))
-  outputs = {"crossbar-explicit": np.asarray(explicit(x, training=False))}
+  x = random_inputs(model, samples, seed)
+  keys = output_names(model)
+  reference = dict(zip(keys, _keras_outputs(model, x)))
+  outputs = {"crossbar-explicit": dict(zip(keys, _keras_outputs(explicit, x)))}
   if (root / "saved_model").is_dir():
-    serve = tf.saved_model.load(str(root / "saved_model")).signatures["serving_default"]
-    outputs["saved_model"] = serve(input_0=tf.constant(x))["output"].numpy()
+    outputs["saved_model"] = _saved_model_outputs(root / "saved_model", x, keys)
     _same_mapping(mapping, root / "saved_model")
   runtime = None
   if (root / "model.tflite").exists():
-    outputs["tflite"], runtime = _tflite_outputs(root / "model.tflite", x)
+    outputs["tflite"], runtime = _tflite_outputs(root / "model.tflite", x, keys)
     _same_mapping(mapping, root / "model.tflite")
-  return Verification(mapping, {k: _difference(reference, v) for k, v in outputs.items()},
-                      tolerance, runtime)
+  labels = dict(zip(keys, keras_io_names(model)[1]))
+  differences = {}
+  for artefact, results in outputs.items():
+    for key in keys:
+      name = artefact if len(keys) == 1 else f"{artefact}:{labels[key]}"
+      differences[name] = _difference(reference[key], results[key])
+  return Verification(mapping, differences, tolerance, runtime)
