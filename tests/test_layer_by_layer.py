@@ -1,0 +1,172 @@
+"""The layer-by-layer procedure: each stop rule fires where its planted threshold says, an
+accuracy drop rolls back to the last passing step, finished layers keep their masks, and the
+pipeline runs it end to end with the stop reasons in state.json and report.md."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _configs import load_config
+from sklearn.datasets import load_digits
+
+from xbar_tfmot.app import pipeline
+from xbar_tfmot.app.configuration import ConfigError
+from xbar_tfmot.app.layer_by_layer import STOP_REASONS, StopRules, prune_layer_by_layer
+from xbar_tfmot.core.projection import crossbar_budget
+from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models.introspection import FLAVOURS, keras_module
+
+SPEC = CrossbarSpec(rows=8, cols=4, weight_bits=8, cell_bits=8)  # Kin 8 rows, Kout 4 columns
+
+
+def brute_blocks(kernel: np.ndarray, rows: int = 8, cols: int = 4) -> int:
+  """Crossbars holding a non-zero weight of a Dense kernel, by slicing (no library code)."""
+  return sum(bool(np.any(kernel[i:i + rows, j:j + cols]))
+             for i in range(0, kernel.shape[0], rows) for j in range(0, kernel.shape[1], cols))
+
+
+def digits(n: int = 200):
+  x, y = load_digits(return_X_y=True)
+  return (x[:n] / 16.0).astype("float32"), y[:n]
+
+
+def tiny_model(flavour: str):
+  """Dense 64 -> 40 -> 10: `hidden` has 8 x 10 = 80 crossbars, `out` 5 x 3 = 15."""
+  keras = keras_module(flavour)
+  keras.utils.set_random_seed(0)
+  return keras.Sequential([keras.Input((64,)), keras.layers.Dense(40, "relu", name="hidden"),
+                           keras.layers.Dense(10, name="out")])
+
+
+def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int = 0):
+  keras = keras_module(flavour)
+  x, y = digits()
+  model = tiny_model(flavour)
+
+  def train(m, epochs, *, callbacks, seed, finetune):
+    m.compile(keras.optimizers.Adam(1e-3 if finetune else 3e-3),
+              keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    keras.utils.set_random_seed(seed)
+    m.fit(x, y, batch_size=50, epochs=epochs, verbose=0, callbacks=callbacks)
+
+  return prune_layer_by_layer(
+      model, SPEC, granularity="crossbar", rules=rules, train=train,
+      validate=validate or (lambda m: 0.5), steps_per_epoch=-(-len(y) // 50),
+      leave_dense=leave_dense, seed=seed)
+
+
+def kernel(model, name: str) -> np.ndarray:
+  return np.asarray(model.get_layer(name).kernel)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_max_reduction_stops_at_that_reduction_and_earlier_masks_stay(flavour):
+  model, outcomes = run(flavour, StopRules(max_accuracy_drop=1.0, max_reduction=0.3, step=0.15))
+  assert [(o.layer, o.stop) for o in outcomes] == [("hidden", "max_reduction"),
+                                                   ("out", "max_reduction")]
+  for o, dense in zip(outcomes, (80, 15)):
+    assert (o.dense, o.before, o.steps) == (dense, dense, 2)
+    assert o.after == crossbar_budget(dense, 0.3)
+    assert brute_blocks(kernel(model, o.layer)) == o.after  # hidden trained on during `out`
+  assert all(type(l).__name__ == "Dense" for l in model.layers)  # no wrapper left
+
+
+def test_crossbar_threshold_stops_at_exactly_tc():
+  rules = StopRules(max_accuracy_drop=1.0, crossbar_threshold=60, step=0.15)
+  model, outcomes = run("tf_keras", rules)
+  hidden, out = outcomes
+  assert (hidden.stop, hidden.after, hidden.steps) == ("crossbar_threshold", 60, 2)  # 68, 60
+  assert brute_blocks(kernel(model, "hidden")) == 60
+  assert (out.stop, out.before, out.after, out.steps) == ("crossbar_threshold", 15, 15, 0)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_accuracy_drop_rolls_back_to_the_last_passing_step(flavour):
+  seen: list[int] = []
+
+  def validate(m):  # the planted drop: fewer than 60 crossbars in `hidden`
+    seen.append(brute_blocks(kernel(m, "hidden")))
+    return 0.9 if seen[-1] >= 60 else 0.5
+
+  model, outcomes = run(flavour, StopRules(max_accuracy_drop=0.1, step=0.15), validate, ["out"])
+  (hidden,) = outcomes
+  assert seen == [80, 68, 56, 68]  # reference, a passing step, the rejected one, fine-tuned
+  assert (hidden.stop, hidden.after, hidden.steps) == ("accuracy_drop", 68, 2)
+  assert hidden.rejected_accuracy == 0.5 and hidden.accuracy == 0.9
+  assert brute_blocks(kernel(model, "hidden")) == 68  # rolled back, kept through fine-tuning
+
+
+def test_same_seed_same_result():
+  rules = StopRules(max_accuracy_drop=1.0, max_reduction=0.2)
+  a, _ = run("tf_keras", rules, leave_dense=["out"], seed=3)
+  b, _ = run("tf_keras", rules, leave_dense=["out"], seed=3)
+  for wa, wb in zip(a.get_weights(), b.get_weights()):
+    np.testing.assert_array_equal(wa, wb)
+
+
+@pytest.mark.parametrize("field, value", [("max_reduction", 1.0), ("step", 0.0),
+                                          ("crossbar_threshold", 0),
+                                          ("max_accuracy_drop", -0.1)])
+def test_bad_rules_name_the_field(field, value):
+  with pytest.raises(ValueError, match=f"StopRules.{field}="):
+    StopRules(**{field: value})
+
+
+def tiny(workdir, **prune):
+  """The tiny digits run, pruning only conv6 (32 crossbars) and fc2 (24) to stay short."""
+  prune = {"procedure": "layer_by_layer", **prune}
+  return load_config(workdir=str(workdir), train__verbose=0, train__baseline_epochs=2,
+                     train__finetune_epochs=1, data__train_size=600, report__plots=False,
+                     export__enabled=False, crossbar__reorder=False,
+                     crossbar__validation_images=200,
+                     crossbar__leave_dense="conv1,conv2,conv3,conv4,conv5,fc1",
+                     **{f"prune__{k}": v for k, v in prune.items()})
+
+
+def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
+  """tf_keras only: the procedure's flavour-dependent parts are covered on both above."""
+  lines: list[str] = []
+  config = tiny(tmp_path, max_reduction=0.4, reduction_step=0.2, crossbar_threshold=15,
+                max_accuracy_drop=0.1)
+  metrics = pipeline.run(config, log=lines.append)
+  state = json.loads((tmp_path / "state.json").read_text())["phases"]["prune"]
+  assert state["validation_images"] == 200
+  records = state["layer_by_layer"]
+  rows = {r["name"]: r for r in metrics["layers"]}
+  assert [r["layer"] for r in records] == ["conv6", "fc2"]
+  for r in records:
+    assert rows[r["layer"]]["pruned"] == r["after"]  # the report counts what the procedure left
+    assert (r["rejected_accuracy"] is not None) == (r["stop"] == "accuracy_drop")
+    if r["stop"] == "accuracy_drop":
+      assert r["after"] > max(15, crossbar_budget(r["dense"], 0.4))
+    elif r["stop"] == "crossbar_threshold":
+      assert r["after"] == 15
+    else:
+      assert r["stop"] == "max_reduction" and r["after"] == crossbar_budget(r["dense"], 0.4)
+  report = (tmp_path / "report" / "report.md").read_text()
+  for r in records:
+    assert f"| {r['layer']} | {r['before']} | {r['after']} | {r['reduction']:.1%} | " \
+           f"{r['steps']} | {r['stop']} |" in report
+  assert any("validation accuracy before" in line for line in lines)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"procedure": "greedy"}, "config.prune.procedure='greedy'"),
+    ({"max_reduction": 1.0}, "config.prune.max_reduction=1.0"),
+    ({"reduction_step": 0.0}, "config.prune.reduction_step=0.0"),
+    ({"crossbar_threshold": 0}, "config.prune.crossbar_threshold=0"),
+    ({"max_accuracy_drop": 1.5}, "config.prune.max_accuracy_drop=1.5"),
+    ({"step_epochs": 0}, "config.prune.step_epochs=0"),
+])
+def test_bad_prune_fields_are_config_errors(tmp_path, fields, match):
+  with pytest.raises(ConfigError, match=match.replace(".", r"\.")):
+    pipeline.Pipeline(tiny(tmp_path, **fields)).prepare()
+
+
+def test_layer_by_layer_refuses_global_modes(tmp_path):
+  config = tiny(tmp_path)
+  config.crossbar.mode = "global"
+  with pytest.raises(ConfigError, match="config.crossbar.mode='global'"):
+    pipeline.Pipeline(config).prepare()
