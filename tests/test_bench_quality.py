@@ -77,3 +77,99 @@ def test_bad_method_is_named(capsys):
   with pytest.raises(SystemExit):
     tool.parse_args(["--out", "x", "--methods", "rpp-crossbar,magic"])
   assert "--methods: 'magic' is unknown" in capsys.readouterr().err
+
+
+# --- issue 13: allocation rows, validation split, whole-model counts ---------------------------
+
+def _fashion_or_skip():
+  from xbar_tfmot.app.datasets import FASHION_MNIST_DIR
+  if not pathlib.Path(FASHION_MNIST_DIR).is_dir():
+    pytest.skip("dataset-fashion-mnist is not installed")
+
+
+def test_validation_split_is_carved_outside_the_unchanged_training_subset(tmp_path):
+  _fashion_or_skip()
+  import numpy as np
+  from xbar_tfmot.app.datasets import load_fashion_mnist
+  tool = load_tool("bench_quality")
+  args = tool.parse_args(["--out", str(tmp_path), "--train-size", "300",
+                          "--validation-size", "200", "--test-size", "50"])
+  (x, y), (xv, yv), (xt, yt) = tool.load_data(args, seed=3)
+  (full_x, full_y), (full_xt, _) = load_fashion_mnist()
+  order = np.random.default_rng(3).permutation(len(full_y))
+  np.testing.assert_array_equal(x, full_x[order[:300]])  # the subset issue 8 trained on
+  np.testing.assert_array_equal(yv, full_y[order[300:500]])
+  np.testing.assert_array_equal(xv, full_x[order[300:500]])
+  np.testing.assert_array_equal(xt, full_xt[:50])
+  too_big = tool.parse_args(["--out", str(tmp_path), "--train-size", "59000",
+                             "--validation-size", "2000"])
+  with pytest.raises(SystemExit, match="--validation-size 2000 exceed the 60000"):
+    tool.load_data(too_big, seed=0)
+
+
+def test_whole_model_counts_and_equal_count_per_layer_reduction(tmp_path):
+  _fashion_or_skip()
+  pytest.importorskip("tensorflow_model_optimization")
+  from xbar_tfmot.core.projection import crossbar_budget
+  from xbar_tfmot.models import introspection as xlayers
+  tool = load_tool("bench_quality")
+  args = tool.parse_args(["--out", str(tmp_path), "--quick"])
+  b = tool.Bench(args, ("vgg8", 0.25), 0, lambda m: None)
+  model = b.build()
+  geoms = [xlayers.geometry_of(l, b.spec) for l in xlayers.iter_layers(model)
+           if xlayers.is_mapped(l)]
+  total = sum(g.dense_crossbars for g in geoms)
+  assert b.counts(model)["dense"] == total  # every mapped layer, the dense-left ones too
+  left = {g.name: g.dense_crossbars for g in geoms if g.name not in b.pruned_names(model)}
+  assert left and b.counts(model, b.pruned_names(model))["dense"] == total - sum(left.values())
+  for r in (0.72, 0.85, 0.9):
+    target = crossbar_budget(total, r)
+    glob = b.xt.CrossbarPolicy(leave_dense=list(left), mode="global")
+    assert b.model_budget(model, glob, r) == target
+    got = tool.equal_count_reduction(b, model, r)
+    per_layer = b.policy(model)
+
+    def whole(s):  # brute force: dense-left layers plus each pruned layer's own budget
+      return sum(left.get(g.name) or crossbar_budget(g.dense_crossbars, s) for g in geoms)
+
+    assert b.model_budget(model, per_layer, got) == whole(got) <= target
+    grid = [r + i / 2000 for i in range(int((0.999 - r) * 2000))]
+    first = next(s for s in grid if whole(s) <= target)  # the least reduction that fits
+    assert first - 1 / 2000 <= got <= first + 1e-6, (r, got, first)
+
+
+def _cell(method, seed, val, acc, reduction=0.85, net="vgg8:0.5"):
+  return {"key": f"{net}|{seed}|{method}|{reduction:g}", "network": net, "seed": seed,
+          "method": method, "reduction": reduction, "accuracy": acc, "val_accuracy": val,
+          "counted": "model", "counts": {"dense": 508, "packed": 76}, "seconds": 1.0}
+
+
+def test_best_allocation_is_chosen_on_validation_never_on_test():
+  tool = load_tool("bench_quality")
+  rows = tool.ALLOCATION
+  cells = []
+  for seed, vals in ((0, (0.80, 0.81, 0.83, 0.79, 0.82)), (1, (0.80, 0.81, 0.80, 0.79, 0.82))):
+    for m, v in zip(rows, vals):
+      cells.append(_cell(m, seed, v, acc=0.95 if m == "alloc-per-layer" else 0.5))
+  cells.append(_cell("alloc-energy", 0, 0.99, 0.99, reduction=0.72))  # another target
+  best, means = tool.choose_allocation({"cells": cells}, ("vgg8", 0.5), 0.85)
+  assert best == "alloc-sensitivity" and means["alloc-energy"] == pytest.approx(0.815)
+  data = {"cells": cells, "baselines": {"b": {"network": "vgg8:0.5", "seed": 0,
+                                              "accuracy": 0.83}}}
+  text = "\n".join(tool.allocation_reading(tool.summarise(data), tool.dense_lines(data)))
+  assert "validation picks A5. sensitivity" in text
+  assert "the test set would have picked A1. per-layer" in text
+  with pytest.raises(SystemExit, match="rows alloc-per-layer, alloc-global, alloc-saliency, alloc-sensitivity have"):
+    tool.choose_allocation({"cells": cells}, ("vgg8", 0.5), 0.72)
+
+
+def test_distilled_rows_are_planned_after_every_allocation_row(tmp_path):
+  tool = load_tool("bench_quality")
+  args = tool.parse_args(["--out", str(tmp_path), "--methods", "allocation", "--seeds", "0,1",
+                          "--reductions", "0.72,0.85", "--multi-seed-reductions", "all",
+                          "--networks", "vgg8:0.5"])
+  cells = tool.plan(args)
+  assert len(cells) == 2 * 2 * 6
+  methods = [c[2] for c in cells]
+  assert methods[-4:] == ["alloc-best-distill"] * 4
+  assert set(methods[:-4]) == set(tool.ALLOCATION)

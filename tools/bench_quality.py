@@ -1,4 +1,5 @@
-"""Quality benchmark (issue 8): test accuracy against crossbar reduction, LGD-RPP vs baselines.
+"""Quality benchmark (issues 8, 13): test accuracy against crossbars, LGD-RPP vs baselines and
+network-level allocations.
 
 Trains one dense baseline per (network, seed) on real data (Fashion-MNIST from Debian's
 `dataset-fashion-mnist`, or a local CIFAR-10 copy), caches it under `--out`, and from it runs
@@ -17,12 +18,31 @@ every method at every crossbar reduction with the same number of post-baseline e
                        first half of the epochs, then the strongest blocks kept to the budget and
                        the second half fine-tunes with the mask fixed
 
-Pruned layers are every mapped layer but the first convolution (`prune_crossbar`'s default
-policy), the same set for every method; the crossbar count is the crossbar report's `packed`
-count (column grain with output recombination, equal to the block count for crossbar-grain
-masks) summed over them. Each finished cell is appended to `<out>/results.json` at once; a
-rerun skips finished cells (and refuses an `--out` holding another setting). Writes
-`<out>/bench_quality.md` and `<out>/bench_quality.png`.
+Issue 13 (`--methods allocation`): LGD-RPP column grain (output recombination) on the
+baseline reordered once per target (`reorder_model`, shared by the rows), differing only in
+how the crossbars are split among layers (`CrossbarPolicy.mode`):
+
+  alloc-per-layer      per_layer, at the per-layer reduction that makes the whole model hold no
+                       more crossbars than the global modes (`equal_count_reduction`)
+  alloc-global         global: the model-wide budget spread in proportion to dense counts
+  alloc-energy         global_score, score energy (re-split at every mask update)
+  alloc-saliency       global_score, score saliency (|w dL/dw| on 4 training batches)
+  alloc-sensitivity    sensitivity: curves measured on the validation split, then a knapsack
+  alloc-best-distill   the row above with the best mean validation accuracy at that (network,
+                       target), trained against the dense model's logits (DistillationLoss)
+
+The validation split (`--validation-size`) is carved from the training images outside the
+training subset (which stays the issue-8 subset); it alone chooses, the test set only reports.
+
+Pruned layers are every mapped layer but `--leave-dense` (first convolution and classifier),
+the same set for every method. Crossbars are counted over the WHOLE model, every mapped layer
+including those left dense (what a chip holds): the crossbar report's `packed` count (column
+grain with output recombination, equal to the block count for crossbar-grain masks); cells
+also keep the count over the pruned layers (`counts_pruned`), which the issue-8 tables used.
+Each finished cell is added to `<out>/results.json` at once, under a file lock (runs on
+different (network, seed) pairs may share an `--out`); a rerun skips finished cells (and
+refuses an `--out` holding another setting). Writes `<out>/bench_quality.md` and
+`<out>/bench_quality.png`.
 
   python tools/bench_quality.py --cpu --out out/bench_quality
   python tools/bench_quality.py --out out/bench_quality --render-only
@@ -66,6 +86,10 @@ def _lgd(granularity: str, projection: str, regrowth: str, reorder: bool):
   return lambda b, r: run_lgd(b, r, granularity, projection, regrowth, reorder)
 
 
+def _alloc(mode: str, score: str = "energy"):
+  return lambda b, r: run_allocation(b, r, mode, score)
+
+
 # Order: table rows, plot legend and run order within a cell group.
 METHOD_TABLE: dict[str, Method] = {
     "rpp-crossbar": Method("1. LGD-RPP crossbar grain", "o-", "lgd",
@@ -84,18 +108,36 @@ METHOD_TABLE: dict[str, Method] = {
                                  "baseline", lambda b, r: run_tfmot(b, r)),
     "group-lasso": Method("7. group lasso on blocks + threshold + fine-tune", "P--", "baseline",
                           lambda b, r: run_group_lasso(b, r)),
+    # Issue 13: network-level allocation, all LGD-RPP column grain + reorder.
+    "alloc-per-layer": Method("A1. per-layer (same reduction in every pruned layer)", "s-",
+                              "allocation", _alloc("per_layer")),
+    "alloc-global": Method("A2. global proportional", "o-", "allocation", _alloc("global")),
+    "alloc-energy": Method("A3. global_score energy", "^-", "allocation",
+                           _alloc("global_score", "energy")),
+    "alloc-saliency": Method("A4. global_score saliency", "v-", "allocation",
+                             _alloc("global_score", "saliency")),
+    "alloc-sensitivity": Method("A5. sensitivity (curves on the validation split)", "D-",
+                                "allocation", _alloc("sensitivity")),
+    "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",
+                                 "distilled", lambda b, r: run_best_distilled(b, r)),
 }
 METHODS = tuple(METHOD_TABLE)
 LGD_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "lgd")
 BASELINES = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "baseline")
+ALLOCATION = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "allocation")
+DISTILLED = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "distilled")
+ISSUE8 = LGD_METHODS + BASELINES
+# Method groups `--methods` accepts besides single names.
+METHOD_GROUPS = {"issue8": ISSUE8, "allocation": ALLOCATION + DISTILLED}
 METHOD_LABELS = {m: spec.label for m, spec in METHOD_TABLE.items()}
 DATASETS = ("fashion_mnist", "cifar10")
 CIFAR10_DEFAULT = "~/.keras/datasets/cifar-10-batches-py"
 DEFAULT_NETWORKS = {"fashion_mnist": "vgg8:0.5,resnet20:1", "cifar10": "vgg8:1"}
 # Settings that change results: an --out folder holds one setting.
-SETTING_KEYS = ("dataset", "spec", "leave_dense", "train_size", "test_size", "dense_epochs", "epochs", "batch",
-                "lr", "finetune_lr", "prune_fraction", "frequency", "temperature",
-                "gl_lambda", "bn_recalibration")
+SETTING_KEYS = ("dataset", "spec", "leave_dense", "train_size", "validation_size", "test_size",
+                "dense_epochs", "epochs", "batch", "lr", "finetune_lr", "prune_fraction",
+                "frequency", "temperature", "gl_lambda", "bn_recalibration", "distill_weight",
+                "distill_temperature")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -110,7 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--networks", default=None,
                  help="comma list of zoo name:width (default fashion_mnist: "
                       f"{DEFAULT_NETWORKS['fashion_mnist']}; cifar10: {DEFAULT_NETWORKS['cifar10']})")
-  p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+  p.add_argument("--methods", default="issue8",
+                 help=f"comma list of {', '.join(METHODS)}, or the groups "
+                      f"{', '.join(f'{g} ({len(m)} rows)' for g, m in METHOD_GROUPS.items())}")
   p.add_argument("--reductions", default="0.5,0.6,0.72,0.8", help="target crossbar reductions")
   p.add_argument("--seeds", default="0,1", help="seeds (model init, data subset, shuffling, RPP)")
   p.add_argument("--multi-seed-reductions", default="0.72",
@@ -123,6 +167,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "('all': every one)")
   p.add_argument("--spec", default="72x16", help="CrossbarSpec string, preset name or JSON file")
   p.add_argument("--train-size", type=int, default=10000, help="training images (random subset)")
+  p.add_argument("--validation-size", type=int, default=2000,
+                 help="validation images, carved from the training images outside the training "
+                      "subset: sensitivity curves and the choice of the best allocation read "
+                      "them, never the test set")
   p.add_argument("--test-size", type=int, default=0, help="test images (0: the whole test set)")
   p.add_argument("--dense-epochs", type=int, default=8, help="epochs of the dense baseline")
   p.add_argument("--epochs", type=int, default=2, help="post-baseline epochs of every method")
@@ -134,6 +182,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--frequency", type=int, default=10, help="mask update every N steps")
   p.add_argument("--temperature", type=float, default=1.0, help="initial RPP temperature")
   p.add_argument("--gl-lambda", type=float, default=1e-3, help="group-lasso coefficient")
+  p.add_argument("--distill-weight", type=float, default=0.5,
+                 help="alloc-best-distill: weight of the soft-target term (DistillationLoss)")
+  p.add_argument("--distill-temperature", type=float, default=4.0,
+                 help="alloc-best-distill: distillation temperature")
+  p.add_argument("--no-finetuned-reference", action="store_true",
+                 help="skip (for now) the 'dense + the same epochs' reference; a later run "
+                      "without this flag adds it")
   p.add_argument("--bn-recalibration", type=int, default=5000,
                  help="before every evaluation, re-estimate BatchNorm statistics on this many "
                       "training images (forward passes only, all models alike; 0: off)")
@@ -152,6 +207,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   given = {a.split("=")[0] for a in argv if a.startswith("--")}
   if args.quick:
     quick = {"--train-size": ("train_size", 300), "--test-size": ("test_size", 500),
+             "--validation-size": ("validation_size", 200),
              "--networks": ("networks", "vgg8:0.25"), "--dense-epochs": ("dense_epochs", 1),
              "--epochs": ("epochs", 1), "--reductions": ("reductions", "0.72"),
              "--seeds": ("seeds", "0"), "--frequency": ("frequency", 2)}
@@ -161,7 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   if args.networks is None:
     args.networks = DEFAULT_NETWORKS[args.dataset]
   args.network_list = [_network(n) for n in args.networks.split(",") if n]
-  args.method_list = [m for m in args.methods.split(",") if m]
+  args.method_list = []
+  for m in [m for m in args.methods.split(",") if m]:
+    args.method_list += [x for x in METHOD_GROUPS.get(m, (m,)) if x not in args.method_list]
   for m in args.method_list:
     if m not in METHODS:
       p.error(f"--methods: {m!r} is unknown; valid: {', '.join(METHODS)}")
@@ -180,11 +238,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          for r in args.regrowth_reductions.split(",") if r])
   for flag, value, low in (("--train-size", args.train_size, 1), ("--epochs", args.epochs, 1),
                            ("--dense-epochs", args.dense_epochs, 1), ("--batch", args.batch, 1),
-                           ("--frequency", args.frequency, 1), ("--test-size", args.test_size, 0)):
+                           ("--frequency", args.frequency, 1), ("--test-size", args.test_size, 0),
+                           ("--validation-size", args.validation_size, 1)):
     if value < low:
       p.error(f"{flag}={value} is invalid; valid: an integer >= {low}")
   if not 0.0 < args.prune_fraction <= 1.0:
     p.error(f"--prune-fraction={args.prune_fraction} is invalid; valid: 0 < f <= 1")
+  if not 0.0 <= args.distill_weight <= 1.0:
+    p.error(f"--distill-weight={args.distill_weight} is invalid; valid: 0 <= w <= 1")
+  if not args.distill_temperature > 0:
+    p.error(f"--distill-temperature={args.distill_temperature} is invalid; valid: > 0")
   return args
 
 
@@ -220,15 +283,22 @@ def load_cifar10(path: str | None):
 
 
 def load_data(args, seed: int):
+  """`(train, validation, test)` pairs: the training subset is the first `--train-size` of a
+  seeded permutation of the training images, the validation split the next
+  `--validation-size` (disjoint from it; adding the split leaves the training subset as it was)."""
   if args.dataset == "cifar10":
     (x, y), (xt, yt) = load_cifar10(args.data)
   else:
     from xbar_tfmot.app.datasets import load_fashion_mnist
     (x, y), (xt, yt) = load_fashion_mnist(args.data)
-  order = np.random.default_rng(seed).permutation(len(y))[: args.train_size]
+  if args.train_size + args.validation_size > len(y):
+    raise SystemExit(f"--train-size {args.train_size} + --validation-size {args.validation_size} "
+                     f"exceed the {len(y)} training images; valid: a sum <= {len(y)}")
+  order = np.random.default_rng(seed).permutation(len(y))
+  train, held = order[: args.train_size], order[args.train_size:][: args.validation_size]
   if args.test_size:
     xt, yt = xt[: args.test_size], yt[: args.test_size]
-  return (x[order], y[order]), (xt, yt)
+  return (x[train], y[train]), (x[held], y[held]), (xt, yt)
 
 
 # ---------------------------------------------------------------------------- models
@@ -245,7 +315,7 @@ class Bench:
     self.keras, self.xt, self.xlayers, self.training = keras, xt, xlayers, training
     self.args, self.network, self.seed, self.log = args, network, seed, log
     self.spec = spec_of(args.spec)
-    (self.x, self.y), (self.x_test, self.y_test) = load_data(args, seed)
+    (self.x, self.y), (self.x_val, self.y_val), (self.x_test, self.y_test) = load_data(args, seed)
     self.steps_per_epoch = -(-len(self.y) // args.batch)
     self.total_steps = self.steps_per_epoch * args.epochs
     self.end_step = max(1, int(round(self.total_steps * args.prune_fraction)))
@@ -254,6 +324,9 @@ class Bench:
     self.tag = f"{args.dataset}_{network[0]}_w{network[1]:g}_s{seed}"
     self._dense = None
     self._gl = None
+    self._reordered: dict[float, tuple] = {}  # reduction: (reordered model, seconds, skipped)
+    self._curves: dict[float, dict] = {}  # reduction: sensitivity_curves result
+    self.choose: Callable[[float], tuple[str, dict]] | None = None  # set by main()
 
   # -- building blocks
   def build(self):
@@ -292,6 +365,10 @@ class Bench:
       self.recalibrate(model)
     return self.training.accuracy(model, self.x_test, self.y_test, batch_size=1000)
 
+  def val_accuracy(self, model) -> float:
+    """Accuracy on the validation split (call after `accuracy`, which re-estimates BN)."""
+    return self.training.accuracy(model, self.x_val, self.y_val, batch_size=1000)
+
   def dense_names(self, model) -> list[str]:
     """Mapped layers left dense by `--leave-dense`."""
     mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
@@ -328,11 +405,26 @@ class Bench:
     return {n: self.xlayers.geometry_of(model.get_layer(n), self.spec)
             for n in self.pruned_names(model)}
 
-  def counts(self, model, names: list[str]) -> dict[str, int]:
+  def counts(self, model, names: list[str] | None = None) -> dict[str, int]:
+    """Crossbar report counts summed over `names`, or over every mapped layer of the model
+    (what a chip holds, the layers left dense included) when `names` is None."""
     report = self.xt.crossbar_report(model, self.spec)
     rows = {r.name: r.counts for r in report.mapped}
+    names = list(rows) if names is None else names
     return {f: int(sum(getattr(rows[n], f) for n in names))
             for f in ("dense", "blocks", "packed", "nonzero_weights")}
+
+  def layer_counts(self, model) -> dict[str, int]:
+    """`{mapped layer: packed crossbars}`: where an allocation put the budget."""
+    return {r.name: int(r.counts.packed) for r in self.xt.crossbar_report(model, self.spec).mapped}
+
+  def model_budget(self, model, policy, reduction: float) -> int:
+    """Crossbars the whole model may hold under `policy` at `reduction`: the planned budgets
+    plus the dense count of every layer left dense."""
+    mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
+    geoms = [self.xlayers.geometry_of(l, self.spec) for l in mapped]
+    plan = policy.plan(geoms, reduction)
+    return int(sum(g.dense_crossbars if plan[g.name] is None else plan[g.name] for g in geoms))
 
   # -- cached models
   def dense(self):
@@ -354,7 +446,8 @@ class Bench:
       if record.get("bn_recalibration") != self.args.bn_recalibration:
         record.update(accuracy=self.accuracy(self.copy(model)),
                       bn_recalibration=self.args.bn_recalibration, finetune_epochs=None)
-      if record.get("finetune_epochs") != self.args.epochs:  # the dense + method epochs line
+      if (record.get("finetune_epochs") != self.args.epochs  # the dense + method epochs line
+          and not self.args.no_finetuned_reference):
         tuned = self.compile(self.copy(model), self.args.finetune_lr, self.args.epochs)
         start = time.perf_counter()
         self.fit(tuned, self.args.epochs)
@@ -363,8 +456,14 @@ class Bench:
         record_path.write_text(json.dumps(record))
         self.log(f"{self.tag}: dense {record['accuracy']:.4f} ({record['seconds']:.0f} s), + "
                  f"{self.args.epochs} epochs {record['accuracy_finetuned']:.4f}")
+      if "val_accuracy" not in record:
+        probe = self.copy(model)
+        self.accuracy(probe)
+        record["val_accuracy"] = self.val_accuracy(probe)
+        record_path.write_text(json.dumps(record))
       names = self.pruned_names(model)
-      record.update(counts=self.counts(model, names), pruned_layers=names)
+      record.update(counts=self.counts(model), counts_pruned=self.counts(model, names),
+                    pruned_layers=names)
       self._dense = (model, record)
     return self._dense
 
@@ -426,6 +525,105 @@ def run_lgd(b: Bench, reduction: float, granularity: str, projection: str, regro
   if wrapped != sorted(names):
     raise RuntimeError(f"prune_crossbar wrapped {wrapped}; the benchmark prunes {sorted(names)}")
   return xt.strip_crossbar_pruning(pruned), extra
+
+
+def reordered(b: Bench, reduction: float):
+  """The dense baseline reordered for column grain at `reduction` in every pruned layer
+  (`reorder_model`, materialised; computed once per reduction and shared by the allocation
+  rows, so they differ only in the allocation): `(model, seconds, skipped layers)`."""
+  if reduction not in b._reordered:
+    base, _ = b.dense()
+    names = b.pruned_names(base)
+    start = time.perf_counter()
+    model, res = b.xt.reorder_model(b.copy(base), b.spec, {n: reduction for n in names},
+                                    "column", materialize=True, seed=b.seed)
+    b._reordered[reduction] = (model, time.perf_counter() - start, res.skipped)
+  return b._reordered[reduction]
+
+
+def equal_count_reduction(b: Bench, model, reduction: float) -> float:
+  """The per-layer reduction at which the whole model holds no more crossbars than the
+  model-wide budget `max(1, round((1 - reduction) * D))` of the global modes (`D`: every
+  mapped layer): per-layer mode then competes at the same chip size. Bisection on the plan."""
+  target = b.xt.crossbar_budget(b.counts(model)["dense"], reduction)
+  policy = b.policy(model)
+  low, high = reduction, 0.999
+  if b.model_budget(model, policy, low) <= target:
+    return low
+  for _ in range(40):
+    mid = (low + high) / 2
+    low, high = (mid, high) if b.model_budget(model, policy, mid) > target else (low, mid)
+  return high
+
+
+def allocation_policy(b: Bench, model, reduction: float, mode: str, score: str):
+  """`(CrossbarPolicy, schedule reduction, extra fields)` of an allocation row."""
+  dense = [re.escape(n) for n in b.dense_names(model)]
+  if mode == "per_layer":
+    r = equal_count_reduction(b, model, reduction)
+    return b.xt.CrossbarPolicy(leave_dense=dense), r, {"per_layer_reduction": r}
+  if mode != "sensitivity":
+    return b.xt.CrossbarPolicy(leave_dense=dense, mode=mode, score=score), reduction, {}
+  if reduction not in b._curves:
+    b.compile(model, b.args.finetune_lr, b.args.epochs)  # the curves read the compiled loss
+    b._curves[reduction] = b.xt.sensitivity_curves(model, b.spec, (b.x_val, b.y_val), "column")
+    b.log(f"{b.tag}: sensitivity curves at {reduction:g}: "
+          f"{b._curves[reduction]['evaluations']} evaluations on {len(b.y_val)} validation "
+          f"images, {b._curves[reduction]['seconds']:.0f} s")
+  m = b._curves[reduction]
+  return (b.xt.CrossbarPolicy(leave_dense=dense, mode="sensitivity", curves=m["curves"]),
+          reduction, {"curves_evaluations": m["evaluations"], "curves_seconds": m["seconds"],
+                      "curves": m["curves"]})
+
+
+def run_allocation(b: Bench, reduction: float, mode: str, score: str, distill: bool = False):
+  """LGD-RPP column grain on the reordered baseline, with `CrossbarPolicy(mode, score)`;
+  `distill`: trained against the dense model's logits (`teacher_targets`, `DistillationLoss`)."""
+  xt = b.xt
+  source, reorder_seconds, skipped = reordered(b, reduction)
+  model = b.copy(source)
+  policy, r, extra = allocation_policy(b, model, reduction, mode, score)
+  extra.update(mode=mode, score=score if mode == "global_score" else None,
+               reorder_seconds=reorder_seconds, reorder_skipped=skipped,
+               budget=b.model_budget(model, policy, r))
+  pruned = xt.prune_crossbar(
+      model, spec=b.spec, granularity="column", projection="rpp", regrowth="reset",
+      seed=b.seed, temperature=b.args.temperature, policy=policy,
+      schedule=xt.CrossbarPolynomialDecay(final_reduction=r, begin_step=0, end_step=b.end_step,
+                                          frequency=b.args.frequency))
+  y = b.y
+  if distill:
+    y = xt.teacher_targets(b.dense()[0], b.x, b.y, batch_size=1000)
+    extra.update(distill_weight=b.args.distill_weight,
+                 distill_temperature=b.args.distill_temperature)
+  schedule = b.keras.optimizers.schedules.CosineDecay(
+      b.args.finetune_lr, max(1, b.args.epochs * b.steps_per_epoch))
+  b.training.compile_classifier(
+      pruned, b.keras, schedule,
+      distillation=(b.args.distill_temperature, b.args.distill_weight) if distill else None)
+  saliency = None
+  if mode == "global_score" and score == "saliency":  # 4 training batches, as xbar-prune
+    saliency = [(b.x[i:i + b.args.batch], y[i:i + b.args.batch])
+                for i in range(0, min(len(b.x), 4 * b.args.batch), b.args.batch)]
+  b.training.fit_seeded(pruned, b.x, y, b.keras, b.args.epochs, b.args.batch, b.seed,
+                        [xt.UpdateCrossbarPruning(allocation_data=saliency)])
+  return xt.strip_crossbar_pruning(pruned), extra
+
+
+def run_best_distilled(b: Bench, reduction: float):
+  """The allocation row with the best mean validation accuracy at this (network, reduction),
+  over the seeds finished so far, run again with distillation from the dense model."""
+  if b.choose is None:
+    raise RuntimeError("alloc-best-distill needs Bench.choose (set by main) to read the results")
+  best, by = b.choose(reduction)
+  mode, score = {"alloc-per-layer": ("per_layer", "energy"), "alloc-global": ("global", "energy"),
+                 "alloc-energy": ("global_score", "energy"),
+                 "alloc-saliency": ("global_score", "saliency"),
+                 "alloc-sensitivity": ("sensitivity", "energy")}[best]
+  b.log(f"{b.tag}: best allocation at {reduction:g} on validation: {best} "
+        f"({', '.join(f'{m} {v:.4f}' for m, v in by.items())})")
+  model, extra = run_allocation(b, reduction, mode, score, distill=True)
+  return model, {**extra, "chosen": best, "validation_means": by}
 
 
 def exact_masks(b: Bench, model, reduction: float) -> dict[str, np.ndarray]:
@@ -557,7 +755,32 @@ class Results:
     return f"{network[0]}:{network[1]:g}|{seed}|{method}|{reduction:g}"
 
   def done(self) -> set[str]:
+    self.reload()
     return {c["key"] for c in self.data["cells"]}
+
+  def reload(self) -> None:
+    """Reads the cells other runs on the same `--out` added since (runs may share a folder
+    if they train different (network, seed) pairs: each cell is added under a file lock)."""
+    if self.path.exists():
+      with self._lock():
+        disk = json.loads(self.path.read_text())
+      known = {c["key"] for c in self.data["cells"]}
+      self.data["cells"] += [c for c in disk["cells"] if c["key"] not in known]
+      self.data["baselines"] = {**disk["baselines"], **self.data["baselines"]}
+
+  def _lock(self):
+    import contextlib
+    import fcntl
+
+    @contextlib.contextmanager
+    def held():
+      with open(self.path.with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+          yield
+        finally:
+          fcntl.flock(f, fcntl.LOCK_UN)
+    return held()
 
   def add_cell(self, cell: dict) -> None:
     self.data["cells"].append(cell)
@@ -568,22 +791,35 @@ class Results:
     self.save()
 
   def save(self) -> None:
+    """Merges what other runs wrote since, then writes (under the lock)."""
     from xbar_tfmot.app.training import write_json
-    write_json(self.path, self.data, sort_keys=False)
+    with self._lock():
+      if self.path.exists():
+        disk = json.loads(self.path.read_text())
+        known = {c["key"] for c in self.data["cells"]}
+        self.data["cells"] += [c for c in disk["cells"] if c["key"] not in known]
+        self.data["baselines"] = {**disk["baselines"], **self.data["baselines"]}
+      write_json(self.path, self.data, sort_keys=False)
 
 
 # ---------------------------------------------------------------------------- rendering
 
 
 def summarise(data: dict) -> dict:
-  """{network: {method: {reduction: {acc mean/std/list, used, dense, seeds}}}}."""
+  """{network: {method: {reduction: {acc, val, used, seconds, seeds lists, dense, chosen}}}}."""
   out: dict = {}
   for c in data["cells"]:
     slot = out.setdefault(c["network"], {}).setdefault(c["method"], {}).setdefault(
-        c["reduction"], {"acc": [], "used": [], "dense": c["counts"]["dense"], "seeds": []})
+        c["reduction"], {"acc": [], "val": [], "used": [], "seconds": [], "seeds": [],
+                         "chosen": [], "dense": c["counts"]["dense"]})
     slot["acc"].append(c["accuracy"])
+    if "val_accuracy" in c:
+      slot["val"].append(c["val_accuracy"])
     slot["used"].append(c["counts"]["packed"])
+    slot["seconds"].append(c["seconds"])
     slot["seeds"].append(c["seed"])
+    if "chosen" in c:
+      slot["chosen"].append(c["chosen"])
   return out
 
 
@@ -593,8 +829,9 @@ def dense_lines(data: dict) -> dict:
   for rec in data["baselines"].values():
     acc.setdefault(rec["network"], []).append(rec)
   return {n: (float(np.mean([r["accuracy"] for r in rs])),
-              float(np.mean([r["accuracy_finetuned"] for r in rs])),
-              sorted(r["seed"] for r in rs)) for n, rs in acc.items()}
+              float(np.mean([r.get("accuracy_finetuned", r["accuracy"]) for r in rs])),
+              sorted(r["seed"] for r in rs),
+              all("accuracy_finetuned" in r for r in rs)) for n, rs in acc.items()}
 
 
 def _fmt(values: list[float]) -> str:
@@ -605,6 +842,11 @@ def _fmt(values: list[float]) -> str:
 
 def markdown(data: dict, command: str) -> str:
   s = data["setting"]
+  whole = all(c.get("counted") == "model" for c in data["cells"])
+  scope = ("over the whole model (every mapped layer, the layers left dense "
+           f"({s.get('leave_dense', 'first-conv')}) included: what a chip holds)" if whole else
+           f"over the pruned layers (every mapped layer but {s.get('leave_dense', 'first-conv')}, "
+           "the same for every method)")
   summary, dense = summarise(data), dense_lines(data)
   reductions = sorted({c["reduction"] for c in data["cells"]})
   lines = [
@@ -613,17 +855,21 @@ def markdown(data: dict, command: str) -> str:
       f"baseline {s['dense_epochs']} epochs (Adam {s['lr']:g}); every method then gets "
       f"{s['epochs']} epochs (Adam {s['finetune_lr']:g}); LGD budgets fall over the first "
       f"{s['prune_fraction']:.0%} of them, masks every {s['frequency']} steps, RPP temperature "
-      f"{s['temperature']:g}; group lasso lambda {s['gl_lambda']:g}.", "",
+      f"{s['temperature']:g}; group lasso lambda {s['gl_lambda']:g}"
+      + (f"; validation split {s['validation_size']} training images outside the training "
+         f"subset; distillation weight {s['distill_weight']:g}, temperature "
+         f"{s['distill_temperature']:g}" if "validation_size" in s else "") + ".", "",
       f"Regenerate: `{command}`", "",
       "Cells: test accuracy in % (mean ± std over seeds where more than one), then crossbars "
-      f"used / dense over the pruned layers (every mapped layer but {s.get('leave_dense', 'first-conv')}, the same "
-      "for every method; column grain counted with output recombination, which for "
-      "crossbar-grain and TFMOT masks is never more than the non-zero blocks).", ""]
+      f"used / dense {scope}; column grain counted with output recombination, which for "
+      "crossbar-grain and TFMOT masks is never more than the non-zero blocks.", ""]
   for net in sorted(summary):
     d = dense.get(net)
     if d:
-      lines.append(f"**{net}**: dense {100 * d[0]:.2f}%, dense + the same {s['epochs']} epochs "
-                   f"{100 * d[1]:.2f}% (seeds {', '.join(map(str, d[2]))})")
+      tuned = (f"dense + the same {s['epochs']} epochs {100 * d[1]:.2f}%" if d[3] else
+               "dense + the same epochs not measured")
+      lines.append(f"**{net}**: dense {100 * d[0]:.2f}%, {tuned} "
+                   f"(seeds {', '.join(map(str, d[2]))})")
       lines.append("")
     lines.append("| method | " + " | ".join(f"target {r:.0%}" for r in reductions) + " |")
     lines.append("|---|" + "---|" * len(reductions))
@@ -640,12 +886,77 @@ def markdown(data: dict, command: str) -> str:
                    f"{', seeds ' + ','.join(map(str, slot['seeds'])) if len(slot['seeds']) > 1 else ''})")
       lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(row) + " |")
     lines.append("")
+    lines += validation_table(summary[net], reductions)
   lines += reading(data, summary, dense)
+  lines += allocation_reading(summary, dense)
   return "\n".join(lines) + "\n"
+
+
+def validation_table(summary: dict, reductions: list[float]) -> list[str]:
+  """Validation accuracy of the allocation rows (what chooses the best), seconds per cell."""
+  rows = [m for m in ALLOCATION + DISTILLED if m in summary]
+  if not rows:
+    return []
+  lines = ["Validation accuracy in % (mean over seeds; chooses A6's allocation) / seconds per "
+           "cell (mean):", "",
+           "| method | " + " | ".join(f"target {r:.0%}" for r in reductions) + " |",
+           "|---|" + "---|" * len(reductions)]
+  for m in rows:
+    row = []
+    for r in reductions:
+      slot = summary[m].get(r)
+      if slot is None or not slot["val"]:
+        row.append("")
+        continue
+      chosen = f", chose {'/'.join(sorted(set(slot['chosen'])))}" if slot["chosen"] else ""
+      row.append(f"{100 * np.mean(slot['val']):.2f} / {np.mean(slot['seconds']):.0f} s{chosen}")
+    lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(row) + " |")
+  return lines + [""]
+
+
+def allocation_reading(summary: dict, dense: dict, goal: float = 0.01) -> list[str]:
+  """Per (network, reduction) with allocation rows: the row validation picks, A6, and the
+  distance of each to the dense reference (the goal: within `goal`)."""
+  lines = []
+  for net in sorted(summary):
+    rows = {m: summary[net][m] for m in ALLOCATION if m in summary[net]}
+    for r in sorted({r for v in rows.values() for r in v}):
+      cells = {m: v[r] for m, v in rows.items() if r in v and v[r]["val"]}
+      if len(cells) < len(ALLOCATION) or net not in dense:
+        continue
+      best = max(cells, key=lambda m: np.mean(cells[m]["val"]))
+      test_best = max(cells, key=lambda m: np.mean(cells[m]["acc"]))
+      ref = dense[net][0]
+      acc = np.mean(cells[best]["acc"])
+      text = (f"- {net} at {r:.0%}: validation picks {METHOD_LABELS[best]} (validation "
+              f"{100 * np.mean(cells[best]['val']):.2f}%), test {_fmt(cells[best]['acc'])}% with "
+              f"{np.mean(cells[best]['used']):.0f}/{cells[best]['dense']} crossbars: "
+              f"{100 * (acc - ref):+.2f} points from dense {100 * ref:.2f}%")
+      if test_best != best:
+        text += (f" (the test set would have picked {METHOD_LABELS[test_best]}, "
+                 f"{_fmt(cells[test_best]['acc'])}%)")
+      for m in DISTILLED:
+        slot = summary[net].get(m, {}).get(r)
+        if slot:
+          d = np.mean(slot["acc"])
+          text += (f"; with distillation {_fmt(slot['acc'])}% ({100 * (d - ref):+.2f} points, "
+                   f"seeds {','.join(map(str, slot['seeds']))})")
+          acc = max(acc, d)
+      met = acc >= ref - goal
+      text += (f". Goal (within {100 * goal:.1f} point of dense): "
+               f"{'met' if met else 'missed'} by {100 * abs(acc - (ref - goal)):.2f} points.")
+      if dense[net][3]:
+        text += (f" Against dense + the same epochs ({100 * dense[net][1]:.2f}%): "
+                 f"{100 * (acc - dense[net][1]):+.2f}.")
+      lines.append(text)
+  return (["Allocation rows (A1-A6), read per network and target:", ""] + lines + [""]
+          if lines else [])
 
 
 def reading(data: dict, summary: dict, dense: dict, at: float = 0.72) -> list[str]:
   """The goal check at reduction `at` and the regrowth comparison, per network."""
+  if not any(m in LGD_METHODS for net in summary.values() for m in net):
+    return []
   lines = [f"Reading at the {at:.0%} target (means over the seeds run there):", ""]
   for net in sorted(summary):
     cells = {m: v[at] for m, v in summary[net].items() if at in v}
@@ -703,7 +1014,8 @@ def plot(data: dict, path: pathlib.Path) -> None:
       ax.axhline(100 * dense[net][0], color="k", lw=1, label="dense")
       ax.axhline(100 * dense[net][1], color="k", lw=1, ls=":", label="dense + same epochs")
     ax.set_title(net)
-    ax.set_xlabel("crossbar reduction over pruned layers (%)")
+    whole = all(c.get("counted") == "model" for c in data["cells"] if c["network"] == net)
+    ax.set_xlabel(f"crossbar reduction over {'the whole model' if whole else 'pruned layers'} (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     lows = [100 * np.mean(v["acc"]) for m in summary[net].values() for v in m.values()]
@@ -722,8 +1034,26 @@ def render(out: pathlib.Path, data: dict, command: str) -> None:
 
 # ---------------------------------------------------------------------------- main
 
+def choose_allocation(data: dict, network: tuple[str, float], reduction: float
+                      ) -> tuple[str, dict[str, float]]:
+  """The allocation row with the best mean validation accuracy at (network, reduction) over
+  its finished seeds, and every row's mean; the test set plays no part."""
+  net = f"{network[0]}:{network[1]:g}"
+  vals: dict[str, list[float]] = {}
+  for c in data["cells"]:
+    if c["network"] == net and c["method"] in ALLOCATION and abs(c["reduction"] - reduction) < 1e-9:
+      vals.setdefault(c["method"], []).append(c["val_accuracy"])
+  missing = [m for m in ALLOCATION if m not in vals]
+  if missing:
+    raise SystemExit(f"alloc-best-distill at {net} {reduction:g}: rows {', '.join(missing)} have "
+                     f"no finished cell; valid: run them first (--methods allocation)")
+  means = {m: float(np.mean(vals[m])) for m in ALLOCATION}
+  return max(ALLOCATION, key=lambda m: (means[m], -ALLOCATION.index(m))), means
+
+
 def plan(args) -> list[tuple[tuple[str, float], int, str, float]]:
-  """Cells in run order: first seed everywhere, then the other seeds at the multi-seed cuts."""
+  """Cells in run order: first seed everywhere, then the other seeds at the multi-seed cuts;
+  the distilled rows last (they choose among the finished allocation rows)."""
   cells = []
   for i, seed in enumerate(args.seed_list):
     for net in args.network_list:
@@ -735,7 +1065,7 @@ def plan(args) -> list[tuple[tuple[str, float], int, str, float]]:
                                                      for m in args.regrowth_list):
             continue
           cells.append((net, seed, method, r))
-  return cells
+  return sorted(cells, key=lambda c: c[2] in DISTILLED)
 
 
 def command_line(argv: list[str] | None) -> str:
@@ -777,6 +1107,8 @@ def main(argv: list[str] | None = None) -> dict:
       benches.clear()  # one (network, seed) in memory at a time
       benches[(net, seed)] = Bench(args, net, seed, log)
     b = benches[(net, seed)]
+    b.choose = lambda reduction, net=net: (results.reload(),
+                                           choose_allocation(results.data, net, reduction))[1]
     dense_model, record = b.dense()
     baseline = {**record, "network": f"{net[0]}:{net[1]:g}", "seed": seed}
     if results.data["baselines"].get(b.tag) != baseline:
@@ -785,11 +1117,12 @@ def main(argv: list[str] | None = None) -> dict:
     model, extra = run_method(b, method, r)
     seconds = time.perf_counter() - start
     names = record["pruned_layers"]
-    counts = b.counts(model, names)
-    budgets = b.budgets(dense_model, r)
+    counts = b.counts(model)
+    budget = extra.pop("budget", None) or b.model_budget(dense_model, b.policy(dense_model), r)
     cell = {"key": key, "network": f"{net[0]}:{net[1]:g}", "seed": seed, "method": method,
-            "reduction": r, "accuracy": b.accuracy(model), "counts": counts,
-            "budget": int(sum(budgets.values())),
+            "reduction": r, "accuracy": b.accuracy(model), "val_accuracy": b.val_accuracy(model),
+            "counted": "model", "counts": counts, "counts_pruned": b.counts(model, names),
+            "layers": b.layer_counts(model), "budget": budget,
             "reduction_measured": 1 - counts["packed"] / counts["dense"],
             "seconds": seconds, **extra}
     results.add_cell(cell)
