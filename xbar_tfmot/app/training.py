@@ -106,13 +106,32 @@ def epoch_seed(seed: int, phase: int, epoch: int) -> int:
   return (seed * 7919 + phase * 1009 + epoch) % 2**31
 
 
+INPUTS = ("tf_data", "numpy")
+
+
+def _check_input(input: str) -> None:
+  if input not in INPUTS:
+    raise ValueError(f"input={input!r} is unknown; valid: {', '.join(INPUTS)}.")
+
+
 def fit_seeded(model, x, y, keras, epochs: int, batch_size: int, seed: int,
-               callbacks: Iterable = ()) -> None:
-  """All `epochs` in one `fit` call after `keras.utils.set_random_seed(seed)`, silent."""
+               callbacks: Iterable = (), input: str = "tf_data") -> None:
+  """All `epochs` in one `fit` call after `keras.utils.set_random_seed(seed)`, silent.
+
+  `input="tf_data"` reads `datasets.input_pipeline` (a new seeded order every epoch);
+  `"numpy"` hands the arrays to Keras (its own shuffle), as before the tf.data pipeline.
+  """
+  _check_input(input)
   keras.utils.set_random_seed(seed)
-  if epochs > 0:
+  if epochs <= 0:
+    return
+  if input == "numpy":
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
               callbacks=list(callbacks))
+    return
+  from xbar_tfmot.app.datasets import input_pipeline
+  model.fit(input_pipeline(x, y, batch_size, seed, reshuffle_each_iteration=True),
+            epochs=epochs, verbose=0, callbacks=list(callbacks))
 
 
 class RunFolder:
@@ -176,21 +195,28 @@ def fit_epochs(model, x, y, keras, *, epochs: int, batch_size: int, seed: int, p
                run_folder: RunFolder, learning_rate: Callable[[int], float],
                callbacks: Sequence = (), validation_data=None, verbose: int = 0,
                on_epoch: Callable[[int], None] = lambda e: None,
-               on_resume: Callable[[int], None] = lambda e: None):
+               on_resume: Callable[[int], None] = lambda e: None, input: str = "tf_data"):
   """Trains `epochs` epochs one at a time with a checkpoint after each; continues after the
   last checkpoint of `run_folder`. Epoch `e` starts from `epoch_seed(seed, phase, e)` at
-  learning rate `learning_rate(e)`. Returns `(model, history)`, one value per epoch."""
+  learning rate `learning_rate(e)`, reading `datasets.input_pipeline` shuffled with that seed
+  (`input="numpy"`: the arrays, shuffled by Keras). Returns `(model, history)`, one value per
+  epoch."""
+  _check_input(input)
+  from xbar_tfmot.app.datasets import input_pipeline
   start, history, resumed = run_folder.resume()
   if resumed is not None:
     model = resumed
     on_resume(start)
+  if validation_data is not None and input == "tf_data":
+    validation_data = input_pipeline(*validation_data, batch_size)
   for epoch in range(start, epochs):
     on_epoch(epoch)
     keras.utils.set_random_seed(epoch_seed(seed, phase, epoch))
     model.optimizer.learning_rate.assign(learning_rate(epoch))
     watch = _divergence_watch(keras)
-    h = model.fit(x, y, batch_size=batch_size, epochs=epochs, initial_epoch=epoch,
-                  validation_data=validation_data, shuffle=True,
+    data = ({"x": x, "y": y, "batch_size": batch_size, "shuffle": True} if input == "numpy" else
+            {"x": input_pipeline(x, y, batch_size, epoch_seed(seed, phase, epoch))})
+    h = model.fit(**data, epochs=epochs, initial_epoch=epoch, validation_data=validation_data,
                   callbacks=[*callbacks, watch, _one_epoch_callback(keras)], verbose=verbose)
     if watch.bad_batch is not None:
       kept = (f"the checkpoint after epoch {epoch} in {run_folder.folder} is kept as it was"
