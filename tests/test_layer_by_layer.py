@@ -11,7 +11,7 @@ import pytest
 from _configs import load_config
 from sklearn.datasets import load_digits
 
-from xbar_tfmot.app import pipeline
+from xbar_tfmot.app import datasets, pipeline, training
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.layer_by_layer import STOP_REASONS, StopRules, prune_layer_by_layer
 from xbar_tfmot.core.projection import crossbar_budget
@@ -63,7 +63,16 @@ def kernel(model, name: str) -> np.ndarray:
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_max_reduction_stops_at_that_reduction_and_earlier_masks_stay(flavour):
-  model, outcomes = run(flavour, StopRules(max_accuracy_drop=1.0, max_reduction=0.3, step=0.15))
+  seen: list[tuple[int, int]] = []
+
+  def validate(m):
+    seen.append((brute_blocks(kernel(m, "hidden")), brute_blocks(kernel(m, "out"))))
+    return 0.5
+
+  rules = StopRules(max_accuracy_drop=1.0, max_reduction=0.3, step=0.15)
+  model, outcomes = run(flavour, rules, validate)
+  assert seen == [(80, 15), (68, 15), (56, 15), (56, 15),  # hidden's steps, its fine-tuning
+                  (56, 13), (56, crossbar_budget(15, 0.3)), (56, crossbar_budget(15, 0.3))]
   assert [(o.layer, o.stop) for o in outcomes] == [("hidden", "max_reduction"),
                                                    ("out", "max_reduction")]
   for o, dense in zip(outcomes, (80, 15)):
@@ -137,6 +146,7 @@ def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
   rows = {r["name"]: r for r in metrics["layers"]}
   assert [r["layer"] for r in records] == ["conv6", "fc2"]
   for r in records:
+    assert r["stop"] in STOP_REASONS
     assert rows[r["layer"]]["pruned"] == r["after"]  # the report counts what the procedure left
     assert (r["rejected_accuracy"] is not None) == (r["stop"] == "accuracy_drop")
     if r["stop"] == "accuracy_drop":
@@ -150,6 +160,9 @@ def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
     assert f"| {r['layer']} | {r['before']} | {r['after']} | {r['reduction']:.1%} | " \
            f"{r['steps']} | {r['stop']} |" in report
   assert any("validation accuracy before" in line for line in lines)
+  (x, y), _ = datasets.load_dataset("digits", seed=config.seed)  # the last 200 of the 600
+  pruned = pipeline.Pipeline(config)._load(tmp_path / "checkpoints" / "pruned.keras")
+  assert records[-1]["accuracy"] == training.accuracy(pruned, x[400:600], y[400:600])
 
 
 @pytest.mark.parametrize("fields, match", [
