@@ -161,6 +161,13 @@ def test_best_allocation_is_chosen_on_validation_never_on_test():
   assert "validation picks A5. sensitivity" in text
   assert "-38.00 points from dense 88.00% on the same seeds" in text
   assert "missed by 37.00 points" in text
+  assert "with distillation" not in text
+  kd = [_cell("alloc-per-layer-kd", 0, 0.9, 0.99), _cell("alloc-sensitivity-kd", 0, 0.9, 0.87)]
+  data = {"cells": cells + kd, "baselines": baselines}
+  text = "\n".join(tool.allocation_reading(data, tool.summarise(data)))
+  # no A6 cell: the validation pick's own -kd row stands in, never another row's
+  assert "with distillation (alloc-sensitivity) 87.00% (+4.00 points from dense 83.00%" in text
+  assert "met by 5.00 points" in text
   assert "the test set would have picked A1. per-layer" in text
   with pytest.raises(SystemExit, match="rows alloc-per-layer, alloc-global, alloc-saliency, alloc-sensitivity have"):
     tool.choose_allocation({"cells": cells}, ("vgg8", 0.5), 0.72)
