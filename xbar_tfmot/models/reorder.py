@@ -209,7 +209,7 @@ def reorder_model(model: Any, spec: CrossbarSpec, reduction: float | Mapping[str
   mapped = {layer.name: layer for layer in model.layers
             if layers_lib.is_mapped(layer)}
   geometries = {n: layers_lib.geometry_of(l, spec) for n, l in mapped.items()}
-  kernels = {n: np.asarray(l.kernel, np.float64) for n, l in mapped.items()}
+  kernels = {n: np.asarray(layers_lib.mapped_kernel(l), np.float64) for n, l in mapped.items()}
   budgets = _budgets(list(mapped), geometries, reduction)
   skipped: dict[str, str] = {}
   identity = {n: np.arange(g.cin) for n, g in geometries.items()}
