@@ -75,8 +75,8 @@ def tflite_interpreter(path: pathlib.Path):
 def _check_names(artefact: str, kind: str, found, expected: list[str]) -> None:
   if sorted(found) != sorted(expected):
     raise VerificationError(f"{artefact}: serving signature {kind} {sorted(found)}, expected "
-                      f"{expected} (one per model {kind[:-1]}); the export is not from this "
-                      f"model.keras or was written by an older xbar_tfmot.")
+                            f"{expected} (one per model {kind[:-1]}); the export is not from "
+                            f"this model.keras or was written by an older xbar_tfmot.")
 
 
 def _tflite_outputs(path: pathlib.Path, x: dict[str, np.ndarray],
@@ -108,7 +108,11 @@ def random_inputs(model: Any, samples: int, seed: int = 0) -> dict[str, np.ndarr
   rng = np.random.default_rng(seed)
   out = {}
   for name, tensor, dtype in zip(input_names(model), model.inputs, input_dtypes(model)):
-    shape = (samples, *[int(d) for d in tuple(tensor.shape)[1:]])
+    dims = tuple(tensor.shape)[1:]
+    if any(d is None for d in dims):
+      raise VerificationError(f"model input {name} has the shape {(None, *dims)}; verify draws "
+                              f"random inputs and needs every size but the batch fixed.")
+    shape = (samples, *[int(d) for d in dims])
     if dtype.is_floating:
       out[name] = rng.normal(size=shape).astype(dtype.as_numpy_dtype)
     else:
