@@ -1034,8 +1034,10 @@ def plot(data: dict, path: pathlib.Path) -> None:
       ax.errorbar(100 * xs, 100 * ys, yerr=100 * es, fmt=METHOD_TABLE[method].style, capsize=2,
                   label=METHOD_LABELS[method], markersize=5)
     if net in dense:
-      ax.axhline(100 * dense[net][0], color="k", lw=1, label="dense")
-      ax.axhline(100 * dense[net][1], color="k", lw=1, ls=":", label="dense + same epochs")
+      ax.axhline(100 * dense[net][0], color="k", lw=1,
+                 label=f"dense (seeds {','.join(map(str, dense[net][2]))})")
+      if dense[net][3]:  # measured
+        ax.axhline(100 * dense[net][1], color="k", lw=1, ls=":", label="dense + same epochs")
     ax.set_title(net)
     whole = all(c.get("counted") == "model" for c in data["cells"] if c["network"] == net)
     ax.set_xlabel(f"crossbar reduction over {'the whole model' if whole else 'pruned layers'} (%)")
@@ -1044,7 +1046,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     lows = [100 * np.mean(v["acc"]) for m in summary[net].values() for v in m.values()]
     top = 100 * max(dense[net][:2]) if net in dense else max(lows)
     ax.set_ylim(max(min(lows) - 1, top - 25), top + 1.5)
-  axes[0][0].legend(fontsize=7, loc="lower left")
+  axes[0][0].legend(fontsize=7, loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
