@@ -122,3 +122,37 @@ def training_curves(phases: Sequence[tuple[str, dict[str, list[float]]]], path: 
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return True
+
+
+def hardware_sweep(series: dict[str, Sequence[dict[str, Any]]], path: pathlib.Path,
+                   title: str) -> bool:
+  """Accuracy against variation and against ADC bits, one line per model, ± std bars.
+
+  `series`: `{model label: sweep rows}` (`xbar_tfmot.app.hardware_sweep.sweep`). Returns False
+  (and writes nothing) when no row has a variation or ADC factor.
+  """
+  panels = [("variation", "variation (% of g_max)", 100.0), ("adc_bits", "ADC bits", 1.0)]
+  panels = [p for p in panels if any(r["factor"] == p[0] for rows in series.values()
+                                     for r in rows)]
+  if not panels:
+    return False
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+  for ax, (factor, xlabel, scale) in zip(axes[0], panels):
+    for label, rows in series.items():
+      points = sorted((r["value"], r["mean"], r["std"]) for r in rows if r["factor"] == factor)
+      if points:
+        xs, ys, es = (np.array(v, float) for v in zip(*points))
+        ax.errorbar(scale * xs, 100 * ys, yerr=100 * es, marker="o", markersize=4, capsize=2,
+                    label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    if factor == "adc_bits":
+      ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True

@@ -1,0 +1,62 @@
+"""tools/bench_hardware.py: a --quick run on real Fashion-MNIST writes every model and sweep
+condition, the TFMOT model keeps the LGD-RPP model's non-zero count, a rerun resumes (trains
+and measures nothing), --speed appends a measurement, and another setting is refused."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "bench_hardware.py"
+
+
+def _run(out: pathlib.Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+  env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  result = subprocess.run([sys.executable, str(TOOL), "--quick", "--out", str(out), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+  if check:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  return result
+
+
+def test_quick_run_resume_speed_and_setting(tmp_path):
+  pytest.importorskip("tensorflow_model_optimization")
+  from xbar_tfmot.app.datasets import FASHION_MNIST_DIR
+  if not pathlib.Path(FASHION_MNIST_DIR).is_dir():
+    pytest.skip("dataset-fashion-mnist is not installed")
+  out = tmp_path / "bh"
+  first = _run(out)
+  data = json.loads((out / "results.json").read_text())
+  assert list(data["models"]) == ["dense", "rpp-column-0.72", "tfmot-0.72"]
+  models = data["models"]
+  dense, rpp, tfmot = (models[m] for m in data["models"])
+  assert rpp["crossbars"] < dense["crossbars"] == dense["dense_crossbars"]
+  assert rpp["cost"]["isaac_32nm"]["energy_nj"] < dense["cost"]["isaac_32nm"]["energy_nj"]
+  assert abs(tfmot["nonzero_weights"] - rpp["nonzero_weights"]) <= 8  # TFMOT rounds per layer
+  assert tfmot["crossbars"] > rpp["crossbars"]  # unstructured zeros free few crossbars
+  # variation 0 (= ADC 8, the preset's bits), variation 0.05, ADC 4: three chips per model
+  for label in models:
+    cells = data["cells"][label]
+    assert sorted(len(a) for a in cells.values()) == [1, 1, 2], cells
+  assert first.stdout.count("trained in") == 3
+  md = (out / "bench_hardware.md").read_text()
+  assert "| variation 5% |" in md and "| ADC 4 bits |" in md and "| tfmot-0.72 |" in md
+  assert (out / "bench_hardware.png").stat().st_size > 5000
+
+  again = _run(out)
+  assert "trained in" not in again.stdout
+  assert "done: 0 conditions measured" in again.stdout
+  assert json.loads((out / "results.json").read_text())["cells"] == data["cells"]
+
+  _run(out, "--speed")
+  speed = json.loads((out / "results.json").read_text())["speed"]
+  assert len(speed) == 1 and len(speed[0]["analog"]) == len(speed[0]["explicit"]) == 2
+  assert speed[0]["ratio_median"] > 0 and "Speed (rpp-column-0.72" in (
+      out / "bench_hardware.md").read_text()
+
+  other = _run(out, "--instances", "3", check=False)
+  assert other.returncode != 0 and "holds results of another setting" in other.stderr

@@ -1,0 +1,157 @@
+"""Accuracy of a mapped model against one non-ideality at a time, and its cost on a chip.
+
+One implementation for the `xbar-prune` hardware phase and `tools/bench_hardware.py`.
+
+The sweep is one factor at a time around a nominal chip `hw` (docs/hardware.md):
+
+- `variation`: programming variation `v` (the preset's `variation_model`), ADC at `hw.adc_bits`,
+  no stuck-at faults;
+- `adc_bits`: ADC resolution `b`, no variation, no faults;
+- `stuck`: a fraction `r` of the cells stuck, half at `g_max` and half at 0, ADC at
+  `hw.adc_bits`, no variation.
+
+Every other field (read noise, input bits, cells) stays as `hw` has it. Conditions that give
+the same `HardwareSpec` (variation 0, the nominal ADC bits and stuck 0 are one chip when the
+nominal chip has no variation or faults) are evaluated once and reported under each factor.
+Chip instances are the seeds `seed, seed + 1, ...`: the same seeds for every model and
+condition, so models are compared on the same draws. A condition without variation, faults or
+read noise programs the same chip for every seed; it is measured once (std 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from xbar_tfmot.core.cost import estimate_cost
+from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
+from xbar_tfmot.core.mapping import CrossbarMapping
+
+FACTORS = ("variation", "adc_bits", "stuck")
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+  """One point of the sweep: `factor` set to `value`, the chip `hw` it gives."""
+
+  factor: str
+  value: float
+  hw: HardwareSpec
+
+  @property
+  def random(self) -> bool:
+    """Whether chip instances differ: without variation, faults or read noise every seed
+    programs the same chip, so one instance stands for all."""
+    h = self.hw
+    return bool(h.variation or h.stuck_on_rate or h.stuck_off_rate or h.read_noise)
+
+  @property
+  def key(self) -> str:
+    """The chip's non-ideality fields as a string: equal keys, equal chips."""
+    d = self.hw.to_dict()
+    return json.dumps({k: d[k] for k in sorted(d) if k not in ("name", "sources", "notes")},
+                      sort_keys=True)
+
+
+def conditions(hw: HardwareSpec, variations: Sequence[float] = (),
+               adc_bits: Sequence[int] = (), stuck: Sequence[float] = ()) -> list[Condition]:
+  """The one-factor-at-a-time conditions around `hw` (module docstring), in factor order."""
+  clean = dict(variation=0.0, stuck_on_rate=0.0, stuck_off_rate=0.0)
+  out = []
+  for v in variations:
+    out.append(Condition("variation", float(v),
+                         hw.replace(**{**clean, "variation": float(v)})))
+  for b in adc_bits:
+    if isinstance(b, bool) or int(b) != b:
+      raise HardwareError(f"adc_bits sweep value {b!r}: valid: integers 1..16.")
+    out.append(Condition("adc_bits", int(b), hw.replace(**{**clean, "adc_bits": int(b)})))
+  for r in stuck:
+    out.append(Condition("stuck", float(r), hw.replace(
+        **{**clean, "stuck_on_rate": float(r) / 2, "stuck_off_rate": float(r) / 2})))
+  return out
+
+
+def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray, y: np.ndarray,
+          calibration: Any, instances: int, variations: Sequence[float] = (),
+          adc_bits: Sequence[int] = (), stuck: Sequence[float] = (), seed: int = 0,
+          cache: dict[str, list[float]] | None = None,
+          on_result: Callable[[str, list[float]], None] | None = None) -> list[dict[str, Any]]:
+  """Accuracy mean ± std over `instances` chips for each condition of `conditions(...)`.
+
+  Args:
+    model, mapping: the model and its crossbar mapping (`analog_accuracy`'s arguments).
+    hw: the nominal chip around which one factor at a time changes.
+    x, y: the evaluation images and labels; calibration: inputs that set the DAC/ADC ranges.
+    cache: accuracies already measured, by `Condition.key`; reused, not recomputed.
+    on_result: called with `(key, accuracies)` after each condition measured here (a caller
+      saves it so an interrupted run resumes).
+
+  Returns:
+    One row per condition: factor, value, mean, std, accuracies (one per chip instance) and
+    `measured` (False when the accuracies came from `cache` or an equal earlier condition).
+  """
+  if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
+    raise HardwareError(f"instances={instances!r}: valid: an integer >= 1 (chip instances).")
+  known = dict(cache or {})
+  seeds = range(seed, seed + instances)
+  rows = []
+  for c in conditions(hw, variations, adc_bits, stuck):
+    measured = c.key not in known
+    if measured:
+      chips = seeds if c.random else seeds[:1]
+      known[c.key] = [chip_accuracy(model, mapping, c.hw, s, x, y, calibration) for s in chips]
+      if on_result is not None:
+        on_result(c.key, known[c.key])
+    accs = known[c.key]
+    rows.append({"factor": c.factor, "value": c.value, "mean": float(np.mean(accs)),
+                 "std": float(np.std(accs)), "accuracies": accs, "random": c.random,
+                 "measured": measured})
+  return rows
+
+
+def chip_accuracy(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, seed: int,
+                  x: np.ndarray, y: np.ndarray, calibration: Any, batch_size: int = 250) -> float:
+  """Top-1 accuracy of chip instance `seed` on `(x, y)`.
+
+  Runs the analog model eagerly: every chip is a new model, and for the few hundred images a
+  sweep condition sees, tracing a graph per chip costs more than it saves (measured on VGG8:
+  tracing about 20 s, eager about 1.7x the traced step time).
+  """
+  from xbar_tfmot.models.analog_model import analog_model
+  chip = analog_model(model, mapping, hw, int(seed), calibration)
+  correct = 0
+  for start in range(0, len(x), batch_size):
+    logits = chip(x[start:start + batch_size], training=False)
+    correct += int(np.sum(np.argmax(np.asarray(logits), -1) == y[start:start + batch_size]))
+  return correct / max(len(x), 1)
+
+
+def cost_summary(model: Any, mapping: CrossbarMapping, hw: HardwareSpec) -> dict[str, Any]:
+  """Crossbars, energy (nJ), area (mm2) and latency (ns) per inference of the mapping on `hw`."""
+  from xbar_tfmot.models.analog_model import output_positions
+  cost = estimate_cost(mapping, hw, output_positions(model, mapping.layer_names)).pruned
+  return {"crossbars": int(mapping.totals["crossbars"]), "energy_nj": cost.energy_pj / 1e3,
+          "area_mm2": cost.area_mm2, "latency_ns": cost.latency_ns}
+
+
+def series(rows: Sequence[dict[str, Any]], factor: str) -> list[tuple[float, float, float]]:
+  """`(value, mean, std)` of one factor's rows, by value."""
+  return sorted((r["value"], r["mean"], r["std"]) for r in rows if r["factor"] == factor)
+
+
+def parse_values(text: str, field: str, kind: type = float) -> tuple:
+  """A comma-separated list of numbers (`"0,0.05"`); a bad item names `field`."""
+  out = []
+  for item in (t.strip() for t in str(text).split(",")):
+    if not item:
+      continue
+    try:
+      value = kind(item)
+    except ValueError:
+      raise HardwareError(f"{field}={text!r}: {item!r} is not a number; valid: a comma-separated "
+                          f"list of {'integers' if kind is int else 'numbers'}.") from None
+    out.append(value)
+  return tuple(out)
