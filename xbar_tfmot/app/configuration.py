@@ -23,8 +23,9 @@ from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
 
 EXPORT_FORMATS = ("saved_model", "tflite", "json")
+PROCEDURES = ("joint", "layer_by_layer")
 # Fields that do not change results: a rerun may change them without starting over.
-COSMETIC = ("train.verbose", "report.plots", "report.tensorboard")
+COSMETIC = ("train.verbose", "report.plots", "report.tensorboard", "train.worker_timeout")
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -62,9 +63,17 @@ def defaults() -> ml_collections.ConfigDict:
   c.crossbar.leave_dense = "default"  # default (first conv) | "" (none) | comma-separated names
   c.crossbar.mode = "per_layer"  # per_layer | global | global_score | sensitivity
   c.crossbar.score = "energy"  # global_score: energy | saliency (|w dL/dw| on training batches)
-  c.crossbar.validation_images = 512  # sensitivity: training images held out for its curves
+  c.crossbar.validation_images = 512  # sensitivity, layer_by_layer: training images held out
   c.crossbar.ramp = 0.75  # fraction of the pruning epochs over which the budget falls
   c.crossbar.updates_per_epoch = 4
+
+  c.prune = ml_collections.ConfigDict()
+  c.prune.procedure = "joint"  # joint (every layer at once) | layer_by_layer (one at a time)
+  c.prune.max_accuracy_drop = 0.02  # layer_by_layer: validation accuracy a step may lose
+  c.prune.max_reduction = 0.9  # layer_by_layer: a layer's largest reduction
+  c.prune.crossbar_threshold = 1  # layer_by_layer: Tc, a layer stops at <= Tc crossbars
+  c.prune.reduction_step = 0.1  # layer_by_layer: reduction added per step
+  c.prune.step_epochs = 1  # layer_by_layer: LGD-RPP epochs per step
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -74,8 +83,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.distillation_temperature = 4.0
   c.train.bn_recalibration_images = 0  # >0: re-estimate BatchNorm statistics on this many
   #                                       training images before saving and evaluating a phase
-  c.train.strategy = "default"  # default (one device) | mirrored (tf.distribute, one host)
+  c.train.strategy = "default"  # default (one device) | mirrored (tf.distribute, one host) |
+  #                              multi_worker (tf_keras; workers from TF_CONFIG, docs/usage.md)
   c.train.devices = ""  # mirrored: comma-separated devices; "" = all GPUs, else the CPU
+  c.train.worker_timeout = 600.0  # multi_worker: seconds a collective waits for the others
   c.train.optimizer = "adam"  # adam | adamw | sgd (momentum 0.9) | rmsprop
   c.train.outputs = "auto"  # the loss: auto (softmax last layer = probabilities) | logits |
   #                           probabilities
@@ -91,6 +102,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.hardware.instances = 3  # chip instances (seeds) for accuracy mean and spread
   c.hardware.test_images = 1000
   c.hardware.calibration_images = 256  # training images that set the DAC/ADC ranges
+  c.hardware.sweep_instances = 2  # accuracy sweep, one factor at a time; 0 = no sweep
+  c.hardware.sweep_variations = "0,0.05,0.1"  # of g_max, ADC at the preset's bits
+  c.hardware.sweep_adc_bits = "4,6,8"  # no variation
+  c.hardware.sweep_stuck = ""  # fractions of stuck cells (half on, half off), e.g. "0,0.01"
 
   c.export = ml_collections.ConfigDict()
   c.export.enabled = True
@@ -112,18 +127,21 @@ _CHOICES = {
     "crossbar.regrowth": REGROWTHS,
     "crossbar.mode": MODES,
     "crossbar.score": SCORES,
+    "prune.procedure": PROCEDURES,
     "train.optimizer": OPTIMIZERS,
-    "train.strategy": ("default", "mirrored"),
+    "train.strategy": ("default", "mirrored", "multi_worker"),
     "train.outputs": OUTPUTS,
 }
 _POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",
              "train.finetune_learning_rate", "crossbar.updates_per_epoch",
              "crossbar.validation_images", "train.distillation_temperature",
-             "hardware.instances", "hardware.test_images", "hardware.calibration_images")
+             "hardware.instances", "hardware.test_images", "hardware.calibration_images",
+             "train.worker_timeout",
+             "prune.crossbar_threshold", "prune.step_epochs")
 _NON_NEGATIVE = ("seed", "data.train_size", "data.test_size", "model.classes",
                  "train.bn_recalibration_images",
                  "train.baseline_epochs", "train.prune_epochs", "train.finetune_epochs",
-                 "train.verbose", "crossbar.temperature")
+                 "train.verbose", "crossbar.temperature", "hardware.sweep_instances")
 
 
 class ConfigError(XbarError, ValueError):
@@ -190,6 +208,13 @@ def check(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("config.hardware.enabled: measuring accuracy needs data; valid: a "
                         "data.name other than none.")
     hardware_spec(config)
+    hardware_sweep(config)
+  if c["train.strategy"] == "multi_worker" and c["flavour"] == "keras3":
+    raise ConfigError("config.train.strategy='multi_worker' with config.flavour='keras3': Keras "
+                      "3's TensorFlow trainer cannot fit under MultiWorkerMirroredStrategy (its "
+                      "symbolic build reduces the input batch with strategy.reduce, which the "
+                      "collective ops refuse; keras-team/keras#20585); valid: flavour='tf_keras', "
+                      "or strategy='mirrored' on one host.")
   if not 0 <= c["train.distillation_weight"] <= 1:
     raise ConfigError(f"config.train.distillation_weight={c['train.distillation_weight']!r}: "
                       f"valid: 0 (off) <= weight <= 1.")
@@ -199,6 +224,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if c["crossbar.mode"] == "sensitivity" and c["data.name"] == "none":
     raise ConfigError("config.crossbar.mode='sensitivity' measures its curves on held-out "
                       "training images; valid: a data.name other than none.")
+  _check_prune(c)
   if c["data.name"] == "none":
     if c["train.baseline_epochs"] or c["train.prune_epochs"] or c["train.finetune_epochs"]:
       raise ConfigError("config.data.name='none' (mapping only) needs train.baseline_epochs, "
@@ -224,6 +250,31 @@ def check(config: ml_collections.ConfigDict) -> None:
                       f"holding the dataset's files, or '' for its default place.")
 
 
+def _check_prune(c: dict[str, Any]) -> None:
+  """The `prune.*` fields (the layer-by-layer procedure's stop rules and grid)."""
+  ranges = (("prune.max_accuracy_drop", 0.0 <= c["prune.max_accuracy_drop"] <= 1.0,
+             "0 <= drop <= 1 (a fraction of validation accuracy)"),
+            ("prune.max_reduction", 0.0 < c["prune.max_reduction"] < 1.0,
+             "0 < max_reduction < 1"),
+            ("prune.reduction_step", 0.0 < c["prune.reduction_step"] < 1.0,
+             "0 < reduction_step < 1"))
+  for path, ok, valid in ranges:
+    if not ok:
+      raise ConfigError(f"config.{path}={c[path]!r}: valid: {valid}.")
+  if c["prune.procedure"] != "layer_by_layer":
+    return
+  if c["crossbar.mode"] != "per_layer":
+    raise ConfigError(f"config.crossbar.mode={c['crossbar.mode']!r}: prune.procedure="
+                      f"'layer_by_layer' sets each layer's budget by its stop rules; valid: "
+                      f"per_layer.")
+  if c["data.name"] == "none":
+    raise ConfigError("config.prune.procedure='layer_by_layer' measures accuracy on held-out "
+                      "training images; valid: a data.name other than none.")
+  if c["train.distillation_weight"]:
+    raise ConfigError(f"config.train.distillation_weight={c['train.distillation_weight']!r}: "
+                      f"prune.procedure='layer_by_layer' trains on the labels; valid: 0.")
+
+
 def hardware_spec(config: ml_collections.ConfigDict):
   """The `HardwareSpec` of `hardware.preset` with the `hardware.set` overrides."""
   from xbar_tfmot.core.hardware import parse_hardware, parse_override
@@ -233,6 +284,24 @@ def hardware_spec(config: ml_collections.ConfigDict):
     return parse_hardware(h.preset, **overrides)
   except ValueError as e:
     raise ConfigError(f"config.hardware (preset={h.preset!r}, set={h.set!r}): {e}") from None
+
+
+def hardware_sweep(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """`hardware_sweep.sweep`'s value lists of `hardware.sweep_*` ({} when the sweep is off);
+  a bad list or value is a `ConfigError` naming its field."""
+  from xbar_tfmot.app.hardware_sweep import conditions, parse_values
+  h = config.hardware
+  if not h.sweep_instances:
+    return {}
+  out = {}
+  for name, kind in (("variations", float), ("adc_bits", int), ("stuck", float)):
+    field = f"config.hardware.sweep_{name}"
+    try:
+      out[name] = parse_values(getattr(h, f"sweep_{name}"), field, kind)
+      conditions(hardware_spec(config), **{name: out[name]})
+    except ValueError as e:
+      raise ConfigError(f"{field}={getattr(h, f'sweep_{name}')!r}: {e}") from None
+  return out if any(out.values()) else {}
 
 
 def export_formats(config: ml_collections.ConfigDict) -> tuple[str, ...]:

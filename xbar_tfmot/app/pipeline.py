@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from xbar_tfmot.app import configuration, datasets, run_report, training, zoo
+from xbar_tfmot.app import configuration, datasets, distribution, run_report, training, zoo
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.workdir_lock import WorkdirBusy, WorkdirLock
 from xbar_tfmot.core import spec as spec_lib
@@ -59,6 +59,9 @@ def _summary_item(key: str, value: Any) -> str:
 class Pipeline:
   """One run of a checked config; `run()` does (or finishes) every phase."""
 
+  task = distribution.LOCAL  # this process among the workers (`run()` reads TF_CONFIG)
+  strategy = None  # the tf.distribute strategy of the training phases, set by `_run()`
+
   def __init__(self, config, log: Callable[[str], None] = print):
     configuration.check(config)
     self.config = config
@@ -82,19 +85,23 @@ class Pipeline:
     self.data = self._load_data()
     self._fresh_model = self._initial_model()
     flat = configuration.flatten(self.config)
-    config_file = self.workdir / "config.json"
+    shared = getattr(self, "shared_workdir", self.workdir)  # the chief's; set by run()
+    config_file = shared / "config.json"
     if config_file.exists():
       old = json.loads(config_file.read_text(encoding="utf-8"))
       changed = configuration.differences(old, flat)
       if changed:
         raise ConfigError(
-            f"{self.workdir} holds a run with a different config ({', '.join(changed)}); rerun "
+            f"{shared} holds a run with a different config ({', '.join(changed)}); rerun "
             f"with the same config to resume it, or give another config.workdir.")
+    if not self.task.chief:  # resume from the chief's files, write to the scratch copy
+      distribution.reset_scratch(shared, self.workdir)
     (self.workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    _write_json(config_file, flat)
+    _write_json(self.workdir / "config.json", flat)
     state_file = self.workdir / "state.json"
     if state_file.exists():
       self.state = json.loads(state_file.read_text(encoding="utf-8"))
+    distribution.barrier(self.strategy, self.task)  # every worker starts from the same state
 
   def _load_data(self):
     c = self.config.data
@@ -110,7 +117,8 @@ class Pipeline:
       raise ConfigError(f"config.data.path={c.path!r} (data.name={c.name!r}): {e}") from None
     if c.train_size:
       x, y = x[:c.train_size], y[:c.train_size]
-    if self.config.crossbar.mode == "sensitivity":  # carved from the training images
+    if (self.config.crossbar.mode == "sensitivity"
+        or self.config.prune.procedure == "layer_by_layer"):  # carved from the training images
       held = self.config.crossbar.validation_images
       if held >= len(x):
         raise ConfigError(f"config.crossbar.validation_images={held}: valid: fewer than the "
@@ -292,16 +300,50 @@ class Pipeline:
     started, c = time.perf_counter(), self.config
     model = self._load(self._prune_input())
     x = self.data[0][0] if self.data is not None else None
-    if c.train.prune_epochs == 0:
+    extra: dict[str, Any] = {}
+    if c.prune.procedure == "layer_by_layer":
+      stripped, outcomes = self._prune_layer_by_layer(model, len(x))
+      history = {}
+      extra = {"layer_by_layer": outcomes, "validation_images": len(self.validation[1])}
+    elif c.train.prune_epochs == 0:
       self.log(f"[prune] one-shot exact projection to reduction {c.crossbar.reduction}")
       stripped, history = self._one_shot(model), {}
     else:
       stripped, history = self._prune_training(model, len(x))
     self._save(self._recalibrated(stripped), self._path("pruned.keras"))
-    result = {"history": history}
+    result = {"history": history, **extra}
     if self.data is not None:
       result["accuracy"] = self._evaluate(stripped)
     self._finish("prune", result, started)
+
+  def _prune_layer_by_layer(self, model, n_train: int):
+    """`prune.procedure = "layer_by_layer"`: `(stripped model, per-layer outcome dicts)`; the
+    stop rule's accuracy is measured on `self.validation` (held out of the training images)."""
+    from xbar_tfmot.app.layer_by_layer import StopRules, outcome_rows, prune_layer_by_layer
+    c, t, p = self.config, self.config.train, self.config.prune
+    (x, y), _ = self.data
+    xv, yv = self.validation
+    rules = StopRules(max_accuracy_drop=p.max_accuracy_drop, max_reduction=p.max_reduction,
+                      crossbar_threshold=p.crossbar_threshold, step=p.reduction_step)
+    self.log(f"[prune] layer by layer, LGD-{c.crossbar.projection.upper()} "
+             f"{c.crossbar.granularity} grain on {self.spec}: reduction steps of "
+             f"{p.reduction_step} up to {p.max_reduction}, {p.step_epochs} epochs a step, "
+             f"{t.finetune_epochs} fine-tuning epochs a layer; a step may lose "
+             f"{p.max_accuracy_drop} accuracy on {len(yv)} held-out training images")
+
+    def train(m, epochs: int, *, callbacks, seed: int, finetune: bool) -> None:
+      self._compile(m, t.finetune_learning_rate if finetune else t.learning_rate)
+      training.fit_seeded(m, x, y, self.K, epochs, t.batch_size, seed, callbacks)
+
+    pruned, outcomes = prune_layer_by_layer(
+        model, self.spec, granularity=c.crossbar.granularity, rules=rules, train=train,
+        validate=lambda m: training.accuracy(m, xv, yv, batch_size=512),
+        steps_per_epoch=math.ceil(n_train / t.batch_size), step_epochs=p.step_epochs,
+        finetune_epochs=t.finetune_epochs, leave_dense=configuration.leave_dense(c),
+        ramp=c.crossbar.ramp, updates_per_epoch=c.crossbar.updates_per_epoch,
+        projection=c.crossbar.projection, regrowth=c.crossbar.regrowth,
+        temperature=c.crossbar.temperature, seed=c.seed, log=self.log)
+    return pruned, outcome_rows(outcomes)
 
   def _one_shot(self, model):
     c = self.config
@@ -404,11 +446,16 @@ class Pipeline:
              f"images")
     result: dict[str, Any] = {"enabled": True, "hardware": hw.to_dict(),
                               "instances": c.hardware.instances, "images": int(len(x))}
+    sweep = configuration.hardware_sweep(c)
+    if sweep:
+      result["sweep_instances"] = c.hardware.sweep_instances
+      self.log(f"[hardware] sweep: {sum(len(v) for v in sweep.values())} conditions x "
+               f"{c.hardware.sweep_instances} instances per model")
     for label, path in (("dense", self._prune_input()), ("pruned", self._path("pruned.keras"))):
       model = self._load(path)
       mapping = build_mapping(model, self.spec, c.crossbar.granularity)
-      accuracies = analog_model.analog_accuracy(model, mapping, hw, x, y, seeds,
-                                                x_train[:c.hardware.calibration_images])
+      calibration = x_train[:c.hardware.calibration_images]
+      accuracies = analog_model.analog_accuracy(model, mapping, hw, x, y, seeds, calibration)
       cost = estimate_cost(mapping, hw, analog_model.output_positions(model, mapping.layer_names))
       result[label] = {"crossbars": mapping.totals["crossbars"],
                        "energy_nj": cost.pruned.energy_pj / 1e3, "area_mm2": cost.pruned.area_mm2,
@@ -416,6 +463,10 @@ class Pipeline:
                        "float_accuracy": training.accuracy(model, x, y),
                        "accuracy_mean": float(np.mean(accuracies)),
                        "accuracy_std": float(np.std(accuracies))}
+      if sweep:
+        from xbar_tfmot.app.hardware_sweep import sweep as run_sweep
+        result[label]["sweep"] = run_sweep(model, mapping, hw, x, y, calibration,
+                                           c.hardware.sweep_instances, seed=c.seed, **sweep)
     self._finish("hardware", result, started)
 
   def report(self) -> dict[str, Any]:
@@ -429,40 +480,37 @@ class Pipeline:
     return metrics
 
   def run(self) -> dict[str, Any]:
-    """Every phase in order, holding the workdir; returns the metrics of `report/metrics.json`."""
+    """Every phase in order, holding the workdir; returns the metrics of `report/metrics.json`
+    (under `multi_worker`, `{}` on the workers other than the chief)."""
+    self.task = distribution.task_of(self.config.train)
+    self.shared_workdir = self.workdir
+    self.workdir = distribution.own_workdir(self.workdir, self.task)
     with WorkdirLock(self.workdir):
       return self._run()
 
   def _strategy(self):
-    """`train.strategy`: TensorFlow's default strategy, or `MirroredStrategy` over
-    `train.devices` for the phases that build and train models (export and report run on one
-    device). `train.batch_size` is the global batch (split over the replicas); the learning
-    rate is not scaled."""
-    import tensorflow as tf
-    t = self.config.train
-    if t.strategy == "default":
-      return tf.distribute.get_strategy()
-    devices = [d.strip() for d in t.devices.split(",") if d.strip()]
-    known = {(d.device_type, int(d.name.rsplit(":", 1)[1])): d.name
-             for d in tf.config.list_logical_devices()}
-    for device in devices:
-      try:
-        spec = tf.DeviceSpec.from_string(device)
-      except ValueError:
-        spec = None
-      if spec is None or (str(spec.device_type).upper(), spec.device_index or 0) not in known:
-        raise ConfigError(f"config.train.devices={t.devices!r}: {device!r} is not a device of "
-                          f"this machine; valid: {', '.join(sorted(known.values()))}.")
-    return tf.distribute.MirroredStrategy(devices or None)
+    """`train.strategy`: TensorFlow's default strategy, `MirroredStrategy` over `train.devices`,
+    or `MultiWorkerMirroredStrategy` over the workers of `TF_CONFIG`, for the phases that build
+    and train models (export and report run on one device, on the chief). `train.batch_size`
+    is the global batch (split over the replicas); the learning rate is not scaled."""
+    return distribution.make_strategy(self.config.train)
 
   def _run(self) -> dict[str, Any]:
-    with self._strategy().scope():
-      self.prepare()
-      self.log(f"[run] {self.config.name}: workdir {self.workdir}, {self.config.flavour}, "
-               f"{self.spec}")
-      self.baseline()
-      self.reorder()
-      self.prune()
+    self.strategy = self._strategy()
+    with distribution.collectives(self.task, self.shared_workdir, self.config.train.worker_timeout):
+      with self.strategy.scope():
+        self.prepare()
+        self.log(f"[run] {self.config.name}: workdir {self.workdir}, {self.config.flavour}, "
+                 f"{self.spec}" + (f", {self.task.name} of {self.task.workers} workers"
+                                   if self.task.workers > 1 else ""))
+        self.baseline()
+        self.reorder()
+        self.prune()
+    if not self.task.chief:
+      self.log(f"[run] {self.task.name}: training done; the chief exports and reports in "
+               f"{self.shared_workdir}")
+      distribution.remove_scratch(self.workdir)
+      return {}
     self.export()
     self.hardware()
     metrics = self.report()

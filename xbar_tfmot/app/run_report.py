@@ -99,6 +99,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
       "unmapped": mapping.data.get("unmapped", []),
       "export": phases.get("export", {}),
       "hardware": phases.get("hardware", {}),
+      "layer_by_layer": phases.get("prune", {}).get("layer_by_layer"),
       "seconds": {name: phases[name].get("seconds") for name in phases},
       "config": configuration.flatten(config),
   }
@@ -128,11 +129,38 @@ def _plots(folder, config, spec, pruned_model, rows, phases) -> list[tuple[str, 
                if name in phases]
   if plots.training_curves(histories, folder / "training_curves.png", title):
     images.append(("Training curves", "training_curves.png"))
+  hw = phases.get("hardware", {})
+  series = {label: hw[label]["sweep"] for label in ("dense", "pruned")
+            if "sweep" in hw.get(label, {})}
+  if series and plots.hardware_sweep(
+      series, folder / "hardware_sweep.png",
+      f"{title}: {hw['hardware']['name']} chips, {hw['sweep_instances']} instances"):
+    images.append(("Accuracy on non-ideal crossbars", "hardware_sweep.png"))
   return images
 
 
 def _fmt(value: float | None) -> str:
   return "n/a" if value is None else f"{value:.4f}"
+
+
+SWEEP_LABELS = {"variation": lambda v: f"variation {100 * v:g}% of g_max",
+                "adc_bits": lambda v: f"ADC {v:g} bits",
+                "stuck": lambda v: f"stuck-at {100 * v:g}%"}
+
+
+def _sweep_table(hw: dict[str, Any]) -> list[str]:
+  """The one-factor-at-a-time sweep of the hardware phase as markdown (none if not run)."""
+  sweeps = {label: hw[label].get("sweep") for label in ("dense", "pruned")}
+  if not all(sweeps.values()):
+    return []
+  lines = ["", f"Accuracy sweep, one factor at a time ({hw['sweep_instances']} chip instances, "
+           f"mean ± std): variation with the ADC at {hw['hardware']['adc_bits']} bits and no "
+           f"faults; ADC bits with no variation; stuck-at cells (half on, half off) with no "
+           f"variation.", "", "| condition | dense | pruned |", "|---|---|---|"]
+  for d, p in zip(sweeps["dense"], sweeps["pruned"]):
+    lines.append(f"| {SWEEP_LABELS[d['factor']](d['value'])} | {d['mean']:.1%} ± {d['std']:.1%} "
+                 f"| {p['mean']:.1%} ± {p['std']:.1%} |")
+  return lines
 
 
 def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str]]) -> str:
@@ -159,6 +187,16 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
   if m["unmapped"]:
     lines += ["", "Not mapped: " + "; ".join(f"{u['name']} ({u['reason']})"
                                              for u in m["unmapped"])]
+  if m["layer_by_layer"]:
+    lines += ["", "## Layer by layer", "",
+              "Each layer in turn was pruned until a stop rule fired, then fine-tuned; accuracy "
+              "on the validation images held out of the training images.", "",
+              "| layer | before | after | reduction | steps | stopped by | validation accuracy "
+              "| rejected step's accuracy |", "|---|---|---|---|---|---|---|---|"]
+    for o in m["layer_by_layer"]:
+      lines.append(f"| {o['layer']} | {o['before']} | {o['after']} | {o['reduction']:.1%} | "
+                   f"{o['steps']} | {o['stop']} | {_fmt(o['accuracy'])} | "
+                   f"{_fmt(o['rejected_accuracy'])} |")
   export = m["export"]
   if export.get("enabled"):
     lines += ["", f"Export: `export/` ({', '.join(export['formats'])})"
@@ -177,6 +215,7 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
                    f"{r['area_mm2']:.3f} mm2 | {r['latency_ns']:.0f} ns | "
                    f"{r['float_accuracy']:.1%} | {r['accuracy_mean']:.1%} ± "
                    f"{r['accuracy_std']:.1%} |")
+    lines += _sweep_table(hw)
   for caption, name in images:
     lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
   lines += ["", "## Config", "", "```"]
