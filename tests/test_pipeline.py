@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -146,6 +147,76 @@ def test_killed_during_pruning_resumes_to_the_same_result(straight, tmp_path):
   assert len(resumed_weights) == len(straight_weights)
   for a, b in zip(resumed_weights, straight_weights):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _epochs_done(workdir: pathlib.Path, phase: str) -> int:
+  progress = workdir / "checkpoints" / phase / "progress.json"
+  try:
+    return json.loads(progress.read_text())["epoch"]
+  except (FileNotFoundError, json.JSONDecodeError):
+    return 0
+
+
+# Where the chained run below is killed: the phase the kill must land in, and the moment,
+# read from the run's log lines and checkpoint files.
+KILL_POINTS = (
+    ("baseline", lambda lines, w: _epochs_done(w, "baseline") >= 1),
+    ("reorder", lambda lines, w: any(l.startswith("[reorder] searching") for l in lines)),
+    ("prune", lambda lines, w: any(l.startswith("[finetune]") for l in lines)),  # fine-tuning
+    ("export", lambda lines, w: any(l.startswith("[export] ") and "done" not in l
+                                    for l in lines)),
+    ("report", lambda lines, w: any(l.startswith("[hardware] done") for l in lines)),
+)
+
+
+def _kill_when(workdir: pathlib.Path, flavour: str, ready) -> subprocess.CompletedProcess:
+  """Starts the pipeline on `workdir` and SIGKILLs it as soon as `ready(lines, workdir)`."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+  proc = subprocess.Popen(_command(workdir, flavour), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  lines: list[str] = []
+  reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+  reader.start()
+  deadline = time.time() + 300
+  while not ready(list(lines), workdir):
+    assert proc.poll() is None, "run ended before it could be killed:\n" + "".join(lines[-40:])
+    assert time.time() < deadline, "the kill point never came:\n" + "".join(lines[-40:])
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  reader.join(5)
+  return lines
+
+
+@pytest.mark.parametrize("straight", ["tf_keras"], indirect=True)
+def test_killed_in_every_phase_resumes_to_the_same_result(straight, tmp_path):
+  """One run killed once in each phase (baseline mid-training, reorder, fine-tuning, export,
+  report), resumed after each kill, ends where the straight run did: the same crossbar
+  counts, metrics, mapping and weights, and an export that passes xbar-verify. tf_keras only:
+  what differs between the flavours (saving and loading) is killed for both in the
+  pruning-phase test above."""
+  workdir, metrics, _, config = straight
+  for phase, ready in KILL_POINTS:
+    lines = _kill_when(tmp_path, config.flavour, ready)
+    state = tmp_path / "state.json"  # written when the first phase ends
+    done = json.loads(state.read_text())["phases"] if state.exists() else {}
+    assert phase not in done, f"the kill meant for {phase} landed after it:\n{''.join(lines)}"
+    assert sorted(done) == sorted(pipeline.PHASES[:pipeline.PHASES.index(phase)])
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  final = subprocess.run(_command(tmp_path, config.flavour), env=env, capture_output=True,
+                         text=True, timeout=600)
+  assert final.returncode == 0, final.stderr[-3000:]
+  resumed = json.loads((tmp_path / "report" / "metrics.json").read_text())
+  assert resumed["crossbars"] == metrics["crossbars"]
+  assert resumed["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+  assert (json.loads((tmp_path / "report" / "mapping.json").read_text()) ==
+          json.loads((workdir / "report" / "mapping.json").read_text()))
+  for name in ("baseline.keras", "pruned.keras"):
+    for a, b in zip(_weights(tmp_path / "checkpoints" / name, config.flavour),
+                    _weights(workdir / "checkpoints" / name, config.flavour), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert json.loads((tmp_path / "state.json").read_text())["phases"]["export"]["verified"]
+  assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
 def test_mapping_only_config_runs_without_data(tmp_path):

@@ -253,7 +253,8 @@ def _layer(model, name: str):
 
 
 def _kernel_mask(model, name: str) -> np.ndarray:
-  return (np.asarray(layers_lib.unwrap(_layer(model, name)).kernel) != 0).astype(np.float32)
+  kernel = layers_lib.mapped_kernel(layers_lib.unwrap(_layer(model, name)))
+  return (np.asarray(kernel) != 0).astype(np.float32)
 
 
 def _seed(seed: int, position: int, step: int) -> int:
@@ -268,7 +269,7 @@ def _fixed_masks(keras, model, masks: dict[str, np.ndarray]) -> list:
   import tensorflow as tf
   pairs = []
   for name, mask in masks.items():
-    kernel = layers_lib.unwrap(_layer(model, name)).kernel
+    kernel = layers_lib.mapped_kernel(layers_lib.unwrap(_layer(model, name)))
     pairs.append((kernel, tf.constant(mask, kernel.dtype)))
 
   @tf.function

@@ -15,7 +15,6 @@ fields is refused), `state.json`, `checkpoints/` (`baseline.keras`, `reordered.k
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -46,7 +45,7 @@ def parse_spec(text: str) -> CrossbarSpec:
     raise ConfigError(f"config.crossbar.spec={text!r}: {e}") from None
 
 
-_write_json = training.write_json
+_write_json, _read_json = training.write_json, training.read_json
 
 
 def _summary_item(key: str, value: Any) -> str:
@@ -88,7 +87,7 @@ class Pipeline:
     shared = getattr(self, "shared_workdir", self.workdir)  # the chief's; set by run()
     config_file = shared / "config.json"
     if config_file.exists():
-      old = json.loads(config_file.read_text(encoding="utf-8"))
+      old = _read_json(config_file)
       changed = configuration.differences(old, flat)
       if changed:
         raise ConfigError(
@@ -100,7 +99,7 @@ class Pipeline:
     _write_json(self.workdir / "config.json", flat)
     state_file = self.workdir / "state.json"
     if state_file.exists():
-      self.state = json.loads(state_file.read_text(encoding="utf-8"))
+      self.state = _read_json(state_file)
     distribution.barrier(self.strategy, self.task)  # every worker starts from the same state
 
   def _load_data(self):
@@ -552,6 +551,9 @@ def main(argv: list[str] | None = None) -> None:
     except training.TrainingDiverged as e:
       print(f"xbar-prune: {e}", file=sys.stderr)
       sys.exit(4)
+    except distribution.WorkerLost as e:
+      print(f"xbar-prune: {e}", file=sys.stderr)
+      sys.exit(5)
 
   flags.FLAGS.unparse_flags()
   app.run(_main, argv=argv or sys.argv)

@@ -40,9 +40,7 @@ def crossbars_per_layer(layers: Sequence[dict[str, Any]], path: pathlib.Path,
     ax.set_yscale("log")
   ax.set_title(title, fontsize=10)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def occupancy(maps: Sequence[tuple[str, np.ndarray, str]], path: pathlib.Path,
@@ -52,10 +50,13 @@ def occupancy(maps: Sequence[tuple[str, np.ndarray, str]], path: pathlib.Path,
   Crossbar grain maps are `(G_in, G_out)` blocks; column grain maps `(G_in, C_out)` column
   segments (the columns of each input group that are packed into crossbars).
   """
-  plt = _pyplot()
-  fig = occupancy_figure(maps, title)
+  _save(occupancy_figure(maps, title), path)
+
+
+def _save(fig, path: pathlib.Path) -> None:
+  fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _pyplot().close(fig)
 
 
 def index_ticks(n: int, most: int = 8) -> list[int]:
@@ -118,9 +119,7 @@ def training_curves(phases: Sequence[tuple[str, dict[str, list[float]]]], path: 
     ax.set_xlabel("epoch")
     ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
   return True
 
 
@@ -152,7 +151,5 @@ def hardware_sweep(series: dict[str, Sequence[dict[str, Any]]], path: pathlib.Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
   return True

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import project
@@ -40,6 +41,12 @@ def write_json(path: pathlib.Path, data: Any, sort_keys: bool = True, indent: in
   tmp.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys, default=jsonable) + "\n",
                  encoding="utf-8")
   os.replace(tmp, path)
+
+
+def read_json(path: pathlib.Path) -> Any:
+  """A JSON file the pipeline wrote (state, config, progress); a key written twice by hand is
+  an error naming the key and the file, not a silent last-wins."""
+  return strict_json.loads(path.read_text(encoding="utf-8"), source=str(path))
 
 
 def save_model(model, path: pathlib.Path) -> None:
@@ -150,7 +157,7 @@ class RunFolder:
     """`(epochs done, history, model)`; `(0, {}, None)` when nothing was checkpointed."""
     if not self.progress_file.exists():
       return 0, {}, None
-    progress = json.loads(self.progress_file.read_text(encoding="utf-8"))
+    progress = read_json(self.progress_file)
     return progress["epoch"], progress["history"], self.load(self.model_file)
 
   def checkpoint(self, model, epochs_done: int, history: dict[str, list[float]]) -> None:
@@ -248,7 +255,8 @@ def one_shot_masks(model, spec: CrossbarSpec, policy: CrossbarPolicy, reduction:
   mapped = [l for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(l)]
   geometries = [layers_lib.geometry_of(l, spec) for l in mapped]
   budgets = policy.plan(geometries, reduction)
-  return {g.name: np.asarray(project(g, layer.kernel, budgets[g.name], granularity))
+  return {g.name: np.asarray(project(g, layers_lib.mapped_kernel(layer), budgets[g.name],
+                                    granularity))
           for layer, g in zip(mapped, geometries) if budgets[g.name] is not None}
 
 
@@ -256,5 +264,5 @@ def apply_masks(model, masks: dict[str, np.ndarray]) -> None:
   """Multiplies each named layer's kernel by its mask in place."""
   by_name = {l.name: l for l in layers_lib.iter_layers(model)}
   for name, mask in masks.items():
-    kernel = by_name[name].kernel
+    kernel = layers_lib.mapped_kernel(by_name[name])
     kernel.assign(np.asarray(kernel) * mask)
