@@ -262,3 +262,21 @@ def test_xception_maps_every_separable_pointwise_kernel(flavour):
   assert len(report.mapped) == sum(k in ("Conv2D", "SeparableConv2D", "Dense") for k in kinds)
   assert len(report.partly_mapped) == kinds.count("SeparableConv2D") > 0
   assert {r.type for r in report.unmapped} == {"BatchNormalization"}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_one_shot_masks_cut_the_pointwise_kernel_to_its_budget(flavour):
+  """`xbar-prune`'s one-shot path (`train.prune_epochs=0`) projects and zeroes the pointwise
+  kernel, leaving the depthwise kernel whole."""
+  from xbar_tfmot.app import training
+  model = model_of(flavour)
+  depthwise = {n: np.asarray(model.get_layer(n).get_weights()[0]) for n in SEPARABLE}
+  masks = training.one_shot_masks(model, SPEC, CrossbarPolicy(leave_dense=()), 0.5, "crossbar")
+  training.apply_masks(model, masks)
+  for name in SEPARABLE:
+    layer = model.get_layer(name)
+    rows, cols = pointwise_rows_cols(layer)
+    assert masks[name].shape == (1, 1, rows, cols)
+    dense, blocks, _ = brute_counts(pointwise_matrix(layer), SPEC.rows, SPEC.cols)
+    assert blocks == crossbar_budget(dense, 0.5)
+    np.testing.assert_array_equal(layer.get_weights()[0], depthwise[name])
