@@ -58,14 +58,14 @@ def _summary_item(key: str, value: Any) -> str:
 class Pipeline:
   """One run of a checked config; `run()` does (or finishes) every phase."""
 
-  task = distribution.LOCAL  # this process among the workers (`run()` reads TF_CONFIG)
-  strategy = None  # the tf.distribute strategy of the training phases, set by `_run()`
-
   def __init__(self, config, log: Callable[[str], None] = print):
     configuration.check(config)
     self.config = config
     self.log = log
     self.workdir = pathlib.Path(config.workdir or os.path.join("runs", config.name))
+    self.shared_workdir = self.workdir  # the chief's; `workdir` is a worker's own (`run()`)
+    self.task = distribution.LOCAL  # this process among the workers (`run()` reads TF_CONFIG)
+    self.strategy = None  # the tf.distribute strategy of the training phases (`_run()`)
     self.spec = parse_spec(config.crossbar.spec)
     self.K = layers_lib.keras_module(config.flavour)
     self.state: dict[str, Any] = {"phases": {}}
@@ -84,7 +84,7 @@ class Pipeline:
     self.data = self._load_data()
     self._fresh_model = self._initial_model()
     flat = configuration.flatten(self.config)
-    shared = getattr(self, "shared_workdir", self.workdir)  # the chief's; set by run()
+    shared = self.shared_workdir
     config_file = shared / "config.json"
     if config_file.exists():
       old = _read_json(config_file)
@@ -482,7 +482,6 @@ class Pipeline:
     """Every phase in order, holding the workdir; returns the metrics of `report/metrics.json`
     (under `multi_worker`, `{}` on the workers other than the chief)."""
     self.task = distribution.task_of(self.config.train)
-    self.shared_workdir = self.workdir
     self.workdir = distribution.own_workdir(self.workdir, self.task)
     with WorkdirLock(self.workdir):
       return self._run()
@@ -496,7 +495,8 @@ class Pipeline:
 
   def _run(self) -> dict[str, Any]:
     self.strategy = self._strategy()
-    with distribution.collectives(self.task, self.shared_workdir, self.config.train.worker_timeout):
+    timeout = self.config.train.worker_timeout
+    with distribution.collectives(self.task, self.shared_workdir, timeout):
       with self.strategy.scope():
         self.prepare()
         self.log(f"[run] {self.config.name}: workdir {self.workdir}, {self.config.flavour}, "
