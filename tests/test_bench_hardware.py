@@ -3,24 +3,14 @@ condition, the TFMOT model keeps the LGD-RPP model's non-zero count, a rerun res
 and measures nothing), --speed appends a measurement, and another setting is refused."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TOOL = ROOT / "tools" / "bench_hardware.py"
+from _tools import run_tool
 
 
-def _run(out: pathlib.Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-  env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  result = subprocess.run([sys.executable, str(TOOL), "--quick", "--out", str(out), *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-  if check:
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-  return result
+def _run(out: pathlib.Path, *extra: str, check: bool = True):
+  return run_tool("bench_hardware", "--quick", "--out", str(out), *extra, check=check)
 
 
 def test_quick_run_resume_speed_and_setting(tmp_path):

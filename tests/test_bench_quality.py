@@ -3,30 +3,16 @@ LGD-RPP cells respect their crossbar budget, a rerun resumes (skips finished cel
 `--dataset cifar10` without a local copy fails naming the missing path."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
-from _tools import load_tool
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-TOOL = ROOT / "tools" / "bench_quality.py"
-
+from _tools import load_tool, run_tool
 
 METHODS = "rpp-crossbar,rpp-column,oneshot-crossbar"
 
 
-def _run(out: pathlib.Path) -> subprocess.CompletedProcess:
-  env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  result = subprocess.run(
-      [sys.executable, str(TOOL), "--quick", "--out", str(out), "--methods", METHODS],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # a loaded 2-core machine
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-  return result
+def _run(out: pathlib.Path):
+  return run_tool("bench_quality", "--quick", "--out", str(out), "--methods", METHODS)
 
 
 def test_quick_run_cells_budget_and_resume(tmp_path):
