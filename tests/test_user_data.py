@@ -112,6 +112,25 @@ def test_pipeline_takes_shape_and_classes_from_the_users_data(tmp_path):
   assert tuple(model.input_shape[1:]) == (16, 16, 2) and model.output_shape[-1] == 5
 
 
+def test_sorted_user_data_gives_mixed_subset_and_validation_split(tmp_path):
+  """A class-sorted .npz: `data.train_size` and the validation split are drawn from the
+  images in a seeded random order, not the file's first and last images (one class each)."""
+  x = np.arange(60, dtype=np.float32).reshape(60, 1, 1, 1) * np.ones((1, 8, 8, 1), np.float32)
+  np.savez(tmp_path / "s.npz", x_train=x / 60, y_train=np.repeat(np.arange(3), 20),
+           x_test=x[:3] / 60, y_test=np.arange(3))
+  config = config_for(tmp_path, "npz", tmp_path / "s.npz", data__train_size=40,
+                      crossbar__mode="sensitivity", crossbar__validation_images=10)
+  run = pipeline.Pipeline(config)
+  (x_fit, y_fit), _ = run._load_data()
+  x_val, y_val = run.validation
+  assert len(y_fit) == 30 and len(y_val) == 10
+  assert len(set(y_fit.tolist())) == 3 and len(set(y_val.tolist())) > 1
+  seen = np.concatenate([x_fit, x_val])[:, 0, 0, 0]
+  assert len(set(np.round(seen * 60).astype(int).tolist())) == 40  # 40 distinct images
+  again = pipeline.Pipeline(config)
+  np.testing.assert_array_equal(again._load_data()[0][1], y_fit)  # the same for the seed
+
+
 @pytest.mark.parametrize("name, path, match", [
     ("npz", "missing.npz", "config.data.path='.*missing.npz': no such file"),
     ("image_folder", "", "config.data.path='': valid: the folder of class subfolders"),

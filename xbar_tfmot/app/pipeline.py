@@ -114,6 +114,9 @@ class Pipeline:
                         f"to let Keras download it)") from None
     except ValueError as e:
       raise ConfigError(f"config.data.path={c.path!r} (data.name={c.name!r}): {e}") from None
+    if c.name in datasets.USER_DATA:  # a user's file may be sorted by class
+      order = np.random.default_rng(self.config.seed).permutation(len(y))
+      x, y = x[order], y[order]
     if c.train_size:
       x, y = x[:c.train_size], y[:c.train_size]
     if (self.config.crossbar.mode == "sensitivity"
