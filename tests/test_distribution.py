@@ -66,9 +66,11 @@ def test_scratch_is_reset_from_the_chiefs_files(tmp_path):
   assert distribution.own_workdir(shared, distribution.LOCAL) == shared
   (scratch / "checkpoints").mkdir(parents=True)
   (scratch / "checkpoints" / "stale.keras").write_bytes(b"old")
+  (scratch / "lock.json").write_text('{"pid": 1}')  # the worker's own lock, taken before
   distribution.reset_scratch(shared, scratch)
   files = sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*") if p.is_file())
-  assert files == ["checkpoints/baseline.keras", "checkpoints/prune/progress.json", "state.json"]
+  assert files == ["checkpoints/baseline.keras", "checkpoints/prune/progress.json", "lock.json",
+                   "state.json"]
   assert (scratch / "checkpoints" / "baseline.keras").read_bytes() == b"chief"
   distribution.remove_scratch(scratch)
   assert not (shared / "workers").exists() and (shared / "state.json").exists()

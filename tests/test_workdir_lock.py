@@ -70,6 +70,27 @@ def test_stale_or_broken_locks_are_taken_over(tmp_path, content):
   assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_a_lock_naming_this_very_process_is_stale(tmp_path):
+  """A restarted container can give the new run the dead run's pid: it must not refuse itself."""
+  plant(tmp_path, pid=os.getpid(), host=socket.gethostname(), started="before the restart")
+  with WorkdirLock(tmp_path):
+    assert "started" in json.loads((tmp_path / LOCK_NAME).read_text())
+  assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_take_over_puts_back_a_lock_taken_since_it_was_judged_stale(tmp_path, live_process):
+  plant(tmp_path, pid=dead_pid(), host=socket.gethostname())
+  stale = (tmp_path / LOCK_NAME).read_text()
+  plant(tmp_path, pid=live_process, host=socket.gethostname())  # another run got in first
+  WorkdirLock(tmp_path)._take_over(stale)
+  assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == live_process
+  with pytest.raises(WorkdirBusy, match=f"process {live_process}.*delete .*{LOCK_NAME}"):
+    WorkdirLock(tmp_path).acquire()
+  WorkdirLock(tmp_path)._take_over((tmp_path / LOCK_NAME).read_text())  # judged on its text
+  assert not (tmp_path / LOCK_NAME).exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_release_leaves_a_lock_it_does_not_hold(tmp_path, live_process):
   lock = WorkdirLock(tmp_path)
   lock.acquire()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from xbar_tfmot.app.configuration import ConfigError
+from xbar_tfmot.app.workdir_lock import LOCK_NAME
 from xbar_tfmot.core.errors import XbarError
 
 SCRATCH = "workers"  # under the workdir: one scratch folder per non-chief worker
@@ -118,10 +119,16 @@ def remove_scratch(scratch: pathlib.Path) -> None:
 def reset_scratch(workdir: pathlib.Path, scratch: pathlib.Path,
                   names: tuple[str, ...] = ("state.json", "checkpoints")) -> None:
   """Empties a worker's scratch folder and copies the chief's `names` from `workdir` into it,
-  so the worker resumes where the chief's last checkpoint left off."""
-  if scratch.exists():
-    shutil.rmtree(scratch)
-  scratch.mkdir(parents=True)
+  so the worker resumes where the chief's last checkpoint left off. The worker's own lock
+  (`workdir_lock.LOCK_NAME`, taken before this runs) stays."""
+  scratch.mkdir(parents=True, exist_ok=True)
+  for entry in scratch.iterdir():
+    if entry.name == LOCK_NAME:
+      continue
+    if entry.is_dir() and not entry.is_symlink():
+      shutil.rmtree(entry)
+    else:
+      entry.unlink()
   for name in names:
     source = pathlib.Path(workdir) / name
     if source.is_dir():

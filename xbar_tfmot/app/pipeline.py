@@ -485,7 +485,7 @@ class Pipeline:
     """Every phase in order, holding the workdir; returns the metrics of `report/metrics.json`
     (under `multi_worker`, `{}` on the workers other than the chief)."""
     self.task = distribution.task_of(self.config.train)
-    self.workdir = distribution.own_workdir(self.workdir, self.task)
+    self.workdir = distribution.own_workdir(self.shared_workdir, self.task)
     with WorkdirLock(self.workdir):
       return self._run()
 

@@ -2,12 +2,14 @@
 
 `workdir/lock.json` holds the pid, host and start time of the run that owns the folder. A
 second run on the same workdir refuses at once, naming that process. A lock whose process is
-gone (same host, pid no longer alive; or a file left unreadable by a crash) is stale and is
-taken over, so a killed run can always be resumed.
+gone (same host, pid no longer alive or this very process; or a file left unreadable by a
+crash) is stale and is taken over, so a killed run can always be resumed. Another host's
+lock is never taken over: its message says which file to delete once that run is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -34,40 +36,73 @@ class WorkdirLock:
 
   def holder(self) -> dict | None:
     """The lock's owner as written, `{}` for an unreadable lock file, None without a lock."""
-    try:
-      data = json.loads(self.path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-      return None
-    except (OSError, ValueError):
-      return {}
-    return data if isinstance(data, dict) else {}
+    text = self._read()
+    return None if text is None else _owner(text)
 
   def acquire(self) -> None:
+    """Takes the lock, or raises `WorkdirBusy` naming the live run that holds it."""
     self.path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({**self.owner, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    for _ in range(2):
-      tmp = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}")
-      tmp.write_text(text, encoding="utf-8")
-      try:
-        os.link(tmp, self.path)  # atomic: fails if a lock exists, never leaves half a file
-        self._text = text
-        return
-      except FileExistsError:
-        held = self.holder()
-        if held is None:
+    tmp = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}")
+    try:
+      for _ in range(3):
+        tmp.write_text(text, encoding="utf-8")
+        try:
+          os.link(tmp, self.path)  # atomic: fails if a lock exists, never leaves half a file
+          self._text = text
+          return
+        except FileExistsError:
+          pass
+        seen = self._read()
+        if seen is None:
           continue
-        pid = held.get("pid")
-        valid = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
-        if valid and (held.get("host") != self.owner["host"] or process_alive(pid)):
+        held = _owner(seen)
+        if self._live(held):
           raise WorkdirBusy(
-              f"{self.path.parent} is in use by xbar-prune process {pid} on host "
+              f"{self.path.parent} is in use by xbar-prune process {held['pid']} on host "
               f"{held.get('host')} (started {held.get('started', '?')}); wait for it to finish, "
-              f"stop it, or give another config.workdir. (A lock of a process that no longer "
-              f"runs on this host is taken over.)") from None
-        self.path.unlink(missing_ok=True)  # stale: its process is gone, or the file is broken
-      finally:
-        tmp.unlink(missing_ok=True)
-    raise WorkdirBusy(f"{self.path}: could not take the lock; another run is starting there.")
+              f"stop it, or give another config.workdir. If that process is gone (another "
+              f"host's lock is never taken over), delete {self.path} and rerun.")
+        self._take_over(seen)
+    finally:
+      tmp.unlink(missing_ok=True)
+    raise WorkdirBusy(f"{self.path}: could not take the lock; other runs are starting in "
+                      f"{self.path.parent} at the same time. Rerun when they have started.")
+
+  def _read(self) -> str | None:
+    try:
+      return self.path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+      return None
+    except OSError:
+      return ""
+
+  def _live(self, held: dict) -> bool:
+    """Whether `held` names a run that may still be running: another host's (not checkable
+    from here), or a live process on this host other than this one (a restarted container
+    can reuse a dead run's pid for itself)."""
+    pid = held.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+      return False
+    if held.get("host") != self.owner["host"]:
+      return True
+    return pid != os.getpid() and process_alive(pid)
+
+  def _take_over(self, stale: str) -> None:
+    """Removes the lock file judged stale from its text `stale`. It is first renamed aside
+    (only one of several runs taking over at once gets it); a live lock put there since the
+    judgement is put back instead."""
+    aside = self.path.with_name(f".{LOCK_NAME}.stale.{os.getpid()}")
+    try:
+      os.replace(self.path, aside)
+    except FileNotFoundError:
+      return
+    try:
+      if aside.read_text(encoding="utf-8") != stale:
+        with contextlib.suppress(FileExistsError):
+          os.link(aside, self.path)
+    finally:
+      aside.unlink(missing_ok=True)
 
   def release(self) -> None:
     """Removes the lock if this process still holds it."""
@@ -85,3 +120,12 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def _owner(text: str) -> dict:
+  """The lock file's fields, `{}` when it is not a JSON object (a crash mid-write)."""
+  try:
+    data = json.loads(text)
+  except ValueError:
+    return {}
+  return data if isinstance(data, dict) else {}
