@@ -2,11 +2,13 @@
 and the pruned model, in metrics.json and report.md, with the one-factor-at-a-time accuracy
 sweep (`xbar_tfmot.app.hardware_sweep`, table and plot); bad hardware fields are config errors."""
 
+import json
+
 import numpy as np
 import pytest
 from _configs import load_config
 
-from xbar_tfmot.app import hardware_sweep, pipeline
+from xbar_tfmot.app import configuration, hardware_sweep, pipeline
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.datasets import load_digits
 from xbar_tfmot.core.hardware import HardwareSpec
@@ -28,8 +30,15 @@ def test_hardware_phase_reports_dense_and_pruned_and_the_sweep(tmp_path):
                 set="adc_bits=null,input_bits=null,quantize_weights=false",  # an ideal chip
                 sweep_instances=2, sweep_variations="0,0.1", sweep_adc_bits="3")
   config.report.plots = True
+  # A hardware phase killed after measuring the dense ADC-3 chip: the resume reads that cell.
+  adc3 = hardware_sweep.conditions(configuration.hardware_spec(config), adc_bits=(3,))[0]
+  (tmp_path / "checkpoints").mkdir(parents=True)
+  (tmp_path / "checkpoints" / "hardware_sweep.json").write_text(
+      json.dumps({"dense": {adc3.key: [0.123]}}))
   metrics = pipeline.run(config, log=lambda line: None)
+  assert not (tmp_path / "checkpoints" / "hardware_sweep.json").exists()
   hw = metrics["hardware"]
+  assert hw["dense"]["sweep"][2]["accuracies"] == [0.123] and not hw["dense"]["sweep"][2]["measured"]
   assert hw["enabled"] and hw["instances"] == 2 and hw["images"] == 200
   assert hw["hardware"]["adc_bits"] is None and hw["hardware"]["name"] == "isaac_32nm"
   dense, pruned = hw["dense"], hw["pruned"]
@@ -124,3 +133,9 @@ def test_each_condition_is_its_chip_on_the_same_seeds(digits_model):
                                cache=saved)
   assert not any(r["measured"] for r in again)
   assert [r["accuracies"] for r in again] == [r["accuracies"] for r in rows]
+  short = {key: accs[:1] for key, accs in saved.items()}  # from a run with 1 instance
+  third = hardware_sweep.sweep(model, mapping, nominal, x, y, calibration, instances=3,
+                               variations=(0.0, 0.2), adc_bits=(3, 6), stuck=(0.3,), seed=5,
+                               cache=short)
+  assert [r["measured"] for r in third] == [r["random"] for r in rows]
+  assert [r["accuracies"] for r in third] == [r["accuracies"] for r in rows]

@@ -78,31 +78,37 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
           calibration: Any, instances: int, variations: Sequence[float] = (),
           adc_bits: Sequence[int] = (), stuck: Sequence[float] = (), seed: int = 0,
           cache: dict[str, list[float]] | None = None,
-          on_result: Callable[[str, list[float]], None] | None = None) -> list[dict[str, Any]]:
+          on_result: Callable[[str, list[float]], None] | None = None,
+          traced: bool = False) -> list[dict[str, Any]]:
   """Accuracy mean ± std over `instances` chips for each condition of `conditions(...)`.
 
   Args:
     model, mapping: the model and its crossbar mapping (`analog_accuracy`'s arguments).
     hw: the nominal chip around which one factor at a time changes.
     x, y: the evaluation images and labels; calibration: inputs that set the DAC/ADC ranges.
-    cache: accuracies already measured, by `Condition.key`; reused, not recomputed.
+    cache: accuracies already measured, by `Condition.key`; reused when they hold one value
+      per chip this call asks for (`instances`, or 1 for a condition without randomness).
     on_result: called with `(key, accuracies)` after each condition measured here (a caller
       saves it so an interrupted run resumes).
+    traced: run each chip as a graph (`analog_accuracy`); worth its trace (seconds per chip)
+      only when `x` is many batches.
 
   Returns:
     One row per condition: factor, value, mean, std, accuracies (one per chip instance) and
     `measured` (False when the accuracies came from `cache` or an equal earlier condition).
   """
+  from xbar_tfmot.models.analog_model import analog_accuracy  # TensorFlow only when measuring
   if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
     raise HardwareError(f"instances={instances!r}: valid: an integer >= 1 (chip instances).")
   known = dict(cache or {})
   seeds = range(seed, seed + instances)
   rows = []
   for c in conditions(hw, variations, adc_bits, stuck):
-    measured = c.key not in known
+    chips = seeds if c.random else seeds[:1]
+    measured = len(known.get(c.key, ())) != len(chips)
     if measured:
-      chips = seeds if c.random else seeds[:1]
-      known[c.key] = [chip_accuracy(model, mapping, c.hw, s, x, y, calibration) for s in chips]
+      known[c.key] = analog_accuracy(model, mapping, c.hw, x, y, chips, calibration,
+                                     batch_size=250, traced=traced)
       if on_result is not None:
         on_result(c.key, known[c.key])
     accs = known[c.key]
@@ -112,34 +118,12 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
   return rows
 
 
-def chip_accuracy(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, seed: int,
-                  x: np.ndarray, y: np.ndarray, calibration: Any, batch_size: int = 250) -> float:
-  """Top-1 accuracy of chip instance `seed` on `(x, y)`.
-
-  Runs the analog model eagerly: every chip is a new model, and for the few hundred images a
-  sweep condition sees, tracing a graph per chip costs more than it saves (measured on VGG8:
-  tracing about 20 s, eager about 1.7x the traced step time).
-  """
-  from xbar_tfmot.models.analog_model import analog_model
-  chip = analog_model(model, mapping, hw, int(seed), calibration)
-  correct = 0
-  for start in range(0, len(x), batch_size):
-    logits = chip(x[start:start + batch_size], training=False)
-    correct += int(np.sum(np.argmax(np.asarray(logits), -1) == y[start:start + batch_size]))
-  return correct / max(len(x), 1)
-
-
 def cost_summary(model: Any, mapping: CrossbarMapping, hw: HardwareSpec) -> dict[str, Any]:
   """Crossbars, energy (nJ), area (mm2) and latency (ns) per inference of the mapping on `hw`."""
   from xbar_tfmot.models.analog_model import output_positions
   cost = estimate_cost(mapping, hw, output_positions(model, mapping.layer_names)).pruned
   return {"crossbars": int(mapping.totals["crossbars"]), "energy_nj": cost.energy_pj / 1e3,
           "area_mm2": cost.area_mm2, "latency_ns": cost.latency_ns}
-
-
-def series(rows: Sequence[dict[str, Any]], factor: str) -> list[tuple[float, float, float]]:
-  """`(value, mean, std)` of one factor's rows, by value."""
-  return sorted((r["value"], r["mean"], r["std"]) for r in rows if r["factor"] == factor)
 
 
 def parse_values(text: str, field: str, kind: type = float) -> tuple:

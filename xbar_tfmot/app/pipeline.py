@@ -437,7 +437,7 @@ class Pipeline:
     if not c.hardware.enabled:
       self._finish("hardware", {"enabled": False}, started)
       return
-    from xbar_tfmot.core.cost import estimate_cost
+    from xbar_tfmot.app import hardware_sweep
     from xbar_tfmot.models import analog_model
     from xbar_tfmot.models.model_mapping import build_mapping
     hw = configuration.hardware_spec(c)
@@ -453,23 +453,29 @@ class Pipeline:
       result["sweep_instances"] = c.hardware.sweep_instances
       self.log(f"[hardware] sweep: {sum(len(v) for v in sweep.values())} conditions x "
                f"{c.hardware.sweep_instances} instances per model")
+    progress_file = self._path("hardware_sweep.json")  # measured sweep cells, for a resume
+    progress = _read_json(progress_file) if progress_file.exists() else {}
     for label, path in (("dense", self._prune_input()), ("pruned", self._path("pruned.keras"))):
       model = self._load(path)
       mapping = build_mapping(model, self.spec, c.crossbar.granularity)
       calibration = x_train[:c.hardware.calibration_images]
       accuracies = analog_model.analog_accuracy(model, mapping, hw, x, y, seeds, calibration)
-      cost = estimate_cost(mapping, hw, analog_model.output_positions(model, mapping.layer_names))
-      result[label] = {"crossbars": mapping.totals["crossbars"],
-                       "energy_nj": cost.pruned.energy_pj / 1e3, "area_mm2": cost.pruned.area_mm2,
-                       "latency_ns": cost.pruned.latency_ns,
+      result[label] = {**hardware_sweep.cost_summary(model, mapping, hw),
                        "float_accuracy": training.accuracy(model, x, y),
                        "accuracy_mean": float(np.mean(accuracies)),
                        "accuracy_std": float(np.std(accuracies))}
       if sweep:
-        from xbar_tfmot.app.hardware_sweep import sweep as run_sweep
-        result[label]["sweep"] = run_sweep(model, mapping, hw, x, y, calibration,
-                                           c.hardware.sweep_instances, seed=c.seed, **sweep)
+        cells = progress.setdefault(label, {})
+
+        def save(key: str, accs: list[float], cells=cells) -> None:
+          cells[key] = accs
+          _write_json(progress_file, progress)
+
+        result[label]["sweep"] = hardware_sweep.sweep(
+            model, mapping, hw, x, y, calibration, c.hardware.sweep_instances, seed=c.seed,
+            cache=cells, on_result=save, **sweep)
     self._finish("hardware", result, started)
+    progress_file.unlink(missing_ok=True)
 
   def report(self) -> dict[str, Any]:
     started = time.perf_counter()

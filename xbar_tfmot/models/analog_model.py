@@ -280,12 +280,17 @@ def layer_inputs(model: Any, names: Sequence[str]) -> dict[str, tuple[int, ...]]
 
 def analog_accuracy(model: Any, mapping: mapping_lib.CrossbarMapping, hw: HardwareSpec,
                     x: np.ndarray, y: np.ndarray, seeds: Sequence[int], calibration: Any = None,
-                    batch_size: int = 256) -> list[float]:
-  """Top-1 accuracy of `model` on `(x, y)` for each chip instance (seed) of `hw`."""
+                    batch_size: int = 256, traced: bool = True) -> list[float]:
+  """Top-1 accuracy of `model` on `(x, y)` for each chip instance (seed) of `hw`.
+
+  `traced`: run each chip as a `tf.function` (one trace per chip, then graph speed) or
+  eagerly (no trace, slower per batch): for a few batches per chip eager costs less.
+  """
   out = []
   for seed in seeds:
     chip = analog_model(model, mapping, hw, int(seed), calibration)
-    run = tf.function(lambda b: chip(b, training=False))
+    run = tf.function(lambda b: chip(b, training=False)) if traced else (
+        lambda b: chip(b, training=False))
     correct = 0
     for start in range(0, len(x), batch_size):
       logits = run(tf.constant(x[start:start + batch_size]))
