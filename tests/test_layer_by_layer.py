@@ -40,12 +40,15 @@ def tiny_model(flavour: str):
                            keras.layers.Dense(10, name="out")])
 
 
-def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int = 0):
+def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int = 0,
+        calls=None):
   keras = keras_module(flavour)
   x, y = digits()
   model = tiny_model(flavour)
 
   def train(m, epochs, *, callbacks, seed, finetune):
+    if calls is not None:
+      calls.append((finetune, seed))
     m.compile(keras.optimizers.Adam(1e-3 if finetune else 3e-3),
               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     keras.utils.set_random_seed(seed)
@@ -84,7 +87,11 @@ def test_max_reduction_stops_at_that_reduction_and_earlier_masks_stay(flavour):
 
 def test_crossbar_threshold_stops_at_exactly_tc():
   rules = StopRules(max_accuracy_drop=1.0, crossbar_threshold=60, step=0.15)
-  model, outcomes = run("tf_keras", rules)
+  calls = []
+  model, outcomes = run("tf_keras", rules, calls=calls)
+  # hidden: two LGD-RPP steps and its fine-tuning; out (already at Tc): nothing to fine-tune
+  assert [finetune for finetune, _ in calls] == [False, False, True]
+  assert len({seed for _, seed in calls}) == 3
   hidden, out = outcomes
   assert (hidden.stop, hidden.after, hidden.steps) == ("crossbar_threshold", 60, 2)  # 68, 60
   assert brute_blocks(kernel(model, "hidden")) == 60

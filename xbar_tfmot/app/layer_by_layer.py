@@ -200,8 +200,9 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
         candidate = strip_crossbar_pruning(pruned)
         reached = count_crossbars(candidate, g.name, spec, granularity)
         if reached > budget:
-          raise RuntimeError(f"layer {g.name!r}: LGD-RPP left {reached} crossbars for a budget "
-                             f"of {budget}; the schedule did not reach its end step.")
+          raise LayerByLayerError(
+              f"layer {g.name!r}: LGD-RPP left {reached} crossbars for a budget of {budget}; "
+              f"the schedule did not reach its end step (train must fit every epoch asked).")
         accuracy = validate(candidate)
         log(f"[layer_by_layer] {g.name}: step {steps} to {budget} of {g.dense_crossbars} "
             f"crossbars ({reduction:.0%} grid), validation accuracy {accuracy:.4f}")
@@ -217,7 +218,7 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
         stop = "max_reduction"
         break
     masks[g.name] = _kernel_mask(model, g.name)
-    if finetune_epochs:
+    if finetune_epochs and current < before:  # a stage that kept nothing has nothing to mend
       train(model, finetune_epochs, seed=_seed(seed, position, 0), finetune=True,
             callbacks=_fixed_masks(keras, model, masks))
     outcome = LayerOutcome(layer=g.name, dense=g.dense_crossbars, before=before, after=current,
@@ -258,7 +259,8 @@ def _kernel_mask(model, name: str) -> np.ndarray:
 
 
 def _seed(seed: int, position: int, step: int) -> int:
-  return (seed * 7919 + position * 101 + step) % 2**31
+  """A distinct seed per (run seed, layer position, grid step; 0 for the fine-tuning)."""
+  return int(np.random.SeedSequence([seed, position, step]).generate_state(1)[0] % 2**31)
 
 
 def _fixed_masks(keras, model, masks: dict[str, np.ndarray]) -> list:
