@@ -36,7 +36,9 @@ def test_the_chief_is_the_one_tensorflow_chooses():
 
 @pytest.mark.parametrize("text, message", [
     (None, "TF_CONFIG .* is not set; valid: a JSON object"),
-    ("{cluster", "TF_CONFIG .*: not JSON"),
+    ("{cluster", "TF_CONFIG .*: not valid JSON"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}, '
+     '"task": {"type": "worker", "index": 1}}', "not valid JSON .*duplicate key 'task'"),
     ('{"cluster": {"worker": ["a:1"]}}', 'valid: an object with "cluster" and "task"'),
     ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}',
      r'cluster.worker=\[.a.\]; valid: a list of "host:port"'),

@@ -17,7 +17,6 @@ raises `WorkerLost`, and rerunning the same command on every worker resumes it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 import shutil
@@ -26,6 +25,7 @@ from typing import Any, Iterator
 
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.workdir_lock import LOCK_NAME
+from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.errors import XbarError
 
 SCRATCH = "workers"  # under the workdir: one scratch folder per non-chief worker
@@ -66,9 +66,9 @@ def task_from_tf_config(text: str | None) -> Task:
                       f"[\"host1:port\", \"host2:port\"]}}, \"task\": {{\"type\": \"worker\", "
                       f"\"index\": 0}}}}, one index per worker.")
   try:
-    data = json.loads(text)
-  except ValueError as e:
-    raise ConfigError(f"{where}: not JSON ({e}).") from None
+    data = strict_json.loads(text, "TF_CONFIG")
+  except ValueError as e:  # a repeated key ("task" twice) too: which one was meant?
+    raise ConfigError(f"{where}: not valid JSON ({e}).") from None
   cluster = data.get("cluster") if isinstance(data, dict) else None
   task = data.get("task") if isinstance(data, dict) else None
   if not isinstance(cluster, dict) or not isinstance(task, dict):

@@ -50,7 +50,8 @@ def _join(path: str, part: str | int) -> str:
 
 
 def _first_duplicate(data: Any) -> tuple[str, str]:
-  """`(key, path)` of the first duplicated key in document order (iterative: deep documents)."""
+  """`(key, path)` of the first object with a duplicated key met walking the tree depth first
+  (an object before the objects inside it; iterative, for deep documents)."""
   stack: list[tuple[Any, str]] = [(data, "")]
   while stack:
     value, path = stack.pop()
