@@ -189,6 +189,11 @@ def main() -> None:
           f"{statistics.median(r['cpu'] / r['wall'] for r in rs):9.2f} "
           f"{statistics.median(r['others'] for r in rs):7.2f} "
           f"{statistics.median(r['steal'] for r in rs):6.2f}")
+  busy = [r for rs in rounds.values() for r in rs if r["others"] > 0.25]
+  if busy:
+    print(f"WARNING: in {len(busy)} of {sum(map(len, rounds.values()))} rounds the rest of the "
+          f"machine used more than a quarter of a core (up to {max(r['others'] for r in busy):.2f}"
+          f" cores): their times measure the contention, not the code.")
   print("rounds, wall ms/step in order (a two-level pattern shows as two clusters):")
   for name, rs in rounds.items():
     print(f"  {name:31s} " + " ".join(f"{1e3 * r['wall']:.0f}" for r in rs))
