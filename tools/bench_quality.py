@@ -489,28 +489,6 @@ def spec_of(text: str):
     raise SystemExit(f"--spec: {e}") from None
 
 
-def fixed_masks(model, masks: dict[str, np.ndarray]):
-  """A tf_keras callback keeping given kernels multiplied by fixed 0/1 masks while training."""
-  import tensorflow as tf
-  import tf_keras as keras
-  pairs = [(model.get_layer(n).kernel, tf.constant(m, model.get_layer(n).kernel.dtype))
-           for n, m in masks.items()]
-
-  @tf.function
-  def apply():
-    for kernel, mask in pairs:
-      kernel.assign(kernel * mask)
-
-  class FixedMasks(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-      apply()
-
-    def on_train_batch_end(self, batch, logs=None):
-      apply()
-
-  return FixedMasks()
-
-
 # ---------------------------------------------------------------------------- methods
 
 def run_lgd(b: Bench, reduction: float, granularity: str, projection: str, regrowth: str,
@@ -641,8 +619,9 @@ def exact_masks(b: Bench, model, reduction: float) -> dict[str, np.ndarray]:
 
 
 def finetune_masked(b: Bench, model, masks: dict[str, np.ndarray], epochs: int):
+  from xbar_tfmot.pruning.callbacks import fixed_masks
   b.compile(model, b.args.finetune_lr, epochs)
-  b.fit(model, epochs, [fixed_masks(model, masks)])
+  b.fit(model, epochs, fixed_masks(model, masks))
   b.training.apply_masks(model, masks)  # exact zeros for the count, whatever the last step did
   return model
 

@@ -52,6 +52,7 @@ class Task:
 
   @property
   def name(self) -> str:
+    """`type_index` (`worker_1`): the task in messages and its scratch folder's name."""
     return f"{self.type}_{self.index}"
 
 

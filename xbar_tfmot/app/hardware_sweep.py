@@ -31,6 +31,10 @@ from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.core.mapping import CrossbarMapping
 
 FACTORS = ("variation", "adc_bits", "stuck")
+# A chip traced as a graph beats eager from here on: one isaac_32nm chip of the width-0.25 VGG8
+# of docs/hardware.md on 2000 test images took 15-17 s traced against 22-23 s eager
+# (2026-11-28, a quiet 2-core machine); on a few hundred images the trace costs more.
+TRACE_FROM_IMAGES = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +83,7 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
           adc_bits: Sequence[int] = (), stuck: Sequence[float] = (), seed: int = 0,
           cache: dict[str, list[float]] | None = None,
           on_result: Callable[[str, list[float]], None] | None = None,
-          traced: bool = False) -> list[dict[str, Any]]:
+          traced: bool | None = None) -> list[dict[str, Any]]:
   """Accuracy mean ± std over `instances` chips for each condition of `conditions(...)`.
 
   Args:
@@ -90,8 +94,8 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
       per chip this call asks for (`instances`, or 1 for a condition without randomness).
     on_result: called with `(key, accuracies)` after each condition measured here (a caller
       saves it so an interrupted run resumes).
-    traced: run each chip as a graph (`analog_accuracy`); worth its trace (seconds per chip)
-      only when `x` is many batches.
+    traced: run each chip as a graph (`analog_accuracy`); None: when `x` holds at least
+      `TRACE_FROM_IMAGES` images (below, eager skips the trace).
 
   Returns:
     One row per condition: factor, value, mean, std, accuracies (one per chip instance) and
@@ -100,6 +104,8 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
   from xbar_tfmot.models.analog_model import analog_accuracy  # TensorFlow only when measuring
   if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
     raise HardwareError(f"instances={instances!r}: valid: an integer >= 1 (chip instances).")
+  if traced is None:
+    traced = len(x) >= TRACE_FROM_IMAGES
   known = dict(cache or {})
   seeds = range(seed, seed + instances)
   rows = []

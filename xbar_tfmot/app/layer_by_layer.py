@@ -29,7 +29,7 @@ import numpy as np
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
-from xbar_tfmot.core.projection import crossbar_budget
+from xbar_tfmot.core.projection import GRANULARITIES, crossbar_budget
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection as layers_lib
@@ -102,6 +102,7 @@ class LayerOutcome:
 
   @property
   def reduction(self) -> float:
+    """Fraction of the layer's dense crossbars the procedure removed."""
     return 1.0 - self.after / self.dense
 
   def to_dict(self) -> dict[str, Any]:
@@ -146,7 +147,7 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
     layer, in model order.
   """
   from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
-  from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning
+  from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning, fixed_masks
   if not isinstance(rules, StopRules):
     raise LayerByLayerError(f"prune_layer_by_layer: rules={rules!r} is invalid; valid: a "
                             f"StopRules.")
@@ -159,9 +160,9 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
   if not 0.0 < ramp <= 1.0:
     raise LayerByLayerError(f"prune_layer_by_layer: ramp={ramp!r} is invalid; valid: "
                             f"0 < ramp <= 1.")
-  keras = layers_lib.keras_module(layers_lib.flavour(model))
   geometries = _geometries(model, spec)
-  plan = CrossbarPolicy(leave_dense=leave_dense).plan(geometries, 0.5)
+  plan = CrossbarPolicy(leave_dense=leave_dense).plan(geometries, 0.5)  # any reduction: only
+  # which layers the policy leaves dense (None) is read
   order = [g for g in geometries if plan[g.name] is not None]
   mapped = [g.name for g in geometries]
   end_step = max(1, round(ramp * step_epochs * steps_per_epoch))
@@ -196,7 +197,7 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
                                 projection=projection, regrowth=regrowth, policy=policy,
                                 seed=step_seed, temperature=temperature)
         train(pruned, step_epochs, seed=step_seed, finetune=False,
-              callbacks=[UpdateCrossbarPruning(), *_fixed_masks(keras, pruned, masks)])
+              callbacks=[UpdateCrossbarPruning(), *fixed_masks(pruned, masks)])
         candidate = strip_crossbar_pruning(pruned)
         reached = count_crossbars(candidate, g.name, spec, granularity)
         if reached > budget:
@@ -220,7 +221,7 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
     masks[g.name] = _kernel_mask(model, g.name)
     if finetune_epochs and current < before:  # a stage that kept nothing has nothing to mend
       train(model, finetune_epochs, seed=_seed(seed, position, 0), finetune=True,
-            callbacks=_fixed_masks(keras, model, masks))
+            callbacks=fixed_masks(model, masks))
     outcome = LayerOutcome(layer=g.name, dense=g.dense_crossbars, before=before, after=current,
                            steps=steps, stop=stop, accuracy=validate(model),
                            rejected_accuracy=rejected)
@@ -234,6 +235,9 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
 def count_crossbars(model, name: str, spec: CrossbarSpec, granularity: str) -> int:
   """Crossbars of one copy of layer `name` as its kernel's zeros stand (`packed` at column
   grain, `blocks` at crossbar grain)."""
+  if granularity not in GRANULARITIES:
+    raise LayerByLayerError(f"granularity={granularity!r} is unknown; valid: "
+                            f"{', '.join(GRANULARITIES)}.")
   layer = layers_lib.unwrap(_layer(model, name))
   g = layers_lib.geometry_of(layer, spec)
   counts = g.counts(layers_lib.effective_kernel(_layer(model, name)))
@@ -261,32 +265,6 @@ def _kernel_mask(model, name: str) -> np.ndarray:
 def _seed(seed: int, position: int, step: int) -> int:
   """A distinct seed per (run seed, layer position, grid step; 0 for the fine-tuning)."""
   return int(np.random.SeedSequence([seed, position, step]).generate_state(1)[0] % 2**31)
-
-
-def _fixed_masks(keras, model, masks: dict[str, np.ndarray]) -> list:
-  """A callback keeping the finished layers' kernels multiplied by their masks while `model`
-  trains (after every batch, so a regrown weight never reaches the next forward pass)."""
-  if not masks:
-    return []
-  import tensorflow as tf
-  pairs = []
-  for name, mask in masks.items():
-    kernel = layers_lib.mapped_kernel(layers_lib.unwrap(_layer(model, name)))
-    pairs.append((kernel, tf.constant(mask, kernel.dtype)))
-
-  @tf.function
-  def apply():
-    for kernel, mask in pairs:
-      kernel.assign(tf.convert_to_tensor(kernel) * mask)
-
-  class FixedMasks(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-      apply()
-
-    def on_train_batch_end(self, batch, logs=None):
-      apply()
-
-  return [FixedMasks()]
 
 
 def outcome_rows(outcomes: Sequence[LayerOutcome]) -> list[dict[str, Any]]:

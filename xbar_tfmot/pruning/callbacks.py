@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import Mapping
 
 import numpy as np
 
@@ -200,3 +201,38 @@ class SummariesMixin:
       for name, value in scalars.items():
         tf.summary.scalar(name, value, step=step)
     self._writer.flush()
+
+
+def fixed_masks(model, masks: Mapping[str, np.ndarray]) -> list:
+  """Callbacks (none, or one) that keep the mapped kernels of `masks`' layers multiplied by
+  their 0/1 masks while `model` trains: at the start and after every batch, so a weight the
+  optimizer regrows never reaches the next forward pass. Layers are found by name, wrapped or
+  not; the callback is of the model's flavour."""
+  if not masks:
+    return []
+  import tensorflow as tf
+  keras = xlayers.keras_module(xlayers.flavour(model))
+  by_name = {xlayers.unwrap(l).name: xlayers.unwrap(l) for l in xlayers.iter_layers(model)}
+  missing = [n for n in masks if n not in by_name]
+  if missing:
+    raise ValueError(f"fixed_masks: no layer {', '.join(map(repr, missing))} in model "
+                     f"{model.name!r}; valid: its layers' names.")
+  pairs = []
+  for name, mask in masks.items():
+    kernel = xlayers.mapped_kernel(by_name[name])
+    pairs.append((kernel, tf.constant(mask, kernel.dtype)))
+
+  @tf.function
+  def apply():
+    for kernel, mask in pairs:
+      kernel.assign(tf.convert_to_tensor(kernel) * mask)
+
+  class FixedMasks(keras.callbacks.Callback):
+
+    def on_train_begin(self, logs=None):
+      apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+      apply()
+
+  return [FixedMasks()]
