@@ -169,8 +169,9 @@ KILL_POINTS = (
 )
 
 
-def _kill_when(workdir: pathlib.Path, flavour: str, ready) -> subprocess.CompletedProcess:
-  """Starts the pipeline on `workdir` and SIGKILLs it as soon as `ready(lines, workdir)`."""
+def _kill_when(workdir: pathlib.Path, flavour: str, ready) -> list[str]:
+  """Starts the pipeline on `workdir`, SIGKILLs it as soon as `ready(lines, workdir)` and
+  returns the lines it printed."""
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
   proc = subprocess.Popen(_command(workdir, flavour), env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)

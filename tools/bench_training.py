@@ -3,9 +3,10 @@
 Times `fit` steps of one CNN (synthetic CIFAR-sized data) unwrapped, wrapped by
 `xbar_tfmot.prune_crossbar` (each regrowth mode), and wrapped by TFMOT's
 `prune_low_magnitude`, with the same mask-update frequency, on tf_keras; and the same CNN
-unwrapped and crossbar-wrapped on Keras 3 (`import keras`), side by side. Rounds are
-interleaved and the median round is reported, so drift of the machine hits every variant
-alike. "vs unwrapped" compares with the unwrapped model of the same flavour.
+unwrapped and crossbar-wrapped on Keras 3 (`import keras`), side by side. Many short rounds
+are interleaved and every ratio is taken round by round (median and range over rounds), so
+drift of the machine hits every variant alike. "vs unwrapped" compares with the unwrapped
+model of the same flavour.
 
 Each round also records the process CPU time (all threads), the CPU the rest of the
 machine used meanwhile ("others", in cores) and the hypervisor's steal (cores), so that a
@@ -174,17 +175,17 @@ def main() -> None:
         "rounds; ratios are taken round by round against the reference's neighbouring round")
   print(f"{'variant':33s} {'ms/step':>22s} {'vs unwrapped':>22s} {'vs tfmot':>22s} "
         f"{'CPU ms/step':>12s} {'CPU/wall':>9s} {'others':>7s} {'steal':>6s}")
+
+  def ratio(rs, ref):
+    if ref not in rounds:
+      return "-"
+    return spread([r["wall"] / q["wall"] for r, q in zip(rs, rounds[ref])]) + "x"
+
   for name, rs in rounds.items():
     walls = [1e3 * r["wall"] for r in rs]
     base = "keras3 unwrapped" if name.startswith("keras3") else "unwrapped"
-
-    def ratio(ref):
-      if ref not in rounds:
-        return "-"
-      return spread([r["wall"] / q["wall"] for r, q in zip(rs, rounds[ref])]) + "x"
-
-    print(f"{name:33s} {spread(walls):>22s} {ratio(base):>22s} "
-          f"{ratio('tfmot prune_low_magnitude'):>22s} "
+    print(f"{name:33s} {spread(walls):>22s} {ratio(rs, base):>22s} "
+          f"{ratio(rs, 'tfmot prune_low_magnitude'):>22s} "
           f"{statistics.median(1e3 * r['cpu'] for r in rs):12.1f} "
           f"{statistics.median(r['cpu'] / r['wall'] for r in rs):9.2f} "
           f"{statistics.median(r['others'] for r in rs):7.2f} "
