@@ -8,7 +8,7 @@ import pathlib
 import pytest
 from _tools import load_tool, run_tool
 
-METHODS = "rpp-crossbar,rpp-column,oneshot-crossbar"
+METHODS = "rpp-crossbar,rpp-column,oneshot-crossbar,layer-by-layer"
 
 
 def _run(out: pathlib.Path):
@@ -30,15 +30,35 @@ def test_quick_run_cells_budget_and_resume(tmp_path):
     counts = cell["counts"]
     assert 0.0 <= cell["accuracy"] <= 1.0
     assert counts["dense"] == data["baselines"]["fashion_mnist_vgg8_w0.25_s0"]["counts"]["dense"]
+    if cell["method"] == "layer-by-layer":
+      continue
     assert counts["packed"] <= cell["budget"] < counts["dense"], cell
     if cell["method"] != "rpp-column":
       assert counts["blocks"] <= cell["budget"], cell
   assert (out / "bench_quality.md").read_text().count("| ") > 3
   assert (out / "bench_quality.png").stat().st_size > 1000
 
+  _check_layer_by_layer(data)
   again = _run(out)
-  assert "3 cells planned, 3 done" in again.stdout
+  assert "4 cells planned, 4 done" in again.stdout
   assert json.loads((out / "results.json").read_text())["cells"] == data["cells"]
+
+
+def _check_layer_by_layer(data: dict) -> None:
+  """The paper's procedure visits exactly the pruned layers in model order, never cuts one
+  below the target reduction (its max_reduction) nor Tc, and the crossbar report's counts
+  agree with its per-layer outcomes."""
+  from xbar_tfmot.core.projection import crossbar_budget
+  cell = next(c for c in data["cells"] if c["method"] == "layer-by-layer")
+  baseline = data["baselines"]["fashion_mnist_vgg8_w0.25_s0"]
+  outcomes = cell["outcomes"]
+  assert [o["layer"] for o in outcomes] == baseline["pruned_layers"]
+  for o in outcomes:
+    assert o["after"] >= max(crossbar_budget(o["dense"], cell["reduction"]), 1), o
+    assert o["after"] == cell["layers"][o["layer"]], o
+  assert cell["counts"]["packed"] >= cell["budget"]
+  assert cell["counts_pruned"]["packed"] == sum(o["after"] for o in outcomes)
+  assert cell["counts"]["packed"] < cell["counts"]["dense"]
 
 
 def test_other_setting_in_same_out_is_refused(tmp_path):

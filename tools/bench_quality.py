@@ -30,6 +30,11 @@ how the crossbars are split among layers (`CrossbarPolicy.mode`):
   alloc-sensitivity    sensitivity: curves measured on the validation split, then a knapsack
   alloc-best-distill   the row above with the best mean validation accuracy at that (network,
                        target), trained against the dense model's logits (DistillationLoss)
+  layer-by-layer       the paper's procedure (`prune_layer_by_layer`): one layer at a time, its
+                       reduction climbing a 3-step grid up to the target until the validation
+                       accuracy falls 2 points below the start (or Tc = 1), each layer then
+                       fine-tuned one epoch; it lands on its own crossbar count, which the
+                       cell reports (its epochs too: more than the other rows')
 
 The validation split (`--validation-size`) is carved from the training images outside the
 training subset (which stays the issue-8 subset); it alone chooses, the test set only reports.
@@ -120,6 +125,8 @@ METHOD_TABLE: dict[str, Method] = {
                                 "allocation", _alloc("sensitivity")),
     "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",
                                  "distilled", lambda b, r: run_best_distilled(b, r)),
+    "layer-by-layer": Method("A7. layer-by-layer (the paper's procedure)", "h-", "procedure",
+                             lambda b, r: run_layer_by_layer(b, r)),
 }
 # Each allocation row again with distillation (`<row>-kd`): A6 is the one validation picks; a
 # fixed `-kd` row runs before the pick is known (the reading uses it as A6 when it is the pick).
@@ -138,9 +145,10 @@ BASELINES = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "basel
 ALLOCATION = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "allocation")
 DISTILLED = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "distilled")
 KD = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "kd")
+PROCEDURE = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "procedure")
 ISSUE8 = LGD_METHODS + BASELINES
 # Method groups `--methods` accepts besides single names.
-METHOD_GROUPS = {"issue8": ISSUE8, "allocation": ALLOCATION + DISTILLED}
+METHOD_GROUPS = {"issue8": ISSUE8, "allocation": ALLOCATION + DISTILLED + PROCEDURE}
 METHOD_LABELS = {m: spec.label for m, spec in METHOD_TABLE.items()}
 DATASETS = ("fashion_mnist", "cifar10")
 CIFAR10_DEFAULT = "~/.keras/datasets/cifar-10-batches-py"
@@ -613,6 +621,44 @@ def run_best_distilled(b: Bench, reduction: float):
   return model, {**extra, "chosen": best, "validation_means": by}
 
 
+# layer-by-layer's stop rules: the library defaults but for the grid, which climbs to the target
+# in LBL_GRID_STEPS steps (the default 0.1 grid would train up to 9 epochs a layer)
+LBL_MAX_ACCURACY_DROP, LBL_CROSSBAR_THRESHOLD, LBL_GRID_STEPS = 0.02, 1, 3
+
+
+def run_layer_by_layer(b: Bench, reduction: float):
+  """The paper's procedure on the reordered baseline, column grain: each pruned layer in turn,
+  up to `reduction` (`max_reduction`) unless the validation accuracy (BatchNorm re-estimated)
+  falls more than `LBL_MAX_ACCURACY_DROP` below the start; one epoch a step, one epoch of
+  fine-tuning a layer."""
+  from xbar_tfmot.app.layer_by_layer import StopRules, outcome_rows, prune_layer_by_layer
+  source, reorder_seconds, skipped = reordered(b, reduction)
+  rules = StopRules(max_accuracy_drop=LBL_MAX_ACCURACY_DROP, max_reduction=reduction,
+                    crossbar_threshold=LBL_CROSSBAR_THRESHOLD, step=reduction / LBL_GRID_STEPS)
+  epochs = []
+
+  def train(model, n: int, *, callbacks, seed: int, finetune: bool) -> None:
+    b.compile(model, b.args.finetune_lr, n)
+    b.training.fit_seeded(model, b.x, b.y, b.keras, n, b.args.batch, seed, callbacks)
+    epochs.append(n)
+
+  def validate(model) -> float:
+    b.recalibrate(model)
+    return b.val_accuracy(model)
+
+  model, outcomes = prune_layer_by_layer(
+      b.copy(source), b.spec, granularity="column", rules=rules, train=train,
+      validate=validate, steps_per_epoch=b.steps_per_epoch,
+      leave_dense=[re.escape(n) for n in b.dense_names(source)], ramp=b.args.prune_fraction,
+      updates_per_epoch=max(1, b.steps_per_epoch // b.args.frequency),
+      temperature=b.args.temperature, seed=b.seed, log=b.log)
+  return model, {"reorder_seconds": reorder_seconds, "reorder_skipped": skipped,
+                 "epochs_trained": sum(epochs), "outcomes": outcome_rows(outcomes),
+                 "rules": {"max_accuracy_drop": rules.max_accuracy_drop,
+                           "max_reduction": rules.max_reduction,
+                           "crossbar_threshold": rules.crossbar_threshold, "step": rules.step}}
+
+
 def exact_masks(b: Bench, model, reduction: float) -> dict[str, np.ndarray]:
   """Crossbar-grain exact projection of each pruned layer's kernel at its budget."""
   return b.training.one_shot_masks(model, b.spec, b.policy(model), reduction, "crossbar")
@@ -882,7 +928,7 @@ def markdown(data: dict, command: str) -> str:
 
 def validation_table(summary: dict, reductions: list[float]) -> list[str]:
   """Validation accuracy of the allocation rows (what chooses the best), seconds per cell."""
-  rows = [m for m in ALLOCATION + DISTILLED + KD if m in summary]
+  rows = [m for m in ALLOCATION + DISTILLED + KD + PROCEDURE if m in summary]
   if not rows:
     return []
   lines = ["Validation accuracy in % (mean over seeds; chooses A6's allocation) / seconds per "
