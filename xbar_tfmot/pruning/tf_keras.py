@@ -204,8 +204,10 @@ ADAPTER = adapter.Adapter(
 class UpdateCrossbarPruning(_tfmot.pruning_callbacks.UpdatePruningStep):
   """TFMOT's `UpdatePruningStep` that also checks the model holds crossbar wrappers.
 
-  TFMOT's own `UpdatePruningStep` works unchanged with crossbar wrappers; this one fails
-  early, naming the fix, when the model being fit was never passed to `prune_crossbar`.
+  TFMOT's own `UpdatePruningStep` works unchanged with crossbar wrappers, except under a
+  `global_score` policy: only this callback splits its model-wide budget, and without it the
+  layers stay dense. This one also fails early, naming the fix, when the model being fit was
+  never passed to `prune_crossbar`.
   """
 
   def __init__(self, allocation_data=None):
