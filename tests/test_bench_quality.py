@@ -1,5 +1,6 @@
 """tools/bench_quality.py: a --quick run on real Fashion-MNIST writes the expected cells, the
-LGD-RPP cells respect their crossbar budget, a rerun resumes (skips finished cells), and
+LGD-RPP cells respect their crossbar budget, the layer-by-layer cell its stop rules, a rerun
+resumes (skips finished cells), and
 `--dataset cifar10` without a local copy fails naming the missing path."""
 
 import json
