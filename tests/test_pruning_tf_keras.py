@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import project
 from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
                                        CrossbarTemperatureDecay)
@@ -83,3 +84,21 @@ def test_tfmot_update_pruning_step_works_unchanged():
   callback = UpdateCrossbarPruning()  # flavour from the model it is set on
   callback.set_model(pruned)
   assert isinstance(callback.implementation, UpdatePruningStep)
+
+
+@pytest.mark.parametrize("tfmot_callback", [True, False])
+def test_a_shared_budget_fit_without_our_callback_fails_at_strip(tfmot_callback):
+  from tensorflow_model_optimization.python.core.sparsity.keras.pruning_callbacks import \
+      UpdatePruningStep
+  pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=6, frequency=3),
+                          policy=CrossbarPolicy(mode="global_score"), seed=1)
+  pm.compile_model(pruned)
+  callback = UpdatePruningStep() if tfmot_callback else UpdateCrossbarPruning()
+  pruned.fit(X[:256], Y[:256], batch_size=32, epochs=1, verbose=0, callbacks=[callback])
+  if tfmot_callback:
+    with pytest.raises(ValueError, match="conv2.*fit without xbar_tfmot.UpdateCrossbarPruning"):
+      strip_crossbar_pruning(pruned)
+  else:
+    ws = crossbar_wrappers(pruned)
+    assert sum(w.current_budget() for w in ws) == ws[0].allocation["total"]
+    strip_crossbar_pruning(pruned)

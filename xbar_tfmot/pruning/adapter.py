@@ -18,6 +18,7 @@ import numpy as np
 from xbar_tfmot.core import schedules as xschedules
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.pruning import allocation
 from xbar_tfmot.pruning import plan as core
 
 FLAVOUR_MODULES = {"tf_keras": "xbar_tfmot.pruning.tf_keras",
@@ -174,6 +175,8 @@ class Adapter:
       raise ValueError(
           f"strip_crossbar_pruning: expected a keras Model or a CrossbarPrune layer, got "
           f"{type(model).__name__}.")
+
+    allocation.check_pools_met(self.crossbar_wrappers(model))
 
     def unwrap(layer):
       if isinstance(layer, self.wrapper):

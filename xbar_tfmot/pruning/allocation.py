@@ -45,6 +45,25 @@ def check_data(wrappers: Sequence[Any], data: Any) -> None:
           "or validation images, not the test set).")
 
 
+def check_pools_met(wrappers: Sequence[Any]) -> None:
+  """Raises if a shared pool whose schedule has ended does not hold exactly its total.
+
+  Only `UpdateCrossbarPruning` splits a pool; fit with another step callback (TFMOT's
+  `UpdatePruningStep`), the layers keep their dense budgets and nothing is pruned.
+  """
+  for group in shared_groups(wrappers):
+    first = group[0]
+    end, step = first.pruning_schedule.end_step, int(_read(first.pruning_step))
+    held, total = sum(w.current_budget() for w in group), first.allocation["total"]
+    if 0 <= end <= step and held != total:
+      raise ValueError(
+          f"strip_crossbar_pruning: layers {', '.join(w.layer.name for w in group)} share a "
+          f"{first.allocation['mode']} budget of {total} crossbars but hold {held} after the "
+          f"schedule's end_step {end}: they were fit without xbar_tfmot.UpdateCrossbarPruning, "
+          f"the only callback that splits a model-wide budget (TFMOT's UpdatePruningStep does "
+          f"not); valid: fit with callbacks=[xbar_tfmot.UpdateCrossbarPruning()].")
+
+
 def _read(variable) -> np.ndarray:
   """A variable's value (the primary copy of a mirrored one), either flavour."""
   return np.asarray(tf.convert_to_tensor(variable))

@@ -205,9 +205,9 @@ class UpdateCrossbarPruning(_tfmot.pruning_callbacks.UpdatePruningStep):
   """TFMOT's `UpdatePruningStep` that also checks the model holds crossbar wrappers.
 
   TFMOT's own `UpdatePruningStep` works unchanged with crossbar wrappers, except under a
-  `global_score` policy: only this callback splits its model-wide budget, and without it the
-  layers stay dense. This one also fails early, naming the fix, when the model being fit was
-  never passed to `prune_crossbar`.
+  `global_score` policy: only this callback splits its model-wide budget; without it the
+  layers stay dense and `strip_crossbar_pruning` raises. This one also fails early, naming the
+  fix, when the model being fit was never passed to `prune_crossbar`.
   """
 
   def __init__(self, allocation_data=None):
