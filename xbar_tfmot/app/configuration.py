@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from xbar_tfmot.app.datasets import DATASETS
+from xbar_tfmot.app.layer_by_layer import invalid_rule
 from xbar_tfmot.app.training import OPTIMIZERS, OUTPUTS
 from xbar_tfmot.app.zoo import BUILDERS
 from xbar_tfmot.core.errors import XbarError
@@ -252,15 +253,12 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 def _check_prune(c: dict[str, Any]) -> None:
   """The `prune.*` fields (the layer-by-layer procedure's stop rules and grid)."""
-  ranges = (("prune.max_accuracy_drop", 0.0 <= c["prune.max_accuracy_drop"] <= 1.0,
-             "0 <= drop <= 1 (a fraction of validation accuracy)"),
-            ("prune.max_reduction", 0.0 < c["prune.max_reduction"] < 1.0,
-             "0 < max_reduction < 1"),
-            ("prune.reduction_step", 0.0 < c["prune.reduction_step"] < 1.0,
-             "0 < reduction_step < 1"))
-  for path, ok, valid in ranges:
-    if not ok:
-      raise ConfigError(f"config.{path}={c[path]!r}: valid: {valid}.")
+  fields = {"max_accuracy_drop": "prune.max_accuracy_drop", "max_reduction": "prune.max_reduction",
+            "crossbar_threshold": "prune.crossbar_threshold", "step": "prune.reduction_step"}
+  bad = invalid_rule({rule: c[path] for rule, path in fields.items()})
+  if bad:
+    path = fields[bad[0]]
+    raise ConfigError(f"config.{path}={c[path]!r}: valid: {bad[1]}.")
   if c["prune.procedure"] != "layer_by_layer":
     return
   if c["crossbar.mode"] != "per_layer":

@@ -59,18 +59,11 @@ class StopRules:
   step: float = 0.1
 
   def __post_init__(self):
-    checks = (
-        ("max_accuracy_drop", 0.0 <= self.max_accuracy_drop <= 1.0, "0 <= drop <= 1"),
-        ("max_reduction", 0.0 < self.max_reduction < 1.0, "0 < max_reduction < 1"),
-        ("crossbar_threshold", isinstance(self.crossbar_threshold, int)
-         and not isinstance(self.crossbar_threshold, bool) and self.crossbar_threshold >= 1,
-         "an integer >= 1"),
-        ("step", 0.0 < self.step < 1.0, "0 < step < 1"),
-    )
-    for field, ok, valid in checks:
-      if not ok:
-        raise LayerByLayerError(f"StopRules.{field}={getattr(self, field)!r} is invalid; "
-                                f"valid: {valid}.")
+    bad = invalid_rule(dataclasses.asdict(self))
+    if bad:
+      field, valid = bad
+      raise LayerByLayerError(f"StopRules.{field}={getattr(self, field)!r} is invalid; "
+                              f"valid: {valid}.")
 
   def reductions(self) -> list[float]:
     """The grid: `step, 2 * step, ...` up to and including `max_reduction`."""
@@ -85,6 +78,21 @@ class StopRules:
   def floor(self, dense: int) -> int:
     """The fewest crossbars any rule but the accuracy lets a layer of `dense` reach."""
     return max(crossbar_budget(dense, self.max_reduction), self.crossbar_threshold)
+
+
+def invalid_rule(rules: dict[str, Any]) -> tuple[str, str] | None:
+  """`(field, what would be valid)` of the first bad `StopRules` field in `rules`, or None
+  (the pipeline's config check reads the same table)."""
+  threshold = rules["crossbar_threshold"]
+  checks = (
+      ("max_accuracy_drop", 0.0 <= rules["max_accuracy_drop"] <= 1.0,
+       "0 <= drop <= 1 (a fraction of validation accuracy)"),
+      ("max_reduction", 0.0 < rules["max_reduction"] < 1.0, "0 < max_reduction < 1"),
+      ("crossbar_threshold", isinstance(threshold, int) and not isinstance(threshold, bool)
+       and threshold >= 1, "an integer >= 1"),
+      ("step", 0.0 < rules["step"] < 1.0, "0 < step < 1"),
+  )
+  return next(((field, valid) for field, ok, valid in checks if not ok), None)
 
 
 @dataclasses.dataclass(frozen=True)
