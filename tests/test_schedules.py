@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay,
+from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay, ramp_steps,
                                        CrossbarTemperatureDecay, deserialize, serialize)
 from xbar_tfmot.pruning.plan import budget_at
 
@@ -138,3 +138,17 @@ def test_bad_arguments_name_the_field(make, field):
 def test_deserialize_rejects_unknown_class():
   with pytest.raises(ValueError, match="class_name"):
     deserialize({"class_name": "PolynomialDecay", "config": {}})
+
+
+@pytest.mark.parametrize("epochs,steps_per_epoch,ramp,updates", [
+    (2, 10, 1.0, 3), (3, 7, 0.5, 1), (1, 2, 1.0, 8), (4, 100, 0.25, 4), (1, 1, 0.1, 1)])
+def test_ramp_steps_place_the_ramp_and_the_updates(epochs, steps_per_epoch, ramp, updates):
+  end_step, frequency = ramp_steps(epochs, steps_per_epoch, ramp, updates)
+  schedule = CrossbarPolynomialDecay(0.5, begin_step=0, end_step=end_step, frequency=frequency)
+  total = epochs * steps_per_epoch
+  assert 1 <= end_step <= total and abs(end_step - ramp * total) <= 0.5 + (end_step == 1)
+  first_epoch = [s for s in range(min(steps_per_epoch, end_step + 1))
+                 if bool(schedule.should_update(s))]
+  if end_step >= steps_per_epoch:  # a whole epoch of the ramp: at least `updates` (or every step)
+    assert len(first_epoch) >= min(updates, steps_per_epoch)
+    assert len(first_epoch) < 2 * updates + 1

@@ -30,7 +30,7 @@ from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import GRANULARITIES, crossbar_budget
-from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay, ramp_steps
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection as layers_lib
 
@@ -173,8 +173,7 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
   # which layers the policy leaves dense (None) is read
   order = [g for g in geometries if plan[g.name] is not None]
   mapped = [g.name for g in geometries]
-  end_step = max(1, round(ramp * step_epochs * steps_per_epoch))
-  frequency = max(1, steps_per_epoch // updates_per_epoch)
+  end_step, frequency = ramp_steps(step_epochs, steps_per_epoch, ramp, updates_per_epoch)
   reference = validate(model)
   log(f"[layer_by_layer] {len(order)} layers in order {', '.join(g.name for g in order)}; "
       f"validation accuracy before: {reference:.4f}")

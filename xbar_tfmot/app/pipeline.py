@@ -358,8 +358,8 @@ class Pipeline:
     from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
     c, t = self.config, self.config.train
     steps_per_epoch = math.ceil(n_train / t.batch_size)
-    end_step = max(1, round(c.crossbar.ramp * t.prune_epochs * steps_per_epoch))
-    frequency = max(1, steps_per_epoch // c.crossbar.updates_per_epoch)
+    end_step, frequency = ramp_steps(t.prune_epochs, steps_per_epoch, c.crossbar.ramp,
+                                     c.crossbar.updates_per_epoch)
     schedule = CrossbarPolynomialDecay(c.crossbar.reduction, begin_step=0, end_step=end_step,
                                        frequency=frequency)
     epochs = t.prune_epochs + t.finetune_epochs

@@ -165,6 +165,14 @@ class CrossbarPolynomialDecay(CrossbarSchedule):
             "power": self.power, "frequency": self.frequency}
 
 
+def ramp_steps(epochs: int, steps_per_epoch: int, ramp: float, updates_per_epoch: int
+               ) -> tuple[int, int]:
+  """`(end_step, frequency)` for a schedule from step 0 whose budget falls over the first
+  `ramp` of `epochs` epochs, with about `updates_per_epoch` mask updates an epoch."""
+  return (max(1, round(ramp * epochs * steps_per_epoch)),
+          max(1, steps_per_epoch // updates_per_epoch))
+
+
 class CrossbarTemperatureDecay(_Config):
   """RPP temperature `T(t) = initial * (1 - p) ** power`, 0 from `end_step` on.
 
