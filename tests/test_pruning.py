@@ -411,3 +411,17 @@ def test_callbacks_take_the_flavour_of_the_fitted_model():
   assert not isinstance(callback, CrossbarPruningSummaries)
   with pytest.raises(ValueError, match="update_freq=0"):
     CrossbarPruningSummaries(log_dir="/tmp/x", update_freq=0)
+
+
+def test_masks_reach_the_named_kernels_wrapped_or_not(flavour):
+  from xbar_tfmot.app.training import apply_masks
+  from xbar_tfmot.pruning.callbacks import fixed_masks
+  pruned = prune_crossbar(pm.cnn(flavour=flavour), spec=SPEC, schedule=schedule(), seed=0)
+  kernel = xlayers.mapped_kernel(xlayers.unwrap(wrappers(pruned)[0]))
+  before = np.asarray(kernel).copy()
+  mask = (np.random.default_rng(0).random(before.shape) < 0.5).astype(before.dtype)
+  apply_masks(pruned, {"conv2": mask})
+  np.testing.assert_array_equal(np.asarray(kernel), before * mask)
+  for owner, call in (("apply_masks", apply_masks), ("fixed_masks", fixed_masks)):
+    with pytest.raises(ValueError, match=f"{owner}: no layer 'conv9'.*valid: its layers"):
+      call(pruned, {"conv9": mask})

@@ -261,8 +261,7 @@ def one_shot_masks(model, spec: CrossbarSpec, policy: CrossbarPolicy, reduction:
 
 
 def apply_masks(model, masks: dict[str, np.ndarray]) -> None:
-  """Multiplies each named layer's kernel by its mask in place."""
-  by_name = {l.name: l for l in layers_lib.iter_layers(model)}
+  """Multiplies each named layer's kernel (wrapped or not) by its mask in place."""
+  kernels = layers_lib.mapped_kernels(model, masks, "apply_masks")
   for name, mask in masks.items():
-    kernel = layers_lib.mapped_kernel(by_name[name])
-    kernel.assign(np.asarray(kernel) * mask)
+    kernels[name].assign(np.asarray(kernels[name]) * mask)

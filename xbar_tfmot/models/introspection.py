@@ -6,7 +6,7 @@ never imports TFMOT or either Keras package.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -79,6 +79,17 @@ def kernel_attribute(layer: Any) -> str:
 def mapped_kernel(layer: Any) -> Any:
   """The (unwrapped) layer's kernel variable that crossbars hold."""
   return getattr(layer, kernel_attribute(layer))
+
+
+def mapped_kernels(model: Any, names: Iterable[str], owner: str) -> dict[str, Any]:
+  """`{name: mapped kernel variable}` of the named layers, wrapped or not; `owner` names the
+  caller in the error a missing name raises."""
+  by_name = {unwrap(l).name: unwrap(l) for l in iter_layers(model)}
+  missing = [n for n in names if n not in by_name]
+  if missing:
+    raise ValueError(f"{owner}: no layer {', '.join(map(repr, missing))} in model "
+                     f"{model.name!r}; valid: its layers' names.")
+  return {n: mapped_kernel(by_name[n]) for n in names}
 
 
 def mapped_kind(layer: Any) -> str | None:

@@ -212,15 +212,8 @@ def fixed_masks(model, masks: Mapping[str, np.ndarray]) -> list:
     return []
   import tensorflow as tf
   keras = xlayers.keras_module(xlayers.flavour(model))
-  by_name = {xlayers.unwrap(l).name: xlayers.unwrap(l) for l in xlayers.iter_layers(model)}
-  missing = [n for n in masks if n not in by_name]
-  if missing:
-    raise ValueError(f"fixed_masks: no layer {', '.join(map(repr, missing))} in model "
-                     f"{model.name!r}; valid: its layers' names.")
-  pairs = []
-  for name, mask in masks.items():
-    kernel = xlayers.mapped_kernel(by_name[name])
-    pairs.append((kernel, tf.constant(mask, kernel.dtype)))
+  kernels = xlayers.mapped_kernels(model, masks, "fixed_masks")
+  pairs = [(kernels[n], tf.constant(mask, kernels[n].dtype)) for n, mask in masks.items()]
 
   @tf.function
   def apply():
