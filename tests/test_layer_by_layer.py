@@ -1,10 +1,12 @@
 """The layer-by-layer procedure: each stop rule fires where its planted threshold says, an
-accuracy drop rolls back to the last passing step, finished layers keep their masks, and the
-pipeline runs it end to end with the stop reasons in state.json and report.md."""
+accuracy drop rolls back to the last passing step, finished layers keep their masks, a run
+interrupted after a layer resumes to the straight run's result, and the pipeline runs it end
+to end (and resumes it) with the stop reasons in state.json and report.md."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -41,10 +43,10 @@ def tiny_model(flavour: str):
 
 
 def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int = 0,
-        calls=None):
+        calls=None, model=None, **options):
   keras = keras_module(flavour)
   x, y = digits()
-  model = tiny_model(flavour)
+  model = model or tiny_model(flavour)
 
   def train(m, epochs, *, callbacks, seed, finetune):
     if calls is not None:
@@ -57,7 +59,7 @@ def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int
   return prune_layer_by_layer(
       model, SPEC, granularity="crossbar", rules=rules, train=train,
       validate=validate or (lambda m: 0.5), steps_per_epoch=-(-len(y) // 50),
-      leave_dense=leave_dense, seed=seed)
+      leave_dense=leave_dense, seed=seed, **options)
 
 
 def kernel(model, name: str) -> np.ndarray:
@@ -122,6 +124,45 @@ def test_same_seed_same_result():
     np.testing.assert_array_equal(wa, wb)
 
 
+class Interrupted(Exception):
+  pass
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_resumed_after_a_layer_ends_as_a_straight_run(flavour, tmp_path):
+  keras = keras_module(flavour)
+  rules = StopRules(max_accuracy_drop=0.05, max_reduction=0.3, step=0.15)
+  scores = iter(np.linspace(0.9, 0.8, 40))  # a validation that drifts: the reference matters
+
+  def validate(m):
+    return float(next(scores))
+
+  straight, outcomes = run(flavour, rules, validate, seed=5)
+  saved = []
+
+  def checkpoint(model, progress):  # what the pipeline saves, then the process dies
+    model.save(tmp_path / "after.keras")
+    saved.append(json.loads(json.dumps(progress)))
+    raise Interrupted
+
+  scores = iter(np.linspace(0.9, 0.8, 40))
+  with pytest.raises(Interrupted):
+    run(flavour, rules, validate, seed=5, checkpoint=checkpoint)
+  (progress,) = saved
+  assert [o["layer"] for o in progress["outcomes"]] == ["hidden"]
+  lines: list[str] = []
+  model = keras.models.load_model(tmp_path / "after.keras")
+  resumed, again = run(flavour, rules, validate, seed=5, model=model, resume=progress,
+                       log=lines.append)
+  assert any("resuming after layer hidden (1 of 2)" in line for line in lines)
+  assert again == outcomes
+  for a, b in zip(resumed.get_weights(), straight.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="resume lists layers \\['out'\\]"):
+    run(flavour, rules, validate, resume={**progress, "outcomes": progress["outcomes"][:0] + [
+        {**progress["outcomes"][0], "layer": "out"}]})
+
+
 @pytest.mark.parametrize("field, value", [("max_reduction", 1.0), ("step", 0.0),
                                           ("crossbar_threshold", 0),
                                           ("max_accuracy_drop", -0.1)])
@@ -144,8 +185,9 @@ def tiny(workdir, **prune):
 def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
   """tf_keras only: the procedure's flavour-dependent parts are covered on both above."""
   lines: list[str] = []
-  config = tiny(tmp_path, max_reduction=0.4, reduction_step=0.2, crossbar_threshold=15,
-                max_accuracy_drop=0.1)
+  rules = dict(max_reduction=0.4, reduction_step=0.2, crossbar_threshold=15,
+               max_accuracy_drop=0.1)
+  config = tiny(tmp_path, **rules)
   metrics = pipeline.run(config, log=lines.append)
   state = json.loads((tmp_path / "state.json").read_text())["phases"]["prune"]
   assert state["validation_images"] == 200
@@ -170,6 +212,32 @@ def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
   (x, y), _ = datasets.load_dataset("digits", seed=config.seed)  # the last 200 of the 600
   pruned = pipeline.Pipeline(config)._load(tmp_path / "checkpoints" / "pruned.keras")
   assert records[-1]["accuracy"] == training.accuracy(pruned, x[400:600], y[400:600])
+
+  # Interrupted after conv6's checkpoint (from the straight run's baseline), then rerun: it
+  # continues at fc2 and ends where the straight run did.
+  other = tmp_path / "interrupted"
+  (other / "checkpoints").mkdir(parents=True)
+  for path in (tmp_path / "checkpoints").glob("*.keras"):
+    if path.name != "pruned.keras":
+      shutil.copy(path, other / "checkpoints" / path.name)
+  phases = json.loads((tmp_path / "state.json").read_text())["phases"]
+  before = pipeline.PHASES[:pipeline.PHASES.index("prune")]
+  (other / "state.json").write_text(json.dumps({"phases": {p: phases[p] for p in before}}))
+
+  def dies_after_conv6(line):
+    if line.startswith("[layer_by_layer] conv6:") and "stopped by" in line:
+      raise Interrupted
+
+  with pytest.raises(Interrupted):
+    pipeline.run(tiny(other, **rules), log=dies_after_conv6)
+  lines.clear()
+  pipeline.run(tiny(other, **rules), log=lines.append)
+  assert any("resuming after layer conv6 (1 of 2)" in line for line in lines)
+  again = json.loads((other / "state.json").read_text())["phases"]["prune"]["layer_by_layer"]
+  assert again == records
+  resumed = pipeline.Pipeline(config)._load(other / "checkpoints" / "pruned.keras")
+  for a, b in zip(resumed.get_weights(), pruned.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("fields, match", [

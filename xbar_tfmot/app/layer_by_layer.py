@@ -126,7 +126,9 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
                          leave_dense: Any = None, ramp: float = 0.75,
                          updates_per_epoch: int = 4, projection: str = "rpp",
                          regrowth: str = "reset", temperature: float = 1.0, seed: int = 0,
-                         log: Callable[[str], None] = lambda line: None
+                         log: Callable[[str], None] = lambda line: None,
+                         checkpoint: Callable[[Any, dict[str, Any]], None] | None = None,
+                         resume: dict[str, Any] | None = None
                          ) -> tuple[Any, list[LayerOutcome]]:
   """Prunes the mapped layers one after the other, each until a stop rule fires.
 
@@ -149,6 +151,10 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
     projection, regrowth, temperature: passed to `prune_crossbar`.
     seed: makes the run deterministic; every step and fine-tuning gets its own seed from it.
     log: receives one line per step and per layer.
+    checkpoint: called after each layer's stage with `(model, progress)`, the model so far
+      and a JSON-serialisable dict, before that layer's line is logged.
+    resume: a `progress` from `checkpoint`, with the model saved beside it as `model`: the
+      procedure continues after the layers it lists and ends as an uninterrupted run would.
 
   Returns:
     `(model, outcomes)`: the pruned model without wrappers, and one `LayerOutcome` per pruned
@@ -174,12 +180,16 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
   order = [g for g in geometries if plan[g.name] is not None]
   mapped = [g.name for g in geometries]
   end_step, frequency = ramp_steps(step_epochs, steps_per_epoch, ramp, updates_per_epoch)
-  reference = validate(model)
-  log(f"[layer_by_layer] {len(order)} layers in order {', '.join(g.name for g in order)}; "
-      f"validation accuracy before: {reference:.4f}")
-  masks: dict[str, np.ndarray] = {}
-  outcomes = []
-  for position, g in enumerate(order):
+  if resume is None:
+    reference, outcomes = validate(model), []
+    log(f"[layer_by_layer] {len(order)} layers in order {', '.join(g.name for g in order)}; "
+        f"validation accuracy before: {reference:.4f}")
+  else:
+    reference, outcomes = _resumed(resume, [g.name for g in order])
+    log(f"[layer_by_layer] resuming after layer {outcomes[-1].layer} ({len(outcomes)} of "
+        f"{len(order)}); validation accuracy before the procedure: {reference:.4f}")
+  masks = {o.layer: _kernel_mask(model, o.layer) for o in outcomes}
+  for position, g in enumerate(order[len(outcomes):], start=len(outcomes)):
     before = current = count_crossbars(model, g.name, spec, granularity)
     stop, steps, rejected = None, 0, None
     if current <= rules.crossbar_threshold:
@@ -232,11 +242,30 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
     outcome = LayerOutcome(layer=g.name, dense=g.dense_crossbars, before=before, after=current,
                            steps=steps, stop=stop, accuracy=validate(model),
                            rejected_accuracy=rejected)
+    outcomes.append(outcome)
+    if checkpoint is not None:
+      checkpoint(model, {"reference": reference,
+                         "outcomes": [dataclasses.asdict(o) for o in outcomes]})
     log(f"[layer_by_layer] {g.name}: {before} -> {current} crossbars "
         f"({outcome.reduction:.0%} fewer than dense), stopped by {stop}; validation accuracy "
         f"after fine-tuning {outcome.accuracy:.4f}")
-    outcomes.append(outcome)
   return model, outcomes
+
+
+def _resumed(progress: dict[str, Any], order: list[str]) -> tuple[float, list[LayerOutcome]]:
+  """`(reference accuracy, finished outcomes)` of a `checkpoint` progress; its layers must be
+  the first of `order`."""
+  try:
+    reference = float(progress["reference"])
+    outcomes = [LayerOutcome(**o) for o in progress["outcomes"]]
+  except (KeyError, TypeError, ValueError) as e:
+    raise LayerByLayerError(f"prune_layer_by_layer: resume={progress!r} is invalid ({e}); "
+                            f"valid: a progress dict passed to checkpoint.") from None
+  done = [o.layer for o in outcomes]
+  if not done or done != order[:len(done)]:
+    raise LayerByLayerError(f"prune_layer_by_layer: resume lists layers {done}; valid: the "
+                            f"first of this model's order {order}.")
+  return reference, outcomes
 
 
 def count_crossbars(model, name: str, spec: CrossbarSpec, granularity: str) -> int:

@@ -8,7 +8,9 @@ from stateless seeds of (seed, layer, step), so a resumed run prunes as a straig
 
 Workdir layout: `config.json` (the flattened config; a rerun with different results-relevant
 fields is refused), `state.json`, `checkpoints/` (`baseline.keras`, `reordered.keras`,
-`pruned.keras`, and `<phase>/model.keras` + `progress.json` during training), `export/`
+`pruned.keras`, and `<phase>/model.keras` + `progress.json` during training;
+`prune/layer_by_layer_<k>.keras` + `layer_by_layer.json` after the k-th layer of the
+layer-by-layer procedure, which a rerun continues from), `export/`
 (`xt.export`), `report/` (`report.md`, `metrics.json`, `mapping.json`, PNG plots), `logs/`
 (TensorBoard, when asked).
 """
@@ -337,6 +339,21 @@ class Pipeline:
       self._compile(m, t.finetune_learning_rate if finetune else t.learning_rate)
       training.fit_seeded(m, x, y, self.K, epochs, t.batch_size, seed, callbacks)
 
+    folder = self._path("prune")
+    progress_file = folder / "layer_by_layer.json"  # the commit point of a layer's checkpoint
+    resume = _read_json(progress_file) if progress_file.exists() else None
+    if resume is not None:
+      model = self._load(folder / resume.pop("model"))
+
+    def checkpoint(m, progress: dict[str, Any]) -> None:
+      folder.mkdir(exist_ok=True)
+      name = f"layer_by_layer_{len(progress['outcomes'])}.keras"
+      self._save(m, folder / name)
+      _write_json(progress_file, {**progress, "model": name})
+      for old in folder.glob("layer_by_layer_*.keras"):
+        if old.name != name:
+          old.unlink()
+
     pruned, outcomes = prune_layer_by_layer(
         model, self.spec, granularity=c.crossbar.granularity, rules=rules, train=train,
         validate=lambda m: training.accuracy(m, xv, yv, batch_size=512),
@@ -344,7 +361,8 @@ class Pipeline:
         finetune_epochs=t.finetune_epochs, leave_dense=configuration.leave_dense(c),
         ramp=c.crossbar.ramp, updates_per_epoch=c.crossbar.updates_per_epoch,
         projection=c.crossbar.projection, regrowth=c.crossbar.regrowth,
-        temperature=c.crossbar.temperature, seed=c.seed, log=self.log)
+        temperature=c.crossbar.temperature, seed=c.seed, log=self.log,
+        checkpoint=checkpoint, resume=resume)
     return pruned, outcome_rows(outcomes)
 
   def _one_shot(self, model):
