@@ -130,3 +130,21 @@ def test_tflite_flatbuffer_modules():
   for name in ("convert_bytearray_to_object", "convert_object_to_bytearray"):
     assert hasattr(flatbuffer_utils, name), moved("tensorflow", tf.__version__,
                                                   f"flatbuffer_utils.{name}")
+
+
+def test_random_layers_keep_their_streams_where_restart_reads_them():
+  import tf_keras
+  layer = keras3.layers.Dropout(0.5)
+  generators = getattr(layer, "_seed_generators", None)
+  assert generators and hasattr(generators[0], "state"), moved(
+      "keras", keras3.__version__, "Layer._seed_generators / SeedGenerator.state")
+  old = tf_keras.layers.Dropout(0.5)
+  assert getattr(old, "_random_generator", None) is not None, moved(
+      "tf-keras", tf_keras.__version__, "BaseRandomLayer._random_generator")
+  model = tf_keras.Sequential([tf_keras.Input((2,)), old])
+  model.compile("sgd", "mse")
+  model.fit(np.zeros((4, 2)), np.zeros((4, 2)), verbose=0)
+  assert model.train_function is not None, moved("tf-keras", tf_keras.__version__,
+                                                 "Model.train_function (the cached fit step)")
+  _compat.restart_random_layers(model, 0)
+  assert model.train_function is None

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from xbar_tfmot.app import datasets, training
+from xbar_tfmot.models.introspection import FLAVOURS, keras_module
 
 
 def _order(dataset) -> list[int]:
@@ -80,6 +81,34 @@ def test_fit_epochs_resumed_ends_with_the_straight_weights(data, tmp_path):
   assert resumed_history["loss"] == pytest.approx(history["loss"], rel=1e-6)
   for a, b in zip(resumed.get_weights(), straight.get_weights()):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_reloaded_model_draws_the_same_dropout(flavour, tmp_path):
+  """Dropout's random stream restarts at every seeded fit: saved and reloaded between two
+  fits, a model ends with the weights of one trained straight through."""
+  keras = keras_module(flavour)
+  (x, y), _ = datasets.load_digits()
+  x, y = x[:256].reshape(256, -1), y[:256]
+
+  def model():
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
+                          keras.layers.Dropout(0.5), keras.layers.Dense(10)])
+    training.compile_classifier(m, keras, 1e-2)
+    return m
+
+  straight = model()
+  for seed in (1, 2):
+    training.fit_seeded(straight, x, y, keras, 1, 32, seed)
+  first = model()
+  training.fit_seeded(first, x, y, keras, 1, 32, 1)
+  first.save(tmp_path / "after_one.keras")
+  keras.utils.set_random_seed(99)  # whatever ran in between
+  resumed = keras.models.load_model(tmp_path / "after_one.keras")
+  training.fit_seeded(resumed, x, y, keras, 1, 32, 2)
+  for a, b in zip(resumed.get_weights(), straight.get_weights()):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_unknown_input_names_the_choices():

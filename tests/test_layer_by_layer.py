@@ -158,6 +158,9 @@ def test_resumed_after_a_layer_ends_as_a_straight_run(flavour, tmp_path):
   assert again == outcomes
   for a, b in zip(resumed.get_weights(), straight.get_weights()):
     np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="resume says layer 'hidden' ended with 56 crossbars but "
+                                      "the model holds 80"):
+    run(flavour, rules, validate, resume=progress)  # the original model, not the saved one
   with pytest.raises(ValueError, match="resume lists layers \\['out'\\]"):
     run(flavour, rules, validate, resume={**progress, "outcomes": progress["outcomes"][:0] + [
         {**progress["outcomes"][0], "layer": "out"}]})
@@ -230,6 +233,13 @@ def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
 
   with pytest.raises(Interrupted):
     pipeline.run(tiny(other, **rules), log=dies_after_conv6)
+  broken = tmp_path / "broken"
+  shutil.copytree(other, broken)
+  (broken / "config.json").unlink()  # it names the other workdir
+  progress = broken / "checkpoints" / "prune" / "layer_by_layer.json"
+  progress.write_text(json.dumps({**json.loads(progress.read_text()), "model": "gone.keras"}))
+  with pytest.raises(ValueError, match="layer_by_layer.json names no saved model \\('gone"):
+    pipeline.run(tiny(broken, **rules), log=lambda line: None)
   lines.clear()
   pipeline.run(tiny(other, **rules), log=lines.append)
   assert any("resuming after layer conv6 (1 of 2)" in line for line in lines)

@@ -423,5 +423,7 @@ def test_masks_reach_the_named_kernels_wrapped_or_not(flavour):
   apply_masks(pruned, {"conv2": mask})
   np.testing.assert_array_equal(np.asarray(kernel), before * mask)
   for owner, call in (("apply_masks", apply_masks), ("fixed_masks", fixed_masks)):
-    with pytest.raises(ValueError, match=f"{owner}: no layer 'conv9'.*valid: its layers"):
-      call(pruned, {"conv9": mask})
+    for name in ("conv9", "pool"):  # no such layer; not a mapped one
+      with pytest.raises(ValueError, match=f"{owner}: no mapped layer '{name}'.*valid: conv1, "
+                                           f"conv2, fc1, fc2"):
+        call(pruned, {name: mask})

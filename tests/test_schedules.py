@@ -147,7 +147,7 @@ def test_ramp_steps_place_the_ramp_and_the_updates(epochs, steps_per_epoch, ramp
   schedule = CrossbarPolynomialDecay(0.5, begin_step=0, end_step=end_step, frequency=frequency)
   total = epochs * steps_per_epoch
   assert 1 <= end_step <= total and abs(end_step - ramp * total) <= 0.5 + (end_step == 1)
-  first_epoch = [s for s in range(min(steps_per_epoch, end_step + 1))
+  first_epoch = [s for s in range(1, min(steps_per_epoch, end_step) + 1)  # trained steps
                  if bool(schedule.should_update(s))]
   if end_step >= steps_per_epoch:  # a whole epoch of the ramp: at least `updates` (or every step)
     assert len(first_epoch) >= min(updates, steps_per_epoch)

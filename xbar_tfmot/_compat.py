@@ -60,6 +60,34 @@ def keras3_is_functional(model: Any) -> bool:
              for c in type(model).__mro__)
 
 
+def restart_random_layers(model: Any, seed: int) -> None:
+  """Restarts the random streams of `model`'s layers (dropout, noise) from `seed`, so that a
+  `fit` after a save and reload draws what an uninterrupted run draws.
+
+  Keras 3.15: each layer's `SeedGenerator`s (private `_seed_generators`) restart at
+  `[a seed from (seed, layer, generator), 0]`. tf_keras 2.21: a random layer's ops
+  ("legacy_stateful", the default) live in the traced train function and keep their state
+  across `fit` calls, so the function is dropped (`fit` rebuilds it, its ops seeded from the
+  global seed `set_random_seed` just set); a "stateful" layer's generator is reset.
+  """
+  import numpy as np
+
+  def start(*key: int) -> int:
+    return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0])
+
+  rebuild = False
+  for i, layer in enumerate(model._flatten_layers()):
+    for k, generator in enumerate(getattr(layer, "_seed_generators", None) or ()):
+      generator.state.assign(np.array([start(i, k), 0], generator.state.dtype))
+    random = getattr(layer, "_random_generator", None)
+    if random is not None:
+      rebuild = True
+      if getattr(random, "_generator", None) is not None:
+        random._generator.reset_from_seed(start(i))
+  if rebuild and hasattr(model, "train_function"):
+    model.train_function = None
+
+
 def set_layer_attribute(layer: Any, name: str, value: Any) -> None:
   """Sets a layer attribute past Keras's tracking `__setattr__` (for a temporary kernel swap)."""
   object.__setattr__(layer, name, value)

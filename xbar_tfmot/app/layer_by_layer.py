@@ -86,11 +86,11 @@ def invalid_rule(rules: dict[str, Any]) -> tuple[str, str] | None:
   threshold = rules["crossbar_threshold"]
   checks = (
       ("max_accuracy_drop", 0.0 <= rules["max_accuracy_drop"] <= 1.0,
-       "0 <= drop <= 1 (a fraction of validation accuracy)"),
-      ("max_reduction", 0.0 < rules["max_reduction"] < 1.0, "0 < max_reduction < 1"),
+       "a number from 0 to 1 (a fraction of validation accuracy)"),
+      ("max_reduction", 0.0 < rules["max_reduction"] < 1.0, "a number strictly between 0 and 1"),
       ("crossbar_threshold", isinstance(threshold, int) and not isinstance(threshold, bool)
        and threshold >= 1, "an integer >= 1"),
-      ("step", 0.0 < rules["step"] < 1.0, "0 < step < 1"),
+      ("step", 0.0 < rules["step"] < 1.0, "a number strictly between 0 and 1"),
   )
   return next(((field, valid) for field, ok, valid in checks if not ok), None)
 
@@ -181,11 +181,18 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
   mapped = [g.name for g in geometries]
   end_step, frequency = ramp_steps(step_epochs, steps_per_epoch, ramp, updates_per_epoch)
   if resume is None:
-    reference, outcomes = validate(model), []
+    reference, outcomes = float(validate(model)), []
     log(f"[layer_by_layer] {len(order)} layers in order {', '.join(g.name for g in order)}; "
         f"validation accuracy before: {reference:.4f}")
   else:
     reference, outcomes = _resumed(resume, [g.name for g in order])
+    for o in outcomes:
+      held = count_crossbars(model, o.layer, spec, granularity)
+      if held != o.after:
+        raise LayerByLayerError(
+            f"prune_layer_by_layer: resume says layer {o.layer!r} ended with {o.after} "
+            f"crossbars but the model holds {held}; valid: the model saved by the checkpoint "
+            f"that wrote this progress.")
     log(f"[layer_by_layer] resuming after layer {outcomes[-1].layer} ({len(outcomes)} of "
         f"{len(order)}); validation accuracy before the procedure: {reference:.4f}")
   masks = {o.layer: _kernel_mask(model, o.layer) for o in outcomes}
@@ -221,7 +228,7 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
           raise LayerByLayerError(
               f"layer {g.name!r}: LGD-RPP left {reached} crossbars for a budget of {budget}; "
               f"the schedule did not reach its end step (train must fit every epoch asked).")
-        accuracy = validate(candidate)
+        accuracy = float(validate(candidate))
         log(f"[layer_by_layer] {g.name}: step {steps} to {budget} of {g.dense_crossbars} "
             f"crossbars ({reduction:.0%} grid), validation accuracy {accuracy:.4f}")
         if reference - accuracy > rules.max_accuracy_drop:
@@ -240,7 +247,7 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
       train(model, finetune_epochs, seed=_seed(seed, position, 0), finetune=True,
             callbacks=fixed_masks(model, masks))
     outcome = LayerOutcome(layer=g.name, dense=g.dense_crossbars, before=before, after=current,
-                           steps=steps, stop=stop, accuracy=validate(model),
+                           steps=steps, stop=stop, accuracy=float(validate(model)),
                            rejected_accuracy=rejected)
     outcomes.append(outcome)
     if checkpoint is not None:

@@ -31,7 +31,7 @@ from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.workdir_lock import WorkdirBusy, WorkdirLock
 from xbar_tfmot.core import spec as spec_lib
 from xbar_tfmot.core.policy import CrossbarPolicy
-from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay, ramp_steps
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.export import model_io
 from xbar_tfmot.models import introspection as layers_lib
@@ -323,7 +323,8 @@ class Pipeline:
   def _prune_layer_by_layer(self, model, n_train: int):
     """`prune.procedure = "layer_by_layer"`: `(stripped model, per-layer outcome dicts)`; the
     stop rule's accuracy is measured on `self.validation` (held out of the training images)."""
-    from xbar_tfmot.app.layer_by_layer import StopRules, outcome_rows, prune_layer_by_layer
+    from xbar_tfmot.app.layer_by_layer import (LayerByLayerError, StopRules, outcome_rows,
+                                               prune_layer_by_layer)
     c, t, p = self.config, self.config.train, self.config.prune
     (x, y), _ = self.data
     xv, yv = self.validation
@@ -343,7 +344,11 @@ class Pipeline:
     progress_file = folder / "layer_by_layer.json"  # the commit point of a layer's checkpoint
     resume = _read_json(progress_file) if progress_file.exists() else None
     if resume is not None:
-      model = self._load(folder / resume.pop("model"))
+      saved = folder / str(resume.pop("model", ""))
+      if not saved.is_file():
+        raise LayerByLayerError(f"{progress_file} names no saved model ({saved.name!r} is "
+                                f"missing); delete it to start the layer-by-layer phase over.")
+      model = self._load(saved)
 
     def checkpoint(m, progress: dict[str, Any]) -> None:
       folder.mkdir(exist_ok=True)

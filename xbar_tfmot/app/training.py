@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from xbar_tfmot import _compat
 from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.policy import CrossbarPolicy
@@ -123,7 +124,8 @@ def _check_input(input: str) -> None:
 
 def fit_seeded(model, x, y, keras, epochs: int, batch_size: int, seed: int,
                callbacks: Iterable = (), input: str = "tf_data") -> None:
-  """All `epochs` in one `fit` call after `keras.utils.set_random_seed(seed)`, silent.
+  """All `epochs` in one `fit` call after `keras.utils.set_random_seed(seed)`, silent; the
+  layers' random streams (dropout) restart from `seed` too, so a reloaded model trains alike.
 
   `input="tf_data"` reads `datasets.input_pipeline` (a new seeded order every epoch);
   `"numpy"` hands the arrays to Keras (its own shuffle), as before the tf.data pipeline.
@@ -132,6 +134,7 @@ def fit_seeded(model, x, y, keras, epochs: int, batch_size: int, seed: int,
   keras.utils.set_random_seed(seed)
   if epochs <= 0:
     return
+  _compat.restart_random_layers(model, seed)
   if input == "numpy":
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
               callbacks=list(callbacks))
@@ -219,6 +222,7 @@ def fit_epochs(model, x, y, keras, *, epochs: int, batch_size: int, seed: int, p
   for epoch in range(start, epochs):
     on_epoch(epoch)
     keras.utils.set_random_seed(epoch_seed(seed, phase, epoch))
+    _compat.restart_random_layers(model, epoch_seed(seed, phase, epoch))
     model.optimizer.learning_rate.assign(learning_rate(epoch))
     watch = _divergence_watch(keras)
     data = ({"x": x, "y": y, "batch_size": batch_size, "shuffle": True} if input == "numpy" else

@@ -82,13 +82,14 @@ def mapped_kernel(layer: Any) -> Any:
 
 
 def mapped_kernels(model: Any, names: Iterable[str], owner: str) -> dict[str, Any]:
-  """`{name: mapped kernel variable}` of the named layers, wrapped or not; `owner` names the
-  caller in the error a missing name raises."""
-  by_name = {unwrap(l).name: unwrap(l) for l in iter_layers(model)}
+  """`{name: mapped kernel variable}` of the named mapped layers, wrapped or not; `owner`
+  names the caller in the error a missing or unmapped name raises."""
+  names = list(names)
+  by_name = {unwrap(l).name: unwrap(l) for l in iter_layers(model) if is_mapped(unwrap(l))}
   missing = [n for n in names if n not in by_name]
   if missing:
-    raise ValueError(f"{owner}: no layer {', '.join(map(repr, missing))} in model "
-                     f"{model.name!r}; valid: its layers' names.")
+    raise ValueError(f"{owner}: no mapped layer {', '.join(map(repr, missing))} in model "
+                     f"{model.name!r}; valid: {', '.join(by_name)}.")
   return {n: mapped_kernel(by_name[n]) for n in names}
 
 

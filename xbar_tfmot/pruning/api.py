@@ -92,7 +92,9 @@ def strip_crossbar_pruning(model: Any) -> Any:
   """A copy of `model` without crossbar (or TFMOT) wrappers, kernels multiplied by their masks.
 
   The pruned model is left untouched; the stripped layers are new, so the result is exact
-  even when `straight_through` training stopped before `end_step`.
+  even when `straight_through` training stopped before `end_step`. Raises ValueError for a
+  `global_score` model fit past `end_step` without `UpdateCrossbarPruning` (its layers never
+  got their share of the budget).
   """
   return adapter_for(_flavour_of(model)).strip(model)
 
