@@ -226,6 +226,18 @@ def test_saliency_needs_data():
     pruned.fit(X[:32], Y[:32], epochs=1, verbose=0, callbacks=[xt.UpdateCrossbarPruning()])
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_shared_budget_refuses_several_steps_per_execution(flavour):
+  keras = keras_module(flavour)
+  pruned = xt.prune_crossbar(random_model(flavour, 0), spec=pm.SPEC, seed=0,
+                             policy=CrossbarPolicy(mode="global_score"))
+  pruned.compile(keras.optimizers.Adam(1e-3), steps_per_execution=2,
+                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  with pytest.raises(ValueError, match="steps_per_execution=2, which runs batches the callback"):
+    pruned.fit(X[:64], Y[:64], batch_size=32, epochs=1, verbose=0,
+               callbacks=[xt.UpdateCrossbarPruning()])
+
+
 # --- sensitivity on a planted case ------------------------------------------------------------
 
 def two_branch(flavour):

@@ -36,8 +36,18 @@ def shared_groups(wrappers: Sequence[Any]) -> list[list[Any]]:
   return list(groups.values())
 
 
-def check_data(wrappers: Sequence[Any], data: Any) -> None:
-  for group in shared_groups(wrappers):
+def check_fit(model: Any, wrappers: Sequence[Any], data: Any) -> None:
+  """Refuses a fit in which shared pools could not be split: saliency without batches, or
+  several batches per execution (the callback sees one batch of each)."""
+  groups = shared_groups(wrappers)
+  steps = int(np.asarray(getattr(model, "steps_per_execution", None) or 1))  # both Kerases
+  if groups and steps > 1:
+    raise ValueError(
+        f"UpdateCrossbarPruning: a shared crossbar budget (CrossbarPolicy(mode='global_score')) "
+        f"is re-split before every mask-update batch, but the model was compiled with "
+        f"steps_per_execution={steps}, which runs batches the callback never sees; valid: "
+        f"compile with steps_per_execution=1.")
+  for group in groups:
     if group[0].allocation.get("score") == "saliency" and data is None:
       raise ValueError(
           "UpdateCrossbarPruning: CrossbarPolicy(score='saliency') needs a few batches to take "

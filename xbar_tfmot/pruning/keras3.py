@@ -195,7 +195,7 @@ class UpdateCrossbarPruning(keras.callbacks.Callback):
     for w in self._wrappers:
       if int(np.asarray(w.pruning_step)) == -1:
         w.pruning_step.assign(0)
-    allocation.check_data(self._wrappers, self.allocation_data)
+    allocation.check_fit(self.model, self._wrappers, self.allocation_data)
 
   def on_train_batch_begin(self, batch, logs=None):
     allocation.before_batch(self.model, self._wrappers, self.allocation_data)

@@ -221,7 +221,7 @@ class UpdateCrossbarPruning(_tfmot.pruning_callbacks.UpdatePruningStep):
           "returned by xbar_tfmot.prune_crossbar.")
     super().on_train_begin(logs)
     self._wrappers = ADAPTER.crossbar_wrappers(self.model)
-    allocation.check_data(self._wrappers, self.allocation_data)
+    allocation.check_fit(self.model, self._wrappers, self.allocation_data)
 
   def on_train_batch_begin(self, batch, logs=None):
     allocation.before_batch(self.model, self._wrappers, self.allocation_data)
