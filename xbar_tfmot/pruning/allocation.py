@@ -40,8 +40,9 @@ def check_fit(model: Any, wrappers: Sequence[Any], data: Any) -> None:
   """Refuses a fit in which shared pools could not be split: saliency without batches, or
   several batches per execution (the callback sees one batch of each)."""
   groups = shared_groups(wrappers)
-  steps = int(np.asarray(getattr(model, "steps_per_execution", None) or 1))  # both Kerases
-  if groups and steps > 1:
+  per_call = getattr(model, "steps_per_execution", None)  # both Kerases; mirrored under a strategy
+  steps = 1 if per_call is None or not groups else int(_read(per_call))
+  if steps > 1:
     raise ValueError(
         f"UpdateCrossbarPruning: a shared crossbar budget (CrossbarPolicy(mode='global_score')) "
         f"is re-split before every mask-update batch, but the model was compiled with "
