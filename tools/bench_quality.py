@@ -1054,10 +1054,16 @@ def plot(data: dict, path: pathlib.Path) -> None:
   fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.8), squeeze=False)
   for ax, net in zip(axes[0], nets):
     for method in [m for m in METHODS if m in summary[net]]:
-      pts = sorted((1 - np.mean(v["used"]) / v["dense"], np.mean(v["acc"]), np.std(v["acc"]))
-                   for v in summary[net][method].values())
+      style = METHOD_TABLE[method].style
+      if method in PROCEDURE:  # each seed where it stopped (the seeds' counts differ)
+        pts = sorted((1 - u / v["dense"], a, 0.0) for v in summary[net][method].values()
+                     for u, a in zip(v["used"], v["acc"]))
+        style = style.rstrip("-")
+      else:
+        pts = sorted((1 - np.mean(v["used"]) / v["dense"], np.mean(v["acc"]), np.std(v["acc"]))
+                     for v in summary[net][method].values())
       xs, ys, es = (np.array(t) for t in zip(*pts))
-      ax.errorbar(100 * xs, 100 * ys, yerr=100 * es, fmt=METHOD_TABLE[method].style, capsize=2,
+      ax.errorbar(100 * xs, 100 * ys, yerr=100 * es, fmt=style, capsize=2,
                   label=METHOD_LABELS[method], markersize=5)
     if net in dense:
       ax.axhline(100 * dense[net][0], color="k", lw=1,
