@@ -46,7 +46,7 @@ def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int
         calls=None, model=None, **options):
   keras = keras_module(flavour)
   x, y = digits()
-  model = model or tiny_model(flavour)
+  model = tiny_model(flavour) if model is None else model
 
   def train(m, epochs, *, callbacks, seed, finetune):
     if calls is not None:
