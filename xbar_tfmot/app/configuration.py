@@ -138,7 +138,7 @@ _POSITIVE = ("model.width", "train.batch_size", "train.learning_rate",
              "crossbar.validation_images", "train.distillation_temperature",
              "hardware.instances", "hardware.test_images", "hardware.calibration_images",
              "train.worker_timeout",
-             "prune.crossbar_threshold", "prune.step_epochs")
+             "prune.step_epochs")  # prune.crossbar_threshold: checked by _check_prune
 _NON_NEGATIVE = ("seed", "data.train_size", "data.test_size", "model.classes",
                  "train.bn_recalibration_images",
                  "train.baseline_epochs", "train.prune_epochs", "train.finetune_epochs",
