@@ -128,3 +128,15 @@ def test_a_failed_collective_becomes_worker_lost(tmp_path):
   with pytest.raises(tf.errors.UnavailableError):  # one worker: TensorFlow's error as it is
     with distribution.collectives(distribution.LOCAL, tmp_path, 60):
       raise error
+
+
+@pytest.mark.parametrize("batch,ok", [(33, False), (32, True)])
+def test_a_batch_that_does_not_split_over_the_replicas_names_the_field(batch, ok):
+  from types import SimpleNamespace
+  train, strategy = SimpleNamespace(batch_size=batch), SimpleNamespace(num_replicas_in_sync=2)
+  if ok:
+    assert distribution._checked(strategy, train) is strategy
+    return
+  with pytest.raises(ConfigError, match="config.train.batch_size=33: batch_size=33 does not "
+                                        "split over 2 replicas; valid: a multiple of 2"):
+    distribution._checked(strategy, train)

@@ -27,9 +27,12 @@ def test_mirrored_run_matches_the_single_device_run(flavour, tmp_path):
   single, mirrored = result["default"], result["mirrored"]
   assert mirrored["crossbars"] == single["crossbars"]
   assert any(n < max(single["crossbars"].values()) for n in single["crossbars"].values())
-  # Two baseline epochs on digits, BatchNorm statistics per replica (8 images each): the runs
-  # differ by a few points (0.085 seen on tf_keras), far less than an untrained model's 0.9.
-  assert abs(mirrored["accuracy"] - single["accuracy"]) < 0.12, result
+  # Two baseline epochs on digits, BatchNorm statistics per replica (8 images each): two
+  # different trainings, whose gap depends on the CPU's kernels (2026-12-03, AMD EPYC: 0.811
+  # single against 0.949 mirrored with oneDNN off, 0.791 against 0.915 with it on; 0.085 seen
+  # elsewhere), far less than an untrained model's 0.9. The strategy's evaluation itself
+  # equals one device's exactly: tests/test_replicas.py.
+  assert abs(mirrored["accuracy"] - single["accuracy"]) < 0.2, result
   assert min(mirrored["accuracy"], single["accuracy"]) > 0.75, result
   assert mirrored["verified"] and single["verified"]
 

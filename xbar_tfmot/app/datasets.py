@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from xbar_tfmot.models import replicas as replicas_lib
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -87,7 +89,7 @@ def read_idx(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
 
 
 def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None,
-                   reshuffle_each_iteration: bool = False):
+                   reshuffle_each_iteration: bool = False, replicas: int = 1):
   """A batched `tf.data.Dataset` of `(x, y)` for `model.fit`, the same for a given `seed`.
 
   The images stay one tensor in memory (already a cache: the loaders return them whole) and
@@ -98,6 +100,13 @@ def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | No
   as a resumed run rebuilds it). Batches are `batch_size` (the global batch under a strategy);
   the last may be smaller. Auto-sharding is by data, so `MultiWorkerMirroredStrategy` splits
   each global batch over the workers whatever the source.
+
+  `replicas > 1` (the strategy's `num_replicas_in_sync`) gives every replica an equal,
+  non-empty batch (`models.replicas`): `batch_size` must be a multiple of `replicas`; a
+  training order (`seed` set) drops its last, partial batch; an evaluation order (`seed=None`)
+  is padded to whole batches and yields `(x, y, sample_weight)`, weight 0 on the padding and
+  `padded / n` on every image, so Keras' weighted accuracy and its loss (a sum over each
+  batch divided by the batch's size) come out as the plain means over the `n` images.
   """
   import tensorflow as tf
   if len(x) != len(y):
@@ -105,12 +114,30 @@ def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | No
                      f"per image.")
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"input_pipeline: batch_size={batch_size!r}; valid: an int >= 1.")
+  n = len(x)
+  replicas_lib.check_batch(batch_size, replicas)
+  if replicas > 1 and n < (batch_size if seed is not None else 1):
+    raise replicas_lib.ReplicaBatchError(
+        f"input_pipeline: {n} images for a global batch of {batch_size} over {replicas} "
+        f"replicas; valid: at least {batch_size if seed is not None else 1} (training drops "
+        f"the last, partial batch).")
   images, labels = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-  order = tf.data.Dataset.range(len(x))
+  total = replicas_lib.padded_length(n, batch_size, replicas) if seed is None else n
+  order = tf.data.Dataset.range(total)
   if seed is not None:
-    order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=reshuffle_each_iteration)
-  dataset = order.batch(batch_size).map(lambda i: (tf.gather(images, i), tf.gather(labels, i)),
-                                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    order = order.shuffle(n, seed=seed, reshuffle_each_iteration=reshuffle_each_iteration)
+  order = order.batch(batch_size, drop_remainder=replicas > 1 and seed is not None)
+  if replicas > 1 and seed is None:
+    weight = tf.constant(total / n, tf.float32)
+
+    def fetch(i):
+      real = tf.minimum(i, n - 1)
+      return (tf.gather(images, real), tf.gather(labels, real),
+              tf.where(i < n, weight, tf.zeros_like(weight)))
+  else:
+    def fetch(i):
+      return tf.gather(images, i), tf.gather(labels, i)
+  dataset = order.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   options.deterministic = True

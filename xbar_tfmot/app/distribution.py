@@ -27,6 +27,7 @@ from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.app.workdir_lock import LOCK_NAME
 from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.models import replicas
 
 SCRATCH = "workers"  # under the workdir: one scratch folder per non-chief worker
 
@@ -152,7 +153,8 @@ def make_strategy(train) -> Any:
                         f"CUDA_VISIBLE_DEVICES).")
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=float(train.worker_timeout))
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return _checked(tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
+                    train)
   devices = [d.strip() for d in train.devices.split(",") if d.strip()]
   known = {(d.device_type, int(d.name.rsplit(":", 1)[1])): d.name
            for d in tf.config.list_logical_devices()}
@@ -164,7 +166,16 @@ def make_strategy(train) -> Any:
     if spec is None or (str(spec.device_type).upper(), spec.device_index or 0) not in known:
       raise ConfigError(f"config.train.devices={train.devices!r}: {device!r} is not a device of "
                         f"this machine; valid: {', '.join(sorted(known.values()))}.")
-  return tf.distribute.MirroredStrategy(devices or None)
+  return _checked(tf.distribute.MirroredStrategy(devices or None), train)
+
+
+def _checked(strategy, train):
+  """The strategy, once `train.batch_size` splits equally over its replicas."""
+  try:
+    replicas.check_batch(train.batch_size, strategy.num_replicas_in_sync)
+  except replicas.ReplicaBatchError as e:
+    raise ConfigError(f"config.train.batch_size={train.batch_size}: {e}") from None
+  return strategy
 
 
 def barrier(strategy, task: Task) -> None:

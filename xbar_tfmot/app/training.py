@@ -23,6 +23,7 @@ from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import project
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import replicas
 
 # --- run folder ------------------------------------------------------------------------------
 
@@ -106,7 +107,9 @@ def compile_classifier(model, keras, learning_rate, optimizer: str = "adam",
   else:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
     metrics = ["accuracy"]
-  model.compile(optimizer=make(learning_rate), loss=loss, metrics=metrics)
+  # Weighted, so that the padding `input_pipeline` adds under a strategy (weight 0) is not
+  # counted; without sample weights they are the plain metrics, under the same names.
+  model.compile(optimizer=make(learning_rate), loss=loss, weighted_metrics=metrics)
 
 
 def epoch_seed(seed: int, phase: int, epoch: int) -> int:
@@ -140,7 +143,8 @@ def fit_seeded(model, x, y, keras, epochs: int, batch_size: int, seed: int,
               callbacks=list(callbacks))
     return
   from xbar_tfmot.app.datasets import input_pipeline
-  model.fit(input_pipeline(x, y, batch_size, seed, reshuffle_each_iteration=True),
+  model.fit(input_pipeline(x, y, batch_size, seed, reshuffle_each_iteration=True,
+                           replicas=replicas.replicas_of(model)),
             epochs=epochs, verbose=0, callbacks=list(callbacks))
 
 
@@ -217,8 +221,9 @@ def fit_epochs(model, x, y, keras, *, epochs: int, batch_size: int, seed: int, p
   if resumed is not None:
     model = resumed
     on_resume(start)
+  count = replicas.replicas_of(model)
   if validation_data is not None and input == "tf_data":
-    validation_data = input_pipeline(*validation_data, batch_size)
+    validation_data = input_pipeline(*validation_data, batch_size, replicas=count)
   for epoch in range(start, epochs):
     on_epoch(epoch)
     keras.utils.set_random_seed(epoch_seed(seed, phase, epoch))
@@ -226,7 +231,8 @@ def fit_epochs(model, x, y, keras, *, epochs: int, batch_size: int, seed: int, p
     model.optimizer.learning_rate.assign(learning_rate(epoch))
     watch = _divergence_watch(keras)
     data = ({"x": x, "y": y, "batch_size": batch_size, "shuffle": True} if input == "numpy" else
-            {"x": input_pipeline(x, y, batch_size, epoch_seed(seed, phase, epoch))})
+            {"x": input_pipeline(x, y, batch_size, epoch_seed(seed, phase, epoch),
+                                 replicas=count)})
     h = model.fit(**data, epochs=epochs, initial_epoch=epoch, validation_data=validation_data,
                   callbacks=[*callbacks, watch, _one_epoch_callback(keras)], verbose=verbose)
     if watch.bad_batch is not None:
@@ -245,8 +251,9 @@ def fit_epochs(model, x, y, keras, *, epochs: int, batch_size: int, seed: int, p
 # --- evaluation ------------------------------------------------------------------------------
 
 def accuracy(model, x, y, batch_size: int = 1000) -> float:
-  """Top-1 accuracy of a logits (or probabilities) classifier on `(x, y)`."""
-  logits = model.predict(x, batch_size=batch_size, verbose=0)
+  """Top-1 accuracy of a logits (or probabilities) classifier on `(x, y)`; under a strategy
+  every replica gets a full batch (`models.replicas.predict`)."""
+  logits = replicas.predict(model, x, batch_size)
   return float(np.mean(np.argmax(logits, axis=1) == np.asarray(y)))
 
 

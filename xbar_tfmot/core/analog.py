@@ -24,6 +24,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.core import crossbar_matmul
 from xbar_tfmot.core.hardware import HardwareSpec
 
 
@@ -38,7 +39,7 @@ class Encoded:
 
   def effective(self, conductances) -> tf.Tensor:
     """`(n, rows, kout)` weights the (possibly perturbed) conductances represent."""
-    w = tf.einsum("nrkpq,pq->nrk", conductances, tf.constant(self.coef, conductances.dtype))
+    w = crossbar_matmul.contract_last(conductances, tf.constant(self.coef, conductances.dtype), 2)
     if self.offset:
       w = w - 1.0
     return w * tf.constant(self.scale, w.dtype)

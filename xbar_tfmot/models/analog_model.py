@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from xbar_tfmot.core import analog
+from xbar_tfmot.core import analog, crossbar_matmul
 from xbar_tfmot.core import mapping as mapping_lib
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.models import introspection as layers_lib
@@ -61,13 +61,12 @@ class AnalogCore:
   def column_sums(self, inputs: tf.Tensor, conductances: tf.Tensor) -> tf.Tensor:
     """`(..., n, kout, P, q)` partial sums of every physical column."""
     n, r, k, p, q = self.encoded.conductances.shape
-    flat = tf.reshape(conductances, (n, r, k * p * q))
-    sums = tf.einsum("...nr,nrc->...nc", inputs, flat)
+    sums = crossbar_matmul.per_crossbar(inputs, tf.reshape(conductances, (n, r, k * p * q)))
     return tf.reshape(sums, tf.concat([tf.shape(sums)[:-1], [k, p, q]], 0))
 
   def combine(self, sums: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
     """Digital shift-add of slices and polarities, offset, scale: `(..., n, kout)`."""
-    out = tf.einsum("...kpq,pq->...k", sums, tf.constant(self.encoded.coef))
+    out = crossbar_matmul.contract_last(sums, tf.constant(self.encoded.coef), 2)
     if self.encoded.offset:
       out = out - tf.reduce_sum(inputs, axis=-1, keepdims=True)
     scale = self.encoded.scale
@@ -87,7 +86,7 @@ class AnalogCore:
       g = analog.read(g, self.hw.read_noise, seed)
     if self.fast:
       w = self.weights if self.hw.read_noise == 0 else self.encoded.effective(g)
-      return tf.einsum("...nr,nrk->...nk", inputs, w)
+      return crossbar_matmul.per_crossbar(inputs, w)
     if not self.hw.bit_serial:
       return self.combine(self.adc(self.column_sums(inputs, g)), inputs)
     slices = analog.input_slices(inputs, *self.input_range, self.hw.input_bits, self.hw.dac_bits)

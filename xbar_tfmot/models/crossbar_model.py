@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.core import crossbar_matmul
 from xbar_tfmot.core import mapping as mapping_lib
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.models import introspection as layers_lib
@@ -66,8 +67,8 @@ def extract_patches(x: tf.Tensor, kind: str, kernel_shape, strides, padding: str
 def crossbar_forward(x: tf.Tensor, weights: tf.Tensor, rows: np.ndarray, columns: np.ndarray,
                      kind: str, kernel_shape, cout: int, conv: dict) -> tf.Tensor:
   """Sum over crossbars of their partial sums, scattered into `cout` output channels."""
-  partial = tf.einsum("...nr,nrk->...nk", gather_inputs(x, kind, kernel_shape, rows, conv),
-                      weights)
+  partial = crossbar_matmul.per_crossbar(gather_inputs(x, kind, kernel_shape, rows, conv),
+                                         weights)
   return scatter_columns(partial, columns, cout)
 
 

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.models import replicas
+
 
 def teacher_targets(teacher: Any, x: Any, y: Any, batch_size: int = 256,
                     from_logits: bool = True) -> np.ndarray:
@@ -34,7 +36,7 @@ def teacher_targets(teacher: Any, x: Any, y: Any, batch_size: int = 256,
   `from_logits=False` when the teacher ends in a softmax (its log-probabilities are used).
   """
   y = np.asarray(y).reshape(-1)
-  outputs = np.asarray(teacher.predict(x, batch_size=batch_size, verbose=0), np.float32)
+  outputs = np.asarray(replicas.predict(teacher, x, batch_size), np.float32)
   if outputs.ndim != 2 or len(outputs) != len(y):
     raise ValueError(f"teacher_targets: the teacher's outputs have shape {outputs.shape}; valid: "
                      f"(n, classes) with n = {len(y)} labels.")
