@@ -151,3 +151,80 @@ def test_build_deps_follow_the_tiers():
     used[name].discard(name)
     assert deps[name] == used[name], f"BUILD :{name} deps {sorted(deps[name])}, imports " \
                                      f"{sorted(used[name])}"
+
+
+# tools/ are clients of the package (docs/contributing.md, "The layering rule"): they import the
+# public API (`xbar_tfmot`) and public names of the library tiers, and of the application only
+# its services below; never a private name (a leading underscore) of xbar_tfmot.
+TOOLS_MAY_IMPORT_APP = {
+    "datasets": "the offline data loaders",
+    "zoo": "the model builders",
+    "training": "compile, fit, accuracy and the run folder's JSON and model I/O",
+    "plots": "the figures the report draws, drawn alike for a benchmark",
+}
+# A tool whose subject is an application module may import it too.
+TOOL_SUBJECTS = {"fuzz_spec.py": {"configuration"}}
+
+
+def tool_violations(source: str, tool: str) -> list[str]:
+  """What breaks the tools' rule in one tool's source: an app module outside
+  TOOLS_MAY_IMPORT_APP (and the tool's TOOL_SUBJECTS), or a private name of xbar_tfmot,
+  imported or read as an attribute of an imported xbar_tfmot name."""
+  out, bound = [], set()
+  allowed = set(TOOLS_MAY_IMPORT_APP) | TOOL_SUBJECTS.get(tool, set())
+  tree = ast.parse(source)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names = [(a.name, (a.asname or a.name).split(".")[0]) for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      names = [(f"{node.module}.{a.name}", a.asname or a.name) for a in node.names]
+    else:
+      continue
+    for name, local in names:
+      parts = name.split(".")
+      if parts[0] != "xbar_tfmot":
+        continue
+      bound.add(local)
+      private = [p for p in parts[1:] if p.startswith("_")]
+      if private:
+        out.append(f"{tool}:{node.lineno} imports the private name {private[0]} ({name})")
+      if len(parts) > 1 and parts[1] == "app" and (len(parts) < 3 or parts[2] not in allowed):
+        out.append(f"{tool}:{node.lineno} imports the application module {name}; tools may "
+                   f"import only app.{', app.'.join(sorted(allowed))}")
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+        and not node.attr.startswith("__") and isinstance(node.value, ast.Name)
+        and node.value.id in bound):
+      out.append(f"{tool}:{node.lineno} reads the private name {node.value.id}.{node.attr}")
+  return out
+
+
+def test_tools_are_clients_of_the_public_api():
+  found = []
+  for path in sorted((ROOT / "tools").glob("*.py")):
+    found += tool_violations(path.read_text(), path.name)
+  assert found == []
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from xbar_tfmot.app.pipeline import _something", "private name _something"),
+    ("from xbar_tfmot.app.pipeline import Pipeline", "application module xbar_tfmot.app.pipeline"),
+    ("from xbar_tfmot.app import run_report", "application module xbar_tfmot.app.run_report"),
+    ("import xbar_tfmot.app.configuration", "application module"),
+    ("from xbar_tfmot import _compat", "private name _compat"),
+    ("from xbar_tfmot.app.training import _check_input", "private name _check_input"),
+    ("from xbar_tfmot.app import training\ntraining._check_input('x')", "reads the private name"),
+    ("import xbar_tfmot as xt\nxt._keras3", "reads the private name xt._keras3"),
+])
+def test_the_tools_checker_finds_planted_imports(source, expected):
+  found = tool_violations(source, "planted.py")
+  assert found and all("planted.py:" in f for f in found), found
+  assert any(expected in f for f in found), found
+
+
+def test_the_tools_checker_allows_the_public_api():
+  source = ("import xbar_tfmot as xt\nfrom xbar_tfmot.app import datasets, training, zoo\n"
+            "from xbar_tfmot.models.hardware_sweep import parse_values\nxt.prune_crossbar\n"
+            "from xbar_tfmot.app.configuration import check\n")
+  assert tool_violations(source, "fuzz_spec.py") == []
+  assert len(tool_violations(source, "bench_quality.py")) == 1

@@ -48,3 +48,54 @@ def test_neurosim_export_and_the_command_lines(tmp_path, capsys):
   assert eval_cli.main([str(out), "--data", "synthetic", "--hw", "isaac_32nm",
                         "--set", "stuck_on_rate=2"]) == 2
   assert "stuck_on_rate" in capsys.readouterr().err
+
+
+def test_xbar_eval_traces_each_chip_once(tmp_path, monkeypatch):
+  """`xbar-eval` on 2000 test images (seven batches of 256 and one of 208) used to trace every
+  chip (a new `tf.function`) twice, and TensorFlow warned "triggered tf.function retracing"
+  from the third chip on: `analog_accuracy` now traces each chip once, for any batch size,
+  from `TRACE_FROM_IMAGES` images on, and counts the same as eager chips."""
+  import json
+  import logging
+
+  from xbar_tfmot.app import datasets
+  from xbar_tfmot.core.hardware import parse_hardware
+  from xbar_tfmot.models import analog_model as am
+  model = small_model()
+  out = tmp_path / "export"
+  export(model, out, SPEC, formats=("json",))
+  (x_train, y_train), (x, y) = datasets.synthetic()
+  x, y = np.concatenate([x] * 16)[:2000], np.concatenate([y] * 16)[:2000]
+  monkeypatch.setattr(datasets, "load_dataset",
+                      lambda name, path=None, *a, **k: ((x_train, y_train), (x, y)))
+  calls, library = [], am.analog_accuracy
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs)
+    return library(*args, **kwargs)
+
+  class Records(logging.Handler):
+    def __init__(self):
+      super().__init__()
+      self.messages = []
+
+    def emit(self, record):
+      self.messages.append(record.getMessage())
+
+  records = Records()
+  logging.getLogger("tensorflow").addHandler(records)
+  monkeypatch.setattr(am, "analog_accuracy", spy)
+  try:
+    code = eval_cli.main([str(out), "--data", "synthetic", "--hw", "isaac_32nm", "--instances",
+                          "6", "--calibration", "32", "--set", "variation=0.05", "--set",
+                          "adc_bits=6", "--json", str(tmp_path / "eval.json")])
+  finally:
+    logging.getLogger("tensorflow").removeHandler(records)
+  assert code == 0
+  assert not [m for m in records.messages if "retracing" in m], records.messages
+  assert [c.get("traced") for c in calls] == [None]  # the library decides: 2000 images, traced
+  hw = parse_hardware("isaac_32nm", variation=0.05, adc_bits=6)
+  from xbar_tfmot.export.exporter import read_mapping
+  mapping = read_mapping(str(out))
+  got = json.loads((tmp_path / "eval.json").read_text())["pruned"]["accuracies"]
+  assert got == library(model, mapping, hw, x, y, range(6), x_train[:32], traced=False)

@@ -13,12 +13,13 @@ import pytest
 from _configs import load_config
 from sklearn.datasets import load_digits
 
+import xbar_tfmot as xt
 from xbar_tfmot.app import datasets, pipeline, training
 from xbar_tfmot.app.configuration import ConfigError
-from xbar_tfmot.app.layer_by_layer import STOP_REASONS, StopRules, prune_layer_by_layer
 from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models.introspection import FLAVOURS, keras_module
+from xbar_tfmot.pruning.layer_by_layer import STOP_REASONS, StopRules, prune_layer_by_layer
 
 SPEC = CrossbarSpec(rows=8, cols=4, weight_bits=8, cell_bits=8)  # Kin 8 rows, Kout 4 columns
 
@@ -56,7 +57,7 @@ def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int
     keras.utils.set_random_seed(seed)
     m.fit(x, y, batch_size=50, epochs=epochs, verbose=0, callbacks=callbacks)
 
-  return prune_layer_by_layer(
+  return xt.prune_layer_by_layer(  # the public API
       model, SPEC, granularity="crossbar", rules=rules, train=train,
       validate=validate or (lambda m: 0.5), steps_per_epoch=-(-len(y) // 50),
       leave_dense=leave_dense, seed=seed, **options)
@@ -174,6 +175,21 @@ def test_bad_rules_name_the_field(field, value):
     StopRules(**{field: value})
 
 
+def test_the_procedure_is_public():
+  """`xt.prune_layer_by_layer` and its types are the library's, and its errors are the
+  library's errors (an `XbarError` that is still a ValueError)."""
+  assert (xt.prune_layer_by_layer, xt.StopRules) == (prune_layer_by_layer, StopRules)
+  assert xt.prune_layer_by_layer.__module__ == "xbar_tfmot.pruning.layer_by_layer"
+  assert issubclass(xt.LayerByLayerError, xt.XbarError)
+  assert issubclass(xt.LayerByLayerError, ValueError)
+  with pytest.raises(xt.LayerByLayerError, match="rules=.*valid: a StopRules"):
+    xt.prune_layer_by_layer(tiny_model("keras3"), SPEC, granularity="crossbar", rules={},
+                            train=None, validate=None, steps_per_epoch=1)
+  assert set(STOP_REASONS) == {"accuracy_drop", "crossbar_threshold", "max_reduction"}
+  outcome = xt.LayerOutcome("hidden", 80, 80, 20, 3, "max_reduction", 0.5, None)
+  assert outcome.to_dict()["reduction"] == 0.75
+
+
 def tiny(workdir, **prune):
   """The tiny digits run, pruning only conv6 (32 crossbars) and fc2 (24) to stay short."""
   prune = {"procedure": "layer_by_layer", **prune}
@@ -268,3 +284,23 @@ def test_layer_by_layer_refuses_global_modes(tmp_path):
   config.crossbar.mode = "global"
   with pytest.raises(ConfigError, match="config.crossbar.mode='global'"):
     pipeline.Pipeline(config).prepare()
+
+
+@pytest.mark.parametrize("accuracy, stop", [(0.5, "max_reduction"), (0.4375, "accuracy_drop")])
+def test_an_accuracy_drop_exactly_at_the_limit_passes(accuracy, stop):
+  """The rule fires only *beyond* `max_accuracy_drop`: a step exactly 0.25 below the reference
+  (0.75 - 0.5, exact in binary) is kept; 0.3125 below is rolled back."""
+  scores = []
+
+  def validate(m):
+    scores.append(0.75 if not scores else accuracy)
+    return scores[-1]
+
+  rules = StopRules(max_accuracy_drop=0.25, max_reduction=0.15, step=0.15)
+  model, (hidden,) = run("tf_keras", rules, validate, ["out"])
+  assert hidden.stop == stop
+  if stop == "max_reduction":
+    assert (hidden.after, hidden.steps, hidden.rejected_accuracy) == (68, 1, None)
+  else:
+    assert (hidden.after, hidden.steps, hidden.rejected_accuracy) == (80, 1, accuracy)
+  assert brute_blocks(kernel(model, "hidden")) == hidden.after

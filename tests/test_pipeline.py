@@ -44,8 +44,8 @@ def test_every_phase_writes_its_outputs(straight):
     assert (workdir / name).is_file(), name
   state = json.loads((workdir / "state.json").read_text())
   assert sorted(state["phases"]) == sorted(pipeline.PHASES)
-  for phase in pipeline.PHASES:
-    assert any(line.startswith(f"[{phase}] done") for line in lines), phase
+  for phase in pipeline.PHASES:  # hardware is off in the tiny config
+    assert any(line.startswith((f"[{phase}] done", f"[{phase}] skipped")) for line in lines), phase
   assert json.loads((workdir / "report" / "metrics.json").read_text()) == json.loads(
       json.dumps(metrics, default=float))
   assert metrics["export"]["verified"] is True
@@ -165,7 +165,7 @@ KILL_POINTS = (
     ("prune", lambda lines, w: any(l.startswith("[finetune]") for l in lines)),  # fine-tuning
     ("export", lambda lines, w: any(l.startswith("[export] ") and "done" not in l
                                     for l in lines)),
-    ("report", lambda lines, w: any(l.startswith("[hardware] done") for l in lines)),
+    ("report", lambda lines, w: any(l.startswith("[hardware] skipped") for l in lines)),
 )
 
 
@@ -415,3 +415,179 @@ def test_programs_start_without_tensorflow_log_lines():
     assert noise not in quiet.stderr, quiet.stderr[-2000:]
   loud = _program("xbar-report", [fixture, "--crossbar", "72x16"], XBAR_TF_LOG="1")
   assert "cpu_feature_guard" in loud.stderr, loud.stderr[-2000:]
+
+
+# --- what a person sees when something goes wrong (issue 24, item 4) ------------------------
+
+def _mlp_file(tmp_path: pathlib.Path) -> pathlib.Path:
+  """A digits MLP 64-32-16-10: on 16x16 crossbars 8 + 2 + 1 = 11 crossbars, one layer with
+  a single crossbar (which a model-wide budget must still give one)."""
+  import tf_keras
+  L = tf_keras.layers
+  model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), L.Flatten(name="flat"),
+                               L.Dense(32, activation="relu", name="fc1"),
+                               L.Dense(16, activation="relu", name="fc2"),
+                               L.Dense(10, name="fc3")], name="mlp")
+  path = tmp_path / "mlp.keras"
+  model.save(path)
+  return path
+
+
+def test_infeasible_budget_exits_before_any_training(tmp_path):
+  """0.8 of 11 crossbars leaves 2 for 3 layers that need one each: refused by `main` with the
+  config error's exit code and one line naming the field and the largest valid reduction
+  (round(0.228 * 11) = 3 crossbars), before the baseline trains or anything is written."""
+  workdir = tmp_path / "run"
+  out = subprocess.run(
+      _command(workdir) + [f"--config.model.file={_mlp_file(tmp_path)}",
+                           "--config.crossbar.spec=16x16", "--config.crossbar.mode=global_score",
+                           "--config.crossbar.reduction=0.8"],
+      capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert out.returncode == 2, out.stderr[-3000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith("xbar-prune:")]
+  assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert errors[0].startswith("xbar-prune: config error: config.crossbar.reduction=0.8: too high "
+                              "for this model (11 crossbars dense on 16x16"), errors[0]
+  assert "valid: reduction <= 0.772." in errors[0], errors[0]
+  assert "[baseline]" not in out.stdout and "Epoch" not in out.stdout
+  assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+  assert not (workdir / "state.json").exists()
+
+
+HIGH = {0.773, 0.8, 0.95}  # fewer than 3 crossbars for the model: round(0.227 * 11) = 2
+BUDGET_CASES = [  # (mode, train.prune_epochs, the reductions refused)
+    ("per_layer", 1, {0.01, 0.05}),  # no layer loses a crossbar below 0.0625 (fc1: 8 -> 7)
+    ("per_layer", 0, set()),  # the one-shot projection accepts a layer that loses nothing
+    ("global", 1, {0.01} | HIGH),  # 0.01 keeps round(0.99 * 11) = 11: nothing to prune
+    ("global", 0, HIGH),
+    ("global_score", 1, HIGH),  # the pool of fc1 and fc2 is always wrapped
+    ("sensitivity", 1, {0.01} | HIGH),
+    ("sensitivity", 0, HIGH),
+]
+
+
+@pytest.mark.parametrize("mode,prune_epochs,expected", BUDGET_CASES)
+def test_budget_check_agrees_with_the_prune_phase(tmp_path, mode, prune_epochs, expected):
+  """The check before training refuses exactly the reductions that the prune phase's own code
+  (prune_crossbar, or the one-shot projection when train.prune_epochs=0) refuses, from the
+  untrained model: budgets depend on the kernel shapes and the spec only."""
+  from xbar_tfmot.core.policy import CrossbarPolicy
+  from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
+  from xbar_tfmot.pruning import one_shot
+  from xbar_tfmot.pruning.api import prune_crossbar
+  path = _mlp_file(tmp_path)
+  pipe = pipeline.Pipeline(load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
+                                       crossbar__spec="16x16", crossbar__mode=mode,
+                                       train__prune_epochs=prune_epochs))
+  model = pipe._load(path)
+  curves = {n: [[1, 1.0], [d, 0.0]] for n, d in (("fc1", 8), ("fc2", 2), ("fc3", 1))}
+  policy = CrossbarPolicy(mode=mode, curves=curves if mode == "sensitivity" else None)
+  refused_by_prune, refused_by_check = set(), set()
+  for reduction in (0.01, 0.05, 0.07, 0.3, 0.77, 0.772, 0.773, 0.8, 0.95):
+    try:
+      if prune_epochs:
+        prune_crossbar(model, pipe.spec, "column", CrossbarPolynomialDecay(reduction, 0, 8),
+                       policy=policy, seed=0)
+      else:
+        one_shot.one_shot_masks(model, pipe.spec, policy, reduction, "column")
+    except ValueError:
+      refused_by_prune.add(reduction)
+    pipe.config.crossbar.reduction = reduction
+    try:
+      pipe._check_budgets(model)
+    except ConfigError as e:
+      refused_by_check.add(reduction)
+      assert str(e).startswith(f"config.crossbar.reduction={reduction}: too "), str(e)
+      assert "\n" not in str(e)
+  assert refused_by_check == refused_by_prune == expected
+
+
+def test_budget_message_names_the_valid_side(tmp_path):
+  path = _mlp_file(tmp_path)
+  config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
+                       crossbar__spec="16x16", crossbar__reduction=0.01)
+  with pytest.raises(ConfigError, match=r"^config\.crossbar\.reduction=0\.01: too low for this "
+                     r"model .*valid: reduction >= 0\.063\. Details: prune_crossbar: no layer "
+                     r"would lose a crossbar"):
+    pipeline.Pipeline(config).prepare()
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
+                       crossbar__spec="16x16", crossbar__leave_dense="fc9")
+  with pytest.raises(ConfigError, match=r"^config\.crossbar\.leave_dense='fc9': .*matches no "
+                     r"mapped layer"):
+    pipeline.Pipeline(config).prepare()
+  config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
+                       crossbar__spec="16x16", crossbar__reduction=0.7)
+  pipeline.Pipeline(config).prepare()  # feasible: passes and claims the workdir
+  assert (tmp_path / "run" / "config.json").is_file()
+
+
+class _Stream:
+  """A standard output that is (or is not) a terminal and keeps what is written."""
+
+  def __init__(self, tty: bool):
+    self.tty, self.parts = tty, []
+
+  def isatty(self) -> bool:
+    return self.tty
+
+  def write(self, text: str) -> int:
+    self.parts.append(text)
+    return len(text)
+
+  def flush(self) -> None:
+    pass
+
+
+@pytest.mark.parametrize("tty,verbose,expected", [(False, 1, 2), (True, 1, 1), (False, 0, 0),
+                                                  (False, 2, 2), (True, 2, 2)])
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, tty, verbose, expected):
+  seen = {}
+
+  def fit_epochs(model, x, y, keras, **kwargs):
+    seen["verbose"] = kwargs["verbose"]
+    return model, {}
+
+  monkeypatch.setattr(pipeline.training, "fit_epochs", fit_epochs)
+  monkeypatch.setattr(sys, "stdout", _Stream(tty))
+  pipe = pipeline.Pipeline(load_config(TINY, workdir=str(tmp_path), train__verbose=verbose))
+  pipe.data = ((np.zeros((4, 8, 8, 1)), np.zeros(4)), (np.zeros((2, 8, 8, 1)), np.zeros(2)))
+  pipe._fit(None, "baseline", 1, lambda e: 1e-3, [])
+  assert seen["verbose"] == expected
+
+
+def test_a_log_file_gets_one_line_per_epoch(tmp_path, monkeypatch):
+  """train.verbose=1 into a file: Keras' epoch lines, no per-batch `\\r`/`\\b` redraws."""
+  import tf_keras
+  stream = _Stream(False)
+  monkeypatch.setattr(sys, "stdout", stream)
+  pipe = pipeline.Pipeline(load_config(TINY, workdir=str(tmp_path), train__verbose=1,
+                                       train__batch_size=4))
+  rng = np.random.default_rng(0)
+  pipe.data = ((rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)),
+               (rng.normal(size=(8, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 8)))
+  model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), tf_keras.layers.Flatten(),
+                               tf_keras.layers.Dense(10)])
+  pipe._compile(model, 1e-2)
+  pipe._fit(model, "baseline", 2, lambda e: 1e-2, [])
+  out = "".join(stream.parts)
+  assert "Epoch 1/2" in out and "Epoch 2/2" in out and "16/16 - " in out, out
+  assert "\r" not in out and "\b" not in out, repr(out[:500])
+
+
+def test_phases_turned_off_say_skipped(tmp_path):
+  lines: list[str] = []
+  config = load_config(TINY, workdir=str(tmp_path), crossbar__reorder=False,
+                       export__enabled=False, hardware__enabled=False)
+  pipe = pipeline.Pipeline(config, log=lines.append)
+  pipe.reorder()
+  pipe.export()
+  pipe.hardware()
+  assert lines == ["[reorder] skipped (crossbar.reorder=False)",
+                   "[export] skipped (export.enabled=False)",
+                   "[hardware] skipped (hardware.enabled=False)"]
+  phases = json.loads((tmp_path / "state.json").read_text())["phases"]
+  assert phases["reorder"]["applied"] is False and phases["export"]["enabled"] is False
+  assert phases["hardware"]["enabled"] is False  # recorded: a rerun skips them silently
+  pipe.reorder(), pipe.export(), pipe.hardware()
+  assert len(lines) == 3

@@ -1,22 +1,16 @@
 """xbar-prune's hardware phase: energy, area and accuracy on non-ideal crossbars for the dense
 and the pruned model, in metrics.json and report.md, with the one-factor-at-a-time accuracy
-sweep (`xbar_tfmot.app.hardware_sweep`, table and plot); bad hardware fields are config errors."""
+sweep (table and plot); bad hardware fields are config errors. The sweep itself:
+tests/test_hardware_sweep.py."""
 
 import json
 
-import numpy as np
 import pytest
 from _configs import load_config
 
-from xbar_tfmot.app import configuration, hardware_sweep, pipeline
+from xbar_tfmot.app import configuration, pipeline
 from xbar_tfmot.app.configuration import ConfigError
-from xbar_tfmot.app.datasets import load_digits
-from xbar_tfmot.core.hardware import HardwareSpec
-from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models.analog_model import analog_accuracy
-from xbar_tfmot.models.crossbar_model import crossbar_model
-from xbar_tfmot.models.introspection import keras_module
-from xbar_tfmot.models.model_mapping import build_mapping
+from xbar_tfmot.models import hardware_sweep
 
 
 def tiny(workdir, **hardware):
@@ -76,66 +70,3 @@ def test_hardware_phase_reports_dense_and_pruned_and_the_sweep(tmp_path):
 def test_bad_hardware_fields(tmp_path, fields, match):
   with pytest.raises(ConfigError, match=match):
     pipeline.Pipeline(tiny(tmp_path, **fields))
-
-
-@pytest.fixture(scope="module")
-def digits_model():
-  """A small CNN trained on scikit-learn digits, mapped at column grain, and 120 test digits."""
-  K = keras_module("tf_keras")
-  K.utils.set_random_seed(0)
-  (x, y), (xt, yt) = load_digits()
-  model = K.Sequential([K.layers.Input(x.shape[1:]), K.layers.Conv2D(8, 3, name="conv"),
-                        K.layers.ReLU(), K.layers.Flatten(), K.layers.Dense(10, name="fc")])
-  model.compile("adam", K.losses.SparseCategoricalCrossentropy(from_logits=True))
-  model.fit(x, y, epochs=4, batch_size=32, verbose=0)
-  spec = CrossbarSpec(rows=36, cols=8, weight_bits=4, cell_bits=2, differential=True)
-  return model, build_mapping(model, spec, "column"), x[:64], xt[:120], yt[:120]
-
-
-def test_the_ideal_chip_sweep_gives_the_crossbar_explicit_accuracy(digits_model):
-  model, mapping, calibration, x, y = digits_model
-  explicit = np.mean(np.argmax(crossbar_model(model, mapping).predict(x, verbose=0), -1) == y)
-  assert explicit > 0.7
-  rows = hardware_sweep.sweep(model, mapping, HardwareSpec(quantize_weights=False), x, y,
-                              calibration, instances=3, variations=(0.0,))
-  assert rows[0]["accuracies"] == [explicit] and not rows[0]["random"]
-
-
-def test_each_condition_is_its_chip_on_the_same_seeds(digits_model):
-  """Brute force: each row's accuracies are `analog_accuracy` of the chip the documented
-  one-factor-at-a-time rule gives, on seeds 5, 6, 7; equal chips are measured once, and a
-  cache of finished conditions is reused."""
-  model, mapping, calibration, x, y = digits_model
-  nominal = HardwareSpec(input_bits=8, adc_bits=6, variation=0.1, stuck_on_rate=0.05)
-  clean = dict(variation=0.0, stuck_on_rate=0.0, stuck_off_rate=0.0)
-  expected = [("variation", 0.0, nominal.replace(**clean)),
-              ("variation", 0.2, nominal.replace(**{**clean, "variation": 0.2})),
-              ("adc_bits", 3, nominal.replace(**{**clean, "adc_bits": 3})),
-              ("adc_bits", 6, nominal.replace(**clean)),
-              ("stuck", 0.3, nominal.replace(**{**clean, "stuck_on_rate": 0.15,
-                                                "stuck_off_rate": 0.15}))]
-  saved = {}
-  rows = hardware_sweep.sweep(model, mapping, nominal, x, y, calibration, instances=3,
-                              variations=(0.0, 0.2), adc_bits=(3, 6), stuck=(0.3,), seed=5,
-                              on_result=saved.__setitem__)
-  assert [(r["factor"], r["value"]) for r in rows] == [e[:2] for e in expected]
-  assert [r["measured"] for r in rows] == [True, True, True, False, True]
-  for row, (_, _, hw) in zip(rows, expected):
-    brute = analog_accuracy(model, mapping, hw, x, y, [5, 6, 7], calibration)
-    if not row["random"]:
-      assert brute[0] == brute[1] == brute[2]  # the same chip for every seed
-      brute = brute[:1]
-    assert np.max(np.abs(np.subtract(row["accuracies"], brute))) <= 1 / len(y), (row, brute)
-    assert row["mean"] == pytest.approx(np.mean(row["accuracies"]))
-  assert rows[1]["std"] > 0
-  again = hardware_sweep.sweep(model, mapping, nominal, x, y, calibration, instances=3,
-                               variations=(0.0, 0.2), adc_bits=(3, 6), stuck=(0.3,), seed=5,
-                               cache=saved)
-  assert not any(r["measured"] for r in again)
-  assert [r["accuracies"] for r in again] == [r["accuracies"] for r in rows]
-  short = {key: accs[:1] for key, accs in saved.items()}  # from a run with 1 instance
-  third = hardware_sweep.sweep(model, mapping, nominal, x, y, calibration, instances=3,
-                               variations=(0.0, 0.2), adc_bits=(3, 6), stuck=(0.3,), seed=5,
-                               cache=short)
-  assert [r["measured"] for r in third] == [r["random"] for r in rows]
-  assert [r["accuracies"] for r in third] == [r["accuracies"] for r in rows]

@@ -414,8 +414,8 @@ def test_callbacks_take_the_flavour_of_the_fitted_model():
 
 
 def test_masks_reach_the_named_kernels_wrapped_or_not(flavour):
-  from xbar_tfmot.app.training import apply_masks
   from xbar_tfmot.pruning.callbacks import fixed_masks
+  from xbar_tfmot.pruning.one_shot import apply_masks
   pruned = prune_crossbar(pm.cnn(flavour=flavour), spec=SPEC, schedule=schedule(), seed=0)
   kernel = xlayers.mapped_kernel(xlayers.unwrap(wrappers(pruned)[0]))
   before = np.asarray(kernel).copy()

@@ -268,11 +268,11 @@ def test_xception_maps_every_separable_pointwise_kernel(flavour):
 def test_one_shot_masks_cut_the_pointwise_kernel_to_its_budget(flavour):
   """`xbar-prune`'s one-shot path (`train.prune_epochs=0`) projects and zeroes the pointwise
   kernel, leaving the depthwise kernel whole."""
-  from xbar_tfmot.app import training
+  from xbar_tfmot.pruning import one_shot
   model = model_of(flavour)
   depthwise = {n: np.asarray(model.get_layer(n).get_weights()[0]) for n in SEPARABLE}
-  masks = training.one_shot_masks(model, SPEC, CrossbarPolicy(leave_dense=()), 0.5, "crossbar")
-  training.apply_masks(model, masks)
+  masks = one_shot.one_shot_masks(model, SPEC, CrossbarPolicy(leave_dense=()), 0.5, "crossbar")
+  one_shot.apply_masks(model, masks)
   for name in SEPARABLE:
     layer = model.get_layer(name)
     rows, cols = pointwise_rows_cols(layer)

@@ -15,7 +15,7 @@ every pruned model getting the same `--epochs` after the dense baseline. For eac
 crossbars, and energy, area and latency per inference of the cost model for each `--presets`
 chip, and the test accuracy (mean ± std over `--instances` chip instances, seeds 0..n-1, the
 same for every model) on the first `--presets` chip swept one factor at a time
-(`xbar_tfmot.app.hardware_sweep`): variation (ADC at the preset's bits), ADC bits (no
+(`xbar_tfmot.sweep_hardware`): variation (ADC at the preset's bits), ADC bits (no
 variation), stuck-at cells (half on, half off). BatchNorm statistics of every model are
 re-estimated on training images before it is evaluated. No choice is made from test images;
 the reductions and the training lengths are fixed in advance.
@@ -108,8 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, value in quick.items():
       if flag not in given:
         setattr(args, flag[2:].replace("-", "_"), value)
-  from xbar_tfmot.app.hardware_sweep import parse_values
   from xbar_tfmot.core.errors import XbarError
+  from xbar_tfmot.models.hardware_sweep import parse_values
   try:
     args.reduction_list = parse_values(args.reductions, "--reductions")
     args.variation_list = parse_values(args.variations, "--variations")
@@ -282,8 +282,7 @@ class Bench:
 
 def model_record(b: Bench, model, presets: list[str]) -> dict[str, Any]:
   """Float accuracy, crossbars, non-zero weights and cost per preset of one model."""
-  from xbar_tfmot.app.hardware_sweep import cost_summary
-  from xbar_tfmot.core.hardware import HardwareSpec
+  import xbar_tfmot as xt
   mapping = b.mapping(model)
   report = b.xt.crossbar_report(model, b.spec)
   return {
@@ -292,7 +291,8 @@ def model_record(b: Bench, model, presets: list[str]) -> dict[str, Any]:
       "dense_crossbars": int(sum(r.counts.dense for r in report.mapped)),
       "nonzero_weights": int(sum(r.counts.nonzero_weights for r in report.mapped)),
       "weights": int(sum(np.asarray(r.geometry.kernel_shape).prod() for r in report.mapped)),
-      "cost": {p: cost_summary(model, mapping, HardwareSpec.preset(p)) for p in presets},
+      "cost": {p: xt.hardware_cost_summary(model, mapping, xt.HardwareSpec.preset(p))
+               for p in presets},
   }
 
 
@@ -304,12 +304,11 @@ def _pct(mean: float, std: float) -> str:
 
 def sweep_rows(data: dict, args, label: str) -> list[dict]:
   """The sweep rows of one model from the stored cells (None where not measured yet)."""
-  from xbar_tfmot.app.hardware_sweep import conditions
-  from xbar_tfmot.core.hardware import HardwareSpec
+  import xbar_tfmot as xt
   cells = data["cells"].get(label, {})
   rows = []
-  for c in conditions(HardwareSpec.preset(args.preset_list[0]), args.variation_list,
-                      args.adc_list, args.stuck_list):
+  nominal = xt.HardwareSpec.preset(args.preset_list[0])
+  for c in xt.sweep_conditions(nominal, args.variation_list, args.adc_list, args.stuck_list):
     accs = cells.get(c.key)
     if accs is not None:
       rows.append({"factor": c.factor, "value": c.value, "mean": float(np.mean(accs)),
@@ -474,8 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
 
   import tensorflow as tf
 
-  from xbar_tfmot.app.hardware_sweep import sweep
-  from xbar_tfmot.core.hardware import HardwareSpec
+  import xbar_tfmot as xt
   b = Bench(args, out, log)
   if args.speed:
     record = measure_speed(b, results.data, args, log)
@@ -486,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{record['ratio_min']:.2f}-{record['ratio_max']:.2f}x)")
     return results.data
   results.data["command"] = command
-  hw = HardwareSpec.preset(args.preset_list[0])
+  hw = xt.HardwareSpec.preset(args.preset_list[0])
   results.data["hardware"] = hw.to_dict()
   log(f"tf {tf.__version__}, python {platform.python_version()}; out {out}; models "
       f"{', '.join(labels(args))}; {len(b.y)} training, {len(b.y_test)} test images")
@@ -511,8 +509,9 @@ def main(argv: list[str] | None = None) -> dict:
         render(out, results.data, args, command)
         log(f"{label} {point}: {np.mean(accs):.4f} ± {np.std(accs):.4f} ({len(accs)} chips)")
 
-      rows = sweep(model, mappings[label], hw, b.x_test, b.y_test, b.x[:args.calibration],
-                   args.instances, cache=cells, on_result=save, **point)
+      rows = xt.sweep_hardware(model, mappings[label], hw, b.x_test, b.y_test,
+                               b.x[:args.calibration], args.instances, cache=cells,
+                               on_result=save, **point)
       measured += sum(r["measured"] for r in rows)
       reused += sum(not r["measured"] for r in rows)
   results.save()

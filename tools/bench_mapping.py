@@ -69,7 +69,7 @@ def build_with(lib, model, spec, granularity):
     kernel = layers_lib.effective_kernel(layer)
     geometry = layers_lib.geometry_of(inner, spec)
     entries.append(lib.layer_entry(packing.pack_layer(geometry, kernel, granularity), kernel))
-  info = {"name": model.name, "input_shape": model_mapping._jsonable_shape(model.input_shape)}
+  info = {"name": model.name, "input_shape": model_mapping.jsonable_shape(model.input_shape)}
   return lib.document(spec, granularity, info, entries, model_mapping.unmapped_layers(model))
 
 

@@ -632,10 +632,10 @@ def run_layer_by_layer(b: Bench, reduction: float):
   up to `reduction` (`max_reduction`) unless the validation accuracy (BatchNorm re-estimated)
   falls more than `LBL_MAX_ACCURACY_DROP` below the start; one epoch a step, one epoch of
   fine-tuning a layer."""
-  from xbar_tfmot.app.layer_by_layer import StopRules, outcome_rows, prune_layer_by_layer
   source, reorder_seconds, skipped = reordered(b, reduction)
-  rules = StopRules(max_accuracy_drop=LBL_MAX_ACCURACY_DROP, max_reduction=reduction,
-                    crossbar_threshold=LBL_CROSSBAR_THRESHOLD, step=reduction / LBL_GRID_STEPS)
+  rules = b.xt.StopRules(max_accuracy_drop=LBL_MAX_ACCURACY_DROP, max_reduction=reduction,
+                         crossbar_threshold=LBL_CROSSBAR_THRESHOLD,
+                         step=reduction / LBL_GRID_STEPS)
   epochs = []
 
   def train(model, n: int, *, callbacks, seed: int, finetune: bool) -> None:
@@ -647,14 +647,14 @@ def run_layer_by_layer(b: Bench, reduction: float):
     b.recalibrate(model)
     return b.val_accuracy(model)
 
-  model, outcomes = prune_layer_by_layer(
+  model, outcomes = b.xt.prune_layer_by_layer(
       b.copy(source), b.spec, granularity="column", rules=rules, train=train,
       validate=validate, steps_per_epoch=b.steps_per_epoch,
       leave_dense=[re.escape(n) for n in b.dense_names(source)], ramp=b.args.prune_fraction,
       updates_per_epoch=max(1, b.steps_per_epoch // b.args.frequency),
       temperature=b.args.temperature, seed=b.seed, log=b.log)
   return model, {"reorder_seconds": reorder_seconds, "reorder_skipped": skipped,
-                 "epochs_trained": sum(epochs), "outcomes": outcome_rows(outcomes),
+                 "epochs_trained": sum(epochs), "outcomes": [o.to_dict() for o in outcomes],
                  "rules": {"max_accuracy_drop": rules.max_accuracy_drop,
                            "max_reduction": rules.max_reduction,
                            "crossbar_threshold": rules.crossbar_threshold, "step": rules.step}}
@@ -662,14 +662,14 @@ def run_layer_by_layer(b: Bench, reduction: float):
 
 def exact_masks(b: Bench, model, reduction: float) -> dict[str, np.ndarray]:
   """Crossbar-grain exact projection of each pruned layer's kernel at its budget."""
-  return b.training.one_shot_masks(model, b.spec, b.policy(model), reduction, "crossbar")
+  return b.xt.one_shot_masks(model, b.spec, b.policy(model), reduction, "crossbar")
 
 
 def finetune_masked(b: Bench, model, masks: dict[str, np.ndarray], epochs: int):
   from xbar_tfmot.pruning.callbacks import fixed_masks
   b.compile(model, b.args.finetune_lr, epochs)
   b.fit(model, epochs, fixed_masks(model, masks))
-  b.training.apply_masks(model, masks)  # exact zeros for the count, whatever the last step did
+  b.xt.apply_masks(model, masks)  # exact zeros for the count, whatever the last step did
   return model
 
 

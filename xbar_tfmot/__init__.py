@@ -5,6 +5,12 @@ The public API, one import away. The code is tiered (docs/design.md, "The tiers 
 Keras models), `pruning` (the two flavour adapters over one implementation), `export`, and
 the application `app` (`xbar-prune`), which the library never imports.
 
+Every procedure is here, the application only orchestrates them: `prune_crossbar` (LGD-RPP,
+every layer at once), `prune_layer_by_layer` (the paper's procedure, one layer at a time under
+`StopRules`), `one_shot_masks` / `apply_masks` (the exact projection of trained kernels, no
+training) and `sweep_hardware` (accuracy on simulated chips, one non-ideality at a time, over
+`sweep_conditions`; `hardware_cost_summary` for the chip's cost).
+
 Importing this package never imports TFMOT: the tf_keras adapter loads it on first use, so a
 Keras 3 user's `tf.keras` is left alone. It imports the Keras 3 adapter, which registers the
 Keras 3 wrapper and schedules as serialisables, so pruned `.keras` files load without a scope.
@@ -32,6 +38,10 @@ from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
 from xbar_tfmot.models.channels import ChannelGraph, ChannelSpace, analyze
 from xbar_tfmot.models.analog_model import analog_accuracy, analog_model, output_positions
 from xbar_tfmot.models.crossbar_model import crossbar_model
+from xbar_tfmot.models.hardware_sweep import Condition as SweepCondition
+from xbar_tfmot.models.hardware_sweep import conditions as sweep_conditions
+from xbar_tfmot.models.hardware_sweep import cost_summary as hardware_cost_summary
+from xbar_tfmot.models.hardware_sweep import sweep as sweep_hardware
 from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
 from xbar_tfmot.models.reorder import ReorderResult, project_permuted, reorder_model
 from xbar_tfmot.models.report import CrossbarReport, LayerReport, crossbar_report
@@ -40,6 +50,9 @@ from xbar_tfmot.pruning import (CrossbarPruningSummaries, UpdateCrossbarPruning,
                                 strip_crossbar_pruning)
 from xbar_tfmot.pruning.distillation import (DistillationLoss, distillation_accuracy,
                                              teacher_targets)
+from xbar_tfmot.pruning.layer_by_layer import (LayerByLayerError, LayerOutcome, StopRules,
+                                               prune_layer_by_layer)
+from xbar_tfmot.pruning.one_shot import apply_masks, one_shot_masks
 from xbar_tfmot.pruning.sensitivity import sensitivity_curves
 
 try:  # registers the Keras 3 serialisables; Keras 3 is a dependency, but keep the core importable
@@ -49,7 +62,9 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "CostReport", "HardwareError", "HardwareSpec", "analog_accuracy", "analog_model",
-    "estimate_cost", "output_positions",
+    "estimate_cost", "output_positions", "SweepCondition", "hardware_cost_summary",
+    "sweep_conditions", "sweep_hardware", "LayerByLayerError", "LayerOutcome", "StopRules",
+    "prune_layer_by_layer", "apply_masks", "one_shot_masks",
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",
     "CrossbarPolicy", "CrossbarPolynomialDecay", "CrossbarPruningSummaries", "CrossbarReport",
     "CrossbarSpec", "CrossbarTemperatureDecay", "DistillationLoss", "ExportError",

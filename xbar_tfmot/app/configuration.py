@@ -14,7 +14,6 @@ from typing import Any
 import ml_collections
 
 from xbar_tfmot.app.datasets import DATASETS
-from xbar_tfmot.app.layer_by_layer import invalid_rule
 from xbar_tfmot.app.training import OPTIMIZERS, OUTPUTS
 from xbar_tfmot.app.zoo import BUILDERS
 from xbar_tfmot.core.errors import XbarError
@@ -22,6 +21,7 @@ from xbar_tfmot.core.policy import MODES, SCORES
 from xbar_tfmot.core.projection import GRANULARITIES
 from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
+from xbar_tfmot.pruning.layer_by_layer import invalid_rule
 
 EXPORT_FORMATS = ("saved_model", "tflite", "json")
 PROCEDURES = ("joint", "layer_by_layer")
@@ -287,7 +287,7 @@ def hardware_spec(config: ml_collections.ConfigDict):
 def hardware_sweep(config: ml_collections.ConfigDict) -> dict[str, tuple]:
   """`hardware_sweep.sweep`'s value lists of `hardware.sweep_*` ({} when the sweep is off);
   a bad list or value is a `ConfigError` naming its field."""
-  from xbar_tfmot.app.hardware_sweep import conditions, parse_values
+  from xbar_tfmot.models.hardware_sweep import conditions, parse_values
   h = config.hardware
   if not h.sweep_instances:
     return {}

@@ -16,7 +16,6 @@ import sys
 
 import numpy as np
 
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="xbar-eval", description="Accuracy of an exported model on non-ideal crossbars.")

@@ -35,6 +35,7 @@ from xbar_tfmot.core.schedules import CrossbarPolynomialDecay, ramp_steps
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.export import model_io
 from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.pruning import one_shot
 
 PHASES = ("baseline", "reorder", "prune", "export", "hardware", "report")
 
@@ -48,6 +49,13 @@ def parse_spec(text: str) -> CrossbarSpec:
 
 
 _write_json, _read_json = training.write_json, training.read_json
+
+
+def _isatty(stream) -> bool:
+  try:
+    return bool(stream.isatty())
+  except (AttributeError, ValueError):  # no such method, or a closed stream
+    return False
 
 
 def _summary_item(key: str, value: Any) -> str:
@@ -85,6 +93,7 @@ class Pipeline:
     """Loads the data, checks the model, then claims the workdir: config errors surface here."""
     self.data = self._load_data()
     self._fresh_model = self._initial_model()
+    self._check_budgets(self._fresh_model)
     flat = configuration.flatten(self.config)
     shared = self.shared_workdir
     config_file = shared / "config.json"
@@ -173,6 +182,65 @@ class Pipeline:
                           f"{c.data.name} has labels up to {int(y.max())}.")
     return model
 
+  def _check_budgets(self, model) -> None:
+    """Every crossbar budget the prune phase will ask for, computed now, before any training.
+
+    A budget is a function of the mapped layers' names, kinds and kernel shapes, the spec and
+    the `crossbar.*` fields only (`LayerGeometry`, `CrossbarPolicy.plan`, `plan.plan_model`),
+    never of the weights: training and reorder (a permutation) change no shape, and what is
+    weight-dependent (`global_score`'s re-split at every update, `sensitivity`'s curves) only
+    splits a model-wide total that `plan` has already checked. So the untrained model fails
+    here exactly where the prune phase would fail after training. Raises `ConfigError` naming
+    the field, and for `crossbar.reduction` the range that is valid for this model.
+    """
+    from xbar_tfmot.pruning import plan as plan_lib
+    c = self.config.crossbar
+    leaves = list(layers_lib.iter_layers(model))
+    geometries = [layers_lib.geometry_of(l, self.spec) for l in leaves
+                  if layers_lib.is_mapped(l)]
+    dense = configuration.leave_dense(self.config)
+    try:
+      CrossbarPolicy(leave_dense=dense).plan(geometries, 0.5)
+    except ValueError as e:
+      raise ConfigError(f"config.crossbar.leave_dense={c.leave_dense!r}: {e}") from None
+    if self.config.prune.procedure == "layer_by_layer":
+      return  # its budgets come from its stop rules; crossbar.reduction only guides reorder
+    curves = None  # sensitivity: the measured curves split the total, they never change it
+    if c.mode == "sensitivity":
+      curves = {g.name: [[g.dense_crossbars, 0.0]] for g in geometries}
+    policy = CrossbarPolicy(leave_dense=dense, mode=c.mode, score=c.score, curves=curves)
+
+    def problem(reduction: float) -> str | None:
+      """Why the prune phase would refuse `reduction` (as it computes budgets), or None."""
+      try:
+        if self.config.train.prune_epochs == 0:  # one-shot projection
+          policy.plan(geometries, reduction)
+        else:  # prune_crossbar
+          plan_lib.plan_model(leaves, self.spec, policy, reduction)
+      except ValueError as e:
+        return str(e)
+      return None
+
+    why = problem(c.reduction)
+    if why is None:
+      return
+    valid = [k / 1000 for k in range(1, 1000) if problem(k / 1000) is None]
+    where = (f"for this model ({sum(g.dense_crossbars for g in geometries)} crossbars dense on "
+             f"{self.spec}, crossbar.mode={c.mode!r})")
+    if not valid:
+      raise ConfigError(f"config.crossbar.reduction={c.reduction!r}: no reduction can be met "
+                        f"{where}; valid: smaller crossbars (config.crossbar.spec) or fewer "
+                        f"layers left dense (config.crossbar.leave_dense). Details: {why}")
+    low, high = valid[0], valid[-1]  # an interval: fewer crossbars as the reduction grows
+    if c.reduction > high:
+      bound = f"reduction <= {high:g}" + (f" (and >= {low:g})" if low > 0.001 else "")
+      side = "too high"
+    else:
+      bound = f"reduction >= {low:g}" + (f" (and <= {high:g})" if high < 0.999 else "")
+      side = "too low"
+    raise ConfigError(f"config.crossbar.reduction={c.reduction!r}: {side} {where}; valid: "
+                      f"{bound}. Details: {why}")
+
   # --- helpers -----------------------------------------------------------------------------
 
   def _path(self, name: str) -> pathlib.Path:
@@ -181,13 +249,22 @@ class Pipeline:
   def _done(self, phase: str) -> dict[str, Any] | None:
     return self.state["phases"].get(phase)
 
-  def _finish(self, phase: str, result: dict[str, Any], started: float) -> None:
+  def _record(self, phase: str, result: dict[str, Any], started: float) -> None:
     result["seconds"] = round(time.perf_counter() - started, 1)
     self.state["phases"][phase] = result
     _write_json(self.workdir / "state.json", self.state)
+
+  def _finish(self, phase: str, result: dict[str, Any], started: float) -> None:
+    self._record(phase, result, started)
     summary = ", ".join(_summary_item(k, v) for k, v in result.items()
                         if not isinstance(v, (dict, list)))
     self.log(f"[{phase}] done: {summary}")
+
+  def _skip(self, phase: str, result: dict[str, Any], started: float, switch: str) -> None:
+    """Records a phase that a config switch turned off (a rerun skips it as done) and says
+    so: `[hardware] skipped (hardware.enabled=False)`."""
+    self._record(phase, result, started)
+    self.log(f"[{phase}] skipped ({switch})")
 
   def _save(self, model, path: pathlib.Path) -> None:
     training.save_model(model, path)
@@ -231,7 +308,16 @@ class Pipeline:
         seed=self.config.seed, phase=PHASES.index(phase),
         run_folder=training.RunFolder(self._path(phase), self._load),
         learning_rate=learning_rate, callbacks=callbacks, validation_data=(xt, yt),
-        verbose=self.config.train.verbose, on_epoch=on_epoch, on_resume=resumed)
+        verbose=self._keras_verbose(), on_epoch=on_epoch, on_resume=resumed)
+
+  def _keras_verbose(self) -> int:
+    """`train.verbose` for Keras' `fit`, except that a progress bar (1) becomes one line per
+    epoch (2) when standard output is not a terminal: a log file or CI would otherwise get a
+    `\\r` update for every batch."""
+    verbose = self.config.train.verbose
+    if verbose == 1 and not _isatty(sys.stdout):
+      return 2
+    return verbose
 
   def _tensorboard(self, phase: str) -> list:
     if not self.config.report.tensorboard:
@@ -263,7 +349,7 @@ class Pipeline:
       return
     started, c = time.perf_counter(), self.config
     if not c.crossbar.reorder:
-      self._finish("reorder", {"applied": False}, started)
+      self._skip("reorder", {"applied": False}, started, "crossbar.reorder=False")
       return
     from xbar_tfmot.models.reorder import reorder_model
     self.log(f"[reorder] searching input-channel orders for {c.crossbar.granularity} grain at "
@@ -323,8 +409,8 @@ class Pipeline:
   def _prune_layer_by_layer(self, model, n_train: int):
     """`prune.procedure = "layer_by_layer"`: `(stripped model, per-layer outcome dicts)`; the
     stop rule's accuracy is measured on `self.validation` (held out of the training images)."""
-    from xbar_tfmot.app.layer_by_layer import (LayerByLayerError, StopRules, outcome_rows,
-                                               prune_layer_by_layer)
+    from xbar_tfmot.pruning.layer_by_layer import (LayerByLayerError, StopRules, outcome_rows,
+                                                   prune_layer_by_layer)
     c, t, p = self.config, self.config.train, self.config.prune
     (x, y), _ = self.data
     xv, yv = self.validation
@@ -372,7 +458,7 @@ class Pipeline:
 
   def _one_shot(self, model):
     c = self.config
-    training.apply_masks(model, training.one_shot_masks(
+    one_shot.apply_masks(model, one_shot.one_shot_masks(
         model, self.spec, self._policy(model), c.crossbar.reduction, c.crossbar.granularity))
     return model
 
@@ -433,7 +519,7 @@ class Pipeline:
       return
     started, c = time.perf_counter(), self.config
     if not c.export.enabled:
-      self._finish("export", {"enabled": False}, started)
+      self._skip("export", {"enabled": False}, started, "export.enabled=False")
       return
     from xbar_tfmot.export.exporter import export
     from xbar_tfmot.export.verification import verify
@@ -458,9 +544,9 @@ class Pipeline:
       return
     started, c = time.perf_counter(), self.config
     if not c.hardware.enabled:
-      self._finish("hardware", {"enabled": False}, started)
+      self._skip("hardware", {"enabled": False}, started, "hardware.enabled=False")
       return
-    from xbar_tfmot.app import hardware_sweep
+    from xbar_tfmot.models import hardware_sweep
     from xbar_tfmot.models import analog_model
     from xbar_tfmot.models.model_mapping import build_mapping
     hw = configuration.hardware_spec(c)

@@ -127,7 +127,7 @@ def hardware_sweep(series: dict[str, Sequence[dict[str, Any]]], path: pathlib.Pa
                    title: str) -> bool:
   """Accuracy against variation and against ADC bits, one line per model, ± std bars.
 
-  `series`: `{model label: sweep rows}` (`xbar_tfmot.app.hardware_sweep.sweep`). Returns False
+  `series`: `{model label: sweep rows}` (`xbar_tfmot.sweep_hardware`). Returns False
   (and writes nothing) when no row has a variation or ADC factor.
   """
   panels = [("variation", "variation (% of g_max)", 100.0), ("adc_bits", "ADC bits", 1.0)]

@@ -3,8 +3,9 @@
 One place for what both do around `model.fit`: compiling a classifier, training one epoch at a
 time with a checkpoint after each and resuming from the last one (the pipeline), training in
 one seeded call (the benchmark, whose resume unit is a finished cell), re-estimating
-BatchNorm statistics, measuring test accuracy, the one-shot exact projection of trained
-kernels, and atomic writes of JSON files and models into a run folder.
+BatchNorm statistics, measuring test accuracy, and atomic writes of JSON files and models into a
+run folder. The one-shot projection of trained kernels is a library procedure
+(`xbar_tfmot.pruning.one_shot`, `xt.one_shot_masks` / `xt.apply_masks`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ import numpy as np
 from xbar_tfmot import _compat
 from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.errors import XbarError
-from xbar_tfmot.core.policy import CrossbarPolicy
-from xbar_tfmot.core.projection import project
-from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as layers_lib
 from xbar_tfmot.models import replicas
 
 # --- run folder ------------------------------------------------------------------------------
@@ -255,24 +252,3 @@ def accuracy(model, x, y, batch_size: int = 1000) -> float:
   every replica gets a full batch (`models.replicas.predict`)."""
   logits = replicas.predict(model, x, batch_size)
   return float(np.mean(np.argmax(logits, axis=1) == np.asarray(y)))
-
-
-# --- one-shot projection ---------------------------------------------------------------------
-
-def one_shot_masks(model, spec: CrossbarSpec, policy: CrossbarPolicy, reduction: float,
-                   granularity: str = "crossbar") -> dict[str, np.ndarray]:
-  """`{layer name: 0/1 kernel mask}`: the exact projection of each pruned layer's trained
-  kernel onto its `policy` budget at `reduction` (layers left dense are absent)."""
-  mapped = [l for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(l)]
-  geometries = [layers_lib.geometry_of(l, spec) for l in mapped]
-  budgets = policy.plan(geometries, reduction)
-  return {g.name: np.asarray(project(g, layers_lib.mapped_kernel(layer), budgets[g.name],
-                                    granularity))
-          for layer, g in zip(mapped, geometries) if budgets[g.name] is not None}
-
-
-def apply_masks(model, masks: dict[str, np.ndarray]) -> None:
-  """Multiplies each named layer's kernel (wrapped or not) by its mask in place."""
-  kernels = layers_lib.mapped_kernels(model, masks, "apply_masks")
-  for name, mask in masks.items():
-    kernels[name].assign(np.asarray(kernels[name]) * mask)

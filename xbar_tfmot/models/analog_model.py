@@ -40,6 +40,10 @@ from xbar_tfmot.models.crossbar_model import (gather_inputs, output_shape,
 from xbar_tfmot.models.model_mapping import validate_mapping
 
 CALIBRATION_ROWS = 4096  # patch rows sampled per layer to calibrate the ADC range
+# A chip traced as a graph beats eager from here on: one isaac_32nm chip of the width-0.25 VGG8
+# of docs/hardware.md on 2000 test images took 15-17 s traced against 22-23 s eager
+# (2026-11-28, a quiet 2-core machine); on a few hundred images the trace costs more.
+TRACE_FROM_IMAGES = 2000
 
 
 class AnalogCore:
@@ -279,20 +283,25 @@ def layer_inputs(model: Any, names: Sequence[str]) -> dict[str, tuple[int, ...]]
 
 def analog_accuracy(model: Any, mapping: mapping_lib.CrossbarMapping, hw: HardwareSpec,
                     x: np.ndarray, y: np.ndarray, seeds: Sequence[int], calibration: Any = None,
-                    batch_size: int = 256, traced: bool = True) -> list[float]:
+                    batch_size: int = 256, traced: bool | None = None) -> list[float]:
   """Top-1 accuracy of `model` on `(x, y)` for each chip instance (seed) of `hw`.
 
-  `traced`: run each chip as a `tf.function` (one trace per chip, then graph speed) or
-  eagerly (no trace, slower per batch): for a few batches per chip eager costs less.
+  `traced`: run each chip as a `tf.function` (one trace per chip whatever the batch sizes,
+  then graph speed) or eagerly (no trace, slower per batch); None: traced from
+  `TRACE_FROM_IMAGES` images on, below which eager costs less.
   """
+  if traced is None:
+    traced = len(x) >= TRACE_FROM_IMAGES
   out = []
   for seed in seeds:
     chip = analog_model(model, mapping, hw, int(seed), calibration)
-    run = tf.function(lambda b: chip(b, training=False)) if traced else (
-        lambda b: chip(b, training=False))
+    # One trace per chip whatever the batch sizes (the last batch is usually shorter).
+    signature = [tf.TensorSpec((None, *np.shape(x)[1:]), tf.float32)]
+    run = tf.function(lambda b: chip(b, training=False), input_signature=signature) if traced \
+        else (lambda b: chip(b, training=False))
     correct = 0
     for start in range(0, len(x), batch_size):
-      logits = run(tf.constant(x[start:start + batch_size]))
+      logits = run(tf.constant(x[start:start + batch_size], tf.float32))
       correct += int(np.sum(np.argmax(np.asarray(logits), -1) == y[start:start + batch_size]))
     out.append(correct / max(len(x), 1))
   return out

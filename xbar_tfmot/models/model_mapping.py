@@ -39,9 +39,12 @@ def unmapped_layers(model: Any) -> list[dict[str, str]]:
   return out
 
 
-def _jsonable_shape(shape: Any) -> Any:
+def jsonable_shape(shape: Any) -> Any:
+  """A Keras input shape as the mapping's `model.input_shape` holds it: nested lists of
+  ints, None for an unknown dimension (public for tools/bench_mapping.py, which builds the
+  document of another commit's mapping module from the same info)."""
   if isinstance(shape, (list, tuple)):
-    return [_jsonable_shape(s) for s in shape]
+    return [jsonable_shape(s) for s in shape]
   return None if shape is None else int(shape)
 
 
@@ -68,7 +71,7 @@ def build_mapping(model: Any, spec: CrossbarSpec, granularity: str = "column",
     geometry = introspection.geometry_of(inner, spec)
     pack = packing.pack_layer(geometry, kernel, granularity, permutations.get(inner.name))
     entries.append(layer_entry(pack, kernel))
-  info = {"name": model.name, "input_shape": _jsonable_shape(model.input_shape)}
+  info = {"name": model.name, "input_shape": jsonable_shape(model.input_shape)}
   return document(spec, granularity, info, entries, unmapped_layers(model))
 
 

@@ -2,7 +2,8 @@
 fires, then fine-tuned, before the next layer starts (docs/design.md, "The layer-by-layer
 procedure").
 
-One function, `prune_layer_by_layer`, serves the `xbar-prune` pipeline
+One function, `prune_layer_by_layer` (public as `xbar_tfmot.prune_layer_by_layer`, with
+`StopRules` and `LayerOutcome`), serves library users, the `xbar-prune` pipeline
 (`prune.procedure = "layer_by_layer"`) and the benchmarks: the caller supplies how to train
 and how to measure accuracy on a validation split carved from the training images.
 
@@ -131,6 +132,9 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
                          resume: dict[str, Any] | None = None
                          ) -> tuple[Any, list[LayerOutcome]]:
   """Prunes the mapped layers one after the other, each until a stop rule fires.
+
+  Why: each layer lands on its own crossbar count, as far as the validation accuracy allows,
+  instead of on a reduction fixed beforehand (docs/design.md, "The layer-by-layer procedure").
 
   Args:
     model: a Sequential or functional model of either flavour; its layers are trained in

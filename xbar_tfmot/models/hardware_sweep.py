@@ -1,6 +1,9 @@
 """Accuracy of a mapped model against one non-ideality at a time, and its cost on a chip.
 
-One implementation for the `xbar-prune` hardware phase and `tools/bench_hardware.py`.
+One implementation for library users (`xbar_tfmot.sweep_hardware`, `sweep_conditions`,
+`SweepCondition`, `hardware_cost_summary`), the `xbar-prune` hardware phase and
+`tools/bench_hardware.py`. It lives in `models` because it runs a model on simulated chips
+(`models.analog_model`); the chip and the cost model it reads are `core`.
 
 The sweep is one factor at a time around a nominal chip `hw` (docs/hardware.md):
 
@@ -31,10 +34,6 @@ from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.core.mapping import CrossbarMapping
 
 FACTORS = ("variation", "adc_bits", "stuck")
-# A chip traced as a graph beats eager from here on: one isaac_32nm chip of the width-0.25 VGG8
-# of docs/hardware.md on 2000 test images took 15-17 s traced against 22-23 s eager
-# (2026-11-28, a quiet 2-core machine); on a few hundred images the trace costs more.
-TRACE_FROM_IMAGES = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +85,9 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
           traced: bool | None = None) -> list[dict[str, Any]]:
   """Accuracy mean ± std over `instances` chips for each condition of `conditions(...)`.
 
+  Why: one non-ideality at a time shows which one a mapped (pruned or dense) model is
+  sensitive to, on the same chip draws for every model compared.
+
   Args:
     model, mapping: the model and its crossbar mapping (`analog_accuracy`'s arguments).
     hw: the nominal chip around which one factor at a time changes.
@@ -94,8 +96,8 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
       per chip this call asks for (`instances`, or 1 for a condition without randomness).
     on_result: called with `(key, accuracies)` after each condition measured here (a caller
       saves it so an interrupted run resumes).
-    traced: run each chip as a graph (`analog_accuracy`); None: when `x` holds at least
-      `TRACE_FROM_IMAGES` images (below, eager skips the trace).
+    traced: run each chip as a graph or eagerly (`analog_accuracy`; None: it decides by the
+      number of images).
 
   Returns:
     One row per condition: factor, value, mean, std, accuracies (one per chip instance) and
@@ -104,8 +106,6 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
   from xbar_tfmot.models.analog_model import analog_accuracy  # TensorFlow only when measuring
   if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
     raise HardwareError(f"instances={instances!r}: valid: an integer >= 1 (chip instances).")
-  if traced is None:
-    traced = len(x) >= TRACE_FROM_IMAGES
   known = dict(cache or {})
   seeds = range(seed, seed + instances)
   rows = []

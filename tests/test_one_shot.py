@@ -1,0 +1,60 @@
+"""One-shot pruning through the public API (`xt.one_shot_masks`, `xt.apply_masks`): each pruned
+layer keeps exactly its budget of crossbars, the ones of largest energy by an independent count,
+layers left dense get no mask, and the masks become exact zeros in the kernels."""
+
+import numpy as np
+import pytest
+
+import xbar_tfmot as xt
+from xbar_tfmot.models.introspection import FLAVOURS, keras_module
+
+SPEC = xt.CrossbarSpec(rows=8, cols=4, weight_bits=8, cell_bits=8)  # 8 x 4 weights a crossbar
+
+
+def mlp(flavour: str):
+  """Dense 64 -> 40 -> 16 -> 10: `a` has 8 x 10 = 80 crossbars, `b` 5 x 4 = 20, `out` 2 x 3."""
+  keras = keras_module(flavour)
+  keras.utils.set_random_seed(1)
+  return keras.Sequential([keras.Input((64,)), keras.layers.Dense(40, name="a"),
+                           keras.layers.Dense(16, name="b"), keras.layers.Dense(10, name="out")])
+
+
+def blocks(kernel: np.ndarray) -> dict[tuple[int, int], float]:
+  """`{(row, column) of a crossbar: sum of its squared weights}`, by slicing (no library code)."""
+  return {(i, j): float(np.sum(np.square(kernel[i:i + 8, j:j + 4])))
+          for i in range(0, kernel.shape[0], 8) for j in range(0, kernel.shape[1], 4)}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("reduction", [0.3, 0.75])
+def test_one_shot_keeps_the_budget_of_strongest_crossbars(flavour, reduction):
+  model = mlp(flavour)
+  trained = {l.name: np.asarray(l.kernel).copy() for l in model.layers}
+  policy = xt.CrossbarPolicy(leave_dense=["out"])
+  masks = xt.one_shot_masks(model, SPEC, policy, reduction)
+  assert sorted(masks) == ["a", "b"]  # `out` is left dense: no mask
+  xt.apply_masks(model, masks)
+  for name, dense in (("a", 80), ("b", 20)):
+    energy = blocks(trained[name])
+    assert len(energy) == dense
+    budget = max(1, round((1 - reduction) * dense))  # the documented budget, counted here
+    strongest = set(sorted(energy, key=energy.get, reverse=True)[:budget])
+    kernel = np.asarray(model.get_layer(name).kernel)
+    kept = {ij for ij, e in blocks(kernel).items() if e > 0}
+    assert kept == strongest, name
+    np.testing.assert_array_equal(kernel, trained[name] * masks[name])  # zeros, the rest as was
+    assert set(np.unique(masks[name])) <= {0.0, 1.0}
+  np.testing.assert_array_equal(np.asarray(model.get_layer("out").kernel), trained["out"])
+
+
+@pytest.mark.parametrize("reduction", [0.3, 0.5, 0.75])
+def test_column_grain_packs_the_kept_columns_into_the_budget(reduction):
+  """At column grain whole 8-row column segments are kept, and a row of crossbars holds the
+  kept segments of its 8 rows packed 4 to a crossbar: the packed count is the budget."""
+  model = mlp("tf_keras")
+  masks = xt.one_shot_masks(model, SPEC, xt.CrossbarPolicy(leave_dense=["b", "out"]),
+                            reduction, "column")
+  segments = masks["a"].reshape(8, 8, 40)  # (row of crossbars, row in it, kernel column)
+  assert np.all(segments.min(axis=1) == segments.max(axis=1))  # whole segments kept or cut
+  kept = segments[:, 0, :].sum(axis=1).astype(int)  # kept segments per row of crossbars
+  assert sum(-(-k // 4) for k in kept) == max(1, round((1 - reduction) * 80))
