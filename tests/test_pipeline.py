@@ -591,3 +591,33 @@ def test_phases_turned_off_say_skipped(tmp_path):
   assert phases["hardware"]["enabled"] is False  # recorded: a rerun skips them silently
   pipe.reorder(), pipe.export(), pipe.hardware()
   assert len(lines) == 3
+
+
+def test_export_and_report_share_one_mapping(straight, tmp_path, monkeypatch):
+  """The pruned model's mapping is built (and validated) once per run and handed on: export
+  and report, rerun on a copy of a finished run, build it once between them (three times
+  before)."""
+  from xbar_tfmot.app import run_report
+  from xbar_tfmot.export import exporter
+  from xbar_tfmot.models import model_mapping
+  workdir, metrics, _, config = straight
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  state = json.loads((copy / "state.json").read_text())
+  for phase in ("export", "report"):
+    del state["phases"][phase]
+  (copy / "state.json").write_text(json.dumps(state))
+  flat = json.loads((copy / "config.json").read_text())
+  (copy / "config.json").write_text(json.dumps({**flat, "workdir": str(copy)}))
+  built, real = [], model_mapping.build_mapping
+
+  def counting(model, *args, **kwargs):
+    built.append(model.name)
+    return real(model, *args, **kwargs)
+
+  for module in (model_mapping, exporter, run_report):
+    monkeypatch.setattr(module, "build_mapping", counting)
+  again = pipeline.run(load_config(TINY, workdir=str(copy), train__verbose=0,
+                                   flavour=config.flavour), log=lambda s: None)
+  assert len(built) == 1, built
+  assert again["crossbars"] == metrics["crossbars"] and again["export"]["verified"]

@@ -34,7 +34,7 @@ from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay, ramp_steps
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.export import model_io
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning import one_shot
 
 PHASES = ("baseline", "reorder", "prune", "export", "hardware", "report")
@@ -77,10 +77,11 @@ class Pipeline:
     self.task = distribution.LOCAL  # this process among the workers (`run()` reads TF_CONFIG)
     self.strategy = None  # the tf.distribute strategy of the training phases (`_run()`)
     self.spec = parse_spec(config.crossbar.spec)
-    self.K = layers_lib.keras_module(config.flavour)
+    self.K = introspection.keras_module(config.flavour)
     self.state: dict[str, Any] = {"phases": {}}
     self.data = None
     self.validation = None  # held-out training images for the methods' own choices
+    self._pruned_cache = None  # `_pruned()`
     try:
       self.custom_objects = model_io.load_custom_objects(config.model.custom_objects)
     except ValueError as e:
@@ -162,13 +163,13 @@ class Pipeline:
         shape, classes = x.shape[1:], int(max(y.max(), 1)) + 1
       model = zoo.build_model(c.model.name, shape, classes, c.model.width, c.flavour, c.seed)
       field = "config.model.name"
-    mapped = [l.name for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(l)]
+    mapped = [l.name for l in introspection.iter_layers(model) if introspection.is_mapped(l)]
     if not mapped:
       raise ConfigError(f"{field}: the model {model.name!r} has no mappable layer (Conv1D, "
                         f"Conv2D or Dense); nothing to prune.")
     for name in mapped:
       try:
-        layers_lib.geometry_of(layers_lib.unwrap(model.get_layer(name)), self.spec)
+        introspection.geometry_of(introspection.unwrap(model.get_layer(name)), self.spec)
       except ValueError as e:
         raise ConfigError(f"config.crossbar.spec={self.config.crossbar.spec!r}: layer {name}: "
                           f"{e}") from None
@@ -195,9 +196,9 @@ class Pipeline:
     """
     from xbar_tfmot.pruning import plan as plan_lib
     c = self.config.crossbar
-    leaves = list(layers_lib.iter_layers(model))
-    geometries = [layers_lib.geometry_of(l, self.spec) for l in leaves
-                  if layers_lib.is_mapped(l)]
+    leaves = list(introspection.iter_layers(model))
+    geometries = [introspection.geometry_of(l, self.spec) for l in leaves
+                  if introspection.is_mapped(l)]
     dense = configuration.leave_dense(self.config)
     try:
       CrossbarPolicy(leave_dense=dense).plan(geometries, 0.5)
@@ -265,6 +266,15 @@ class Pipeline:
     so: `[hardware] skipped (hardware.enabled=False)`."""
     self._record(phase, result, started)
     self.log(f"[{phase}] skipped ({switch})")
+
+  def _pruned(self):
+    """`(pruned model, its mapping)`: loaded and built once per process, validated once (as
+    it is built), and handed to export, hardware and report alike."""
+    if self._pruned_cache is None:
+      from xbar_tfmot.models.model_mapping import build_mapping
+      model = self._load(self._path("pruned.keras"))
+      self._pruned_cache = model, build_mapping(model, self.spec, self.config.crossbar.granularity)
+    return self._pruned_cache
 
   def _save(self, model, path: pathlib.Path) -> None:
     training.save_model(model, path)
@@ -525,9 +535,9 @@ class Pipeline:
     from xbar_tfmot.export.verification import verify
     formats = configuration.export_formats(c)
     self.log(f"[export] {', '.join(formats)} to {self.workdir / 'export'}")
-    model = self._load(self._path("pruned.keras"))
+    model, mapping = self._pruned()
     export(model, self.workdir / "export", self.spec, c.crossbar.granularity, formats,
-           overwrite=True, custom_objects=self.custom_objects)
+           overwrite=True, custom_objects=self.custom_objects, mapping=mapping)
     result: dict[str, Any] = {"enabled": True, "formats": list(formats)}
     if c.export.verify:
       check = verify(str(self.workdir / "export"), custom_objects=self.custom_objects)
@@ -564,9 +574,10 @@ class Pipeline:
                f"{c.hardware.sweep_instances} instances per model")
     progress_file = self._path("hardware_sweep.json")  # measured sweep cells, for a resume
     progress = _read_json(progress_file) if progress_file.exists() else {}
-    for label, path in (("dense", self._prune_input()), ("pruned", self._path("pruned.keras"))):
-      model = self._load(path)
-      mapping = build_mapping(model, self.spec, c.crossbar.granularity)
+    dense = self._load(self._prune_input())
+    for label, (model, mapping) in (
+        ("dense", (dense, build_mapping(dense, self.spec, c.crossbar.granularity))),
+        ("pruned", self._pruned())):
       calibration = x_train[:c.hardware.calibration_images]
       accuracies = analog_model.analog_accuracy(model, mapping, hw, x, y, seeds, calibration)
       result[label] = {**hardware_sweep.cost_summary(model, mapping, hw),
@@ -589,9 +600,9 @@ class Pipeline:
   def report(self) -> dict[str, Any]:
     started = time.perf_counter()
     dense = self._load(self._prune_input())
-    pruned = self._load(self._path("pruned.keras"))
+    pruned, mapping = self._pruned()
     metrics = run_report.write(self.workdir / "report", self.config, self.spec, dense, pruned,
-                               self.state, self.config.report.plots)
+                               self.state, self.config.report.plots, mapping)
     self._finish("report", {"crossbars": metrics["crossbars"]["pruned"],
                             "reduction": metrics["crossbars"]["reduction"]}, started)
     return metrics

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from xbar_tfmot.app import configuration, plots
+from xbar_tfmot.core.mapping import CrossbarMapping
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.models.report import crossbar_report
 
@@ -31,8 +32,8 @@ def layer_rows(dense_model, pruned_model, spec: CrossbarSpec, granularity: str) 
   dense = {r.name: r for r in crossbar_report(dense_model, spec).mapped}
   rows = []
   for r in crossbar_report(pruned_model, spec).mapped:
-    before = np.asarray(layers_lib.effective_kernel(dense_model.get_layer(r.name)), np.float64)
-    after = np.asarray(layers_lib.effective_kernel(pruned_model.get_layer(r.name)))
+    before = np.asarray(introspection.effective_kernel(dense_model.get_layer(r.name)), np.float64)
+    after = np.asarray(introspection.effective_kernel(pruned_model.get_layer(r.name)))
     energy = float(np.sum(before**2))
     d, p = dense[r.name].counts.dense, getattr(r.counts, field)
     rows.append({
@@ -50,11 +51,11 @@ def layer_rows(dense_model, pruned_model, spec: CrossbarSpec, granularity: str) 
 def occupancy_maps(model, spec: CrossbarSpec, granularity: str) -> list[tuple[str, np.ndarray, str]]:
   """Which crossbar blocks (crossbar grain) or column segments (column grain) hold weights."""
   maps = []
-  for layer in layers_lib.iter_layers(model):
-    if not layers_lib.is_mapped(layer):
+  for layer in introspection.iter_layers(model):
+    if not introspection.is_mapped(layer):
       continue
-    g = layers_lib.geometry_of(layers_lib.unwrap(layer), spec)
-    seg = g.nonzero_segments(layers_lib.effective_kernel(layer))
+    g = introspection.geometry_of(introspection.unwrap(layer), spec)
+    seg = g.nonzero_segments(introspection.effective_kernel(layer))
     if granularity == "crossbar":
       padded = np.zeros((g.g_in, g.g_out * g.kout), bool)
       padded[:, :g.cout] = seg
@@ -66,12 +67,15 @@ def occupancy_maps(model, spec: CrossbarSpec, granularity: str) -> list[tuple[st
 
 
 def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_model,
-          state: dict[str, Any], plots_enabled: bool = True) -> dict[str, Any]:
-  """Writes the report folder; returns the metrics (also `metrics.json`)."""
+          state: dict[str, Any], plots_enabled: bool = True,
+          mapping: CrossbarMapping | None = None) -> dict[str, Any]:
+  """Writes the report folder; returns the metrics (also `metrics.json`). `mapping`: the
+  pruned model's, when the caller has built it (else built here)."""
   folder.mkdir(parents=True, exist_ok=True)
   granularity = config.crossbar.granularity
   rows = layer_rows(dense_model, pruned_model, spec, granularity)
-  mapping = build_mapping(pruned_model, spec, granularity)
+  if mapping is None:
+    mapping = build_mapping(pruned_model, spec, granularity)
   mapping.to_json(folder / "mapping.json", indent=1)
   dense_total = sum(r["dense"] for r in rows)
   pruned_total = sum(r["pruned"] for r in rows)

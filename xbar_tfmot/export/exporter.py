@@ -37,7 +37,7 @@ from xbar_tfmot import _compat
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.models.report import crossbar_report
 
@@ -61,7 +61,8 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
            granularity: str = "column", formats: Iterable[str] = FORMATS[:3],
            permutations: Mapping[str, Any] | None = None, sparse_tflite: bool = False,
            overwrite: bool = False,
-           custom_objects: Mapping[str, Any] | None = None) -> ExportResult:
+           custom_objects: Mapping[str, Any] | None = None,
+           mapping: CrossbarMapping | None = None) -> ExportResult:
   """Strips pruning wrappers and writes the export folder (see the module docstring).
 
   Args:
@@ -76,6 +77,8 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
     custom_objects: `{name: class}` of the model's own layers; `model.keras` is loaded back
       with them before anything is renamed into place, and a class it needs but was not given
       fails the export, naming the class.
+    mapping: the mapping already built for this model, spec, granularity and permutations
+      (`build_mapping`), so that a caller that needs it too builds it once; None: built here.
   """
   formats = tuple(formats)
   bad = sorted(set(formats) - set(FORMATS))
@@ -90,7 +93,11 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
 
   stripped = _strip(model)
   input_dtypes(stripped)
-  mapping = build_mapping(stripped, spec, granularity, permutations)
+  if mapping is None:
+    mapping = build_mapping(stripped, spec, granularity, permutations)
+  elif (mapping.spec, mapping.granularity) != (spec, granularity):
+    raise ValueError(f"mapping: built for {mapping.spec} at {mapping.granularity} grain; valid: "
+                     f"the mapping of this export's spec {spec} at {granularity} grain.")
   _remove_stale(target)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-",
                                       dir=target.parent))
@@ -100,7 +107,7 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
       (tmp / "summary.txt").write_text(_summary(stripped, spec, mapping), encoding="utf-8")
     with _step("model.keras"):
       stripped.save(tmp / "model.keras")
-      _check_loads_back(tmp / "model.keras", layers_lib.flavour(stripped), custom_objects)
+      _check_loads_back(tmp / "model.keras", introspection.flavour(stripped), custom_objects)
     if "saved_model" in formats:
       with _step("saved_model"):
         _write_saved_model(stripped, tmp / "saved_model", tmp / "mapping.json")
@@ -122,7 +129,7 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
 
 
 def _strip(model: Any) -> Any:
-  if any(layer is not layers_lib.unwrap(layer) for layer in layers_lib.iter_layers(model)):
+  if any(layer is not introspection.unwrap(layer) for layer in introspection.iter_layers(model)):
     from xbar_tfmot.pruning.api import strip_crossbar_pruning
     return strip_crossbar_pruning(model)
   return model
@@ -263,7 +270,7 @@ def _serve(model: Any):
 
 def _write_saved_model(model: Any, path: pathlib.Path, mapping_file: pathlib.Path) -> None:
   specs = _input_specs(model)
-  if layers_lib.flavour(model) == "keras3":
+  if introspection.flavour(model) == "keras3":
     _write_keras3_saved_model(model, path, mapping_file, specs)
     return
   module = _Exported(model, mapping_file)
