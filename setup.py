@@ -25,8 +25,9 @@ setuptools.setup(
         "ai-edge-litert==2.3.*",
     ],
     extras_require={
+        # cosmic-ray: mutation testing, tools/mutation.sh (docs/contributing.md); not run in CI
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scikit-learn>=1.4",
-                 "matplotlib>=3.8"],
+                 "matplotlib>=3.8", "cosmic-ray==8.7.0"],
         "report": ["matplotlib>=3.8"],
     },
     entry_points={

@@ -292,3 +292,66 @@ def test_global_score_under_mirrored_strategy():
   result = json.loads(run.stdout.strip().splitlines()[-1])
   assert result["replicas"] == 2 and result["masks_agree"]
   assert result["crossbars"] == crossbar_budget(result["dense"], 0.7)
+
+
+def test_sensitivity_curves_are_losses_of_each_layer_pruned_alone():
+  """Every point is the mean loss over all images (batches of 64, 64 and 32 weighted by their
+  size) with that one layer projected to the budget; budgets are the grid's plus 1 and the
+  dense count; the kernels are restored, so later layers are measured on the dense model."""
+  model = pm.compile_model(pm.cnn(flavour="keras3"))
+  x, y = X[:160], Y[:160]
+  before = [np.asarray(w).copy() for w in model.weights]
+
+  def mean_loss():
+    z = np.asarray(model(x, training=False), np.float64)
+    z = z - z.max(1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+
+  dense_loss = mean_loss()
+  result = xt.sensitivity_curves(model, pm.SPEC, (x, y), batch_size=64,
+                                 reductions=(0.5,), layers=["conv2", "fc1"])
+  for w, saved in zip(model.weights, before):
+    np.testing.assert_array_equal(np.asarray(w), saved)
+  assert list(result["curves"]) == ["conv2", "fc1"]
+  for name, points in result["curves"].items():
+    layer = model.get_layer(name)
+    g = LayerGeometry(name, type(layer).__name__, tuple(layer.kernel.shape), pm.SPEC)
+    dense = g.dense_crossbars
+    assert [b for b, _ in points] == sorted({1, crossbar_budget(dense, 0.5), dense}), name
+    assert points[-1][1] == pytest.approx(dense_loss, rel=1e-5)
+    for budget, loss in points[:-1]:
+      saved = np.asarray(layer.kernel).copy()
+      layer.kernel.assign(saved * np.asarray(project(g, saved, budget, "crossbar")))
+      expected = mean_loss()
+      layer.kernel.assign(saved)
+      assert loss == pytest.approx(expected, rel=1e-5), (name, budget)
+  assert result["evaluations"] == 1 + 2 * 2  # the dense model once, two pruned points a layer
+
+
+def test_saliency_magnitudes_are_the_root_of_summed_weight_times_gradient():
+  """`score='saliency'` ranks a unit by the sum over its weights of `|w * dL/dw|` accumulated
+  over the batches (`magnitudes` returns the root, whose squares the unit scores sum)."""
+  import tensorflow as tf
+
+  from xbar_tfmot.pruning import allocation
+  keras = keras_module("keras3")
+  pruned = xt.prune_crossbar(pm.cnn(flavour="keras3"), spec=pm.SPEC, seed=0,
+                             policy=CrossbarPolicy(mode="global_score", score="saliency"))
+  pm.compile_model(pruned)
+  (group,) = allocation.shared_groups(xt.crossbar_wrappers(pruned))
+  batches = [(X[:32], Y[:32]), (X[32:64], Y[32:64])]
+  got = allocation.magnitudes(pruned, group, "saliency", batches)
+  kernels = [w._kernel() for w in group]
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  total = [np.zeros(tuple(k.shape)) for k in kernels]
+  for x, y in batches:
+    with tf.GradientTape() as tape:
+      value = loss(y, pruned(x, training=False))
+    for acc, k, g in zip(total, kernels, tape.gradient(value, kernels)):
+      acc += np.abs(np.asarray(k, np.float64) * np.asarray(g, np.float64))
+  assert len(got) == len(group) >= 2
+  for m, t in zip(got, total):
+    np.testing.assert_allclose(m, np.sqrt(t), rtol=1e-4, atol=1e-7)
+  energy = allocation.magnitudes(pruned, group, "energy", None)
+  for m, k in zip(energy, kernels):
+    np.testing.assert_array_equal(m, np.asarray(k))

@@ -94,3 +94,51 @@ def test_no_batchnorm_and_bad_arguments():
     xt.recalibrate_batchnorm(bn_cnn("keras3"), X[:64], steps=0)
   with pytest.raises(ValueError, match="no batch"):
     xt.recalibrate_batchnorm(bn_cnn("keras3"), X[:0])
+
+
+def twin_branches(flavour):
+  """Two BatchNormalization layers of the same width on parallel branches: each one's input is
+  its own convolution of the image, so its statistics can be computed without the library."""
+  keras = keras_module(flavour)
+  keras.utils.set_random_seed(1)
+  L = keras.layers
+  inp = keras.Input((8, 8, 1))
+  a = L.BatchNormalization(name="bn_a")(L.Conv2D(6, 3, name="conv_a")(inp))
+  b = L.BatchNormalization(name="bn_b")(L.Conv2D(6, 3, name="conv_b")(inp))
+  out = L.Dense(10, name="fc")(L.Flatten()(L.Concatenate()([a, b])))
+  return keras.Model(inp, out)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_each_layer_gets_the_average_of_its_own_batch_means(flavour):
+  """After `n` batches every BN layer's moving mean is the plain average of the `n` batch means
+  of *its* input, whatever it held before. Same widths on purpose: a layer updated with another
+  layer's call or inputs then gives wrong numbers instead of a shape error."""
+  keras = keras_module(flavour)
+  model = twin_branches(flavour)
+  corrupt(model)
+  x = X[:256]
+  probe = keras.Model(model.inputs, [model.get_layer("conv_a").output,
+                                     model.get_layer("conv_b").output])
+  expected = [np.mean([np.asarray(o).mean(axis=(0, 1, 2)) for o in
+                       (probe(x[i:i + 64])[k] for i in range(0, 256, 64))], axis=0)
+              for k in range(2)]
+  assert not np.allclose(expected[0], expected[1], atol=1e-3)  # the branches differ
+  assert xt.recalibrate_batchnorm(model, x, steps=4, batch_size=64) == 4
+  for name, mean in zip(("bn_a", "bn_b"), expected):
+    np.testing.assert_allclose(np.asarray(model.get_layer(name).moving_mean), mean,
+                               rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_frozen_layers_are_left_alone_and_list_batches_are_read(flavour):
+  model = twin_branches(flavour)
+  model.get_layer("bn_b").trainable = False  # Keras runs a frozen BN in inference mode
+  frozen = np.asarray(model.get_layer("bn_b").moving_mean).copy()
+  batches = [[X[i:i + 32], Y[i:i + 32]] for i in range(0, 96, 32)]  # lists, not tuples
+  assert xt.recalibrate_batchnorm(model, batches) == 3
+  np.testing.assert_array_equal(np.asarray(model.get_layer("bn_b").moving_mean), frozen)
+  conv = keras_module(flavour).Model(model.inputs, model.get_layer("conv_a").output)
+  expected = np.mean([np.asarray(conv(x)).mean(axis=(0, 1, 2)) for x, _ in batches], axis=0)
+  np.testing.assert_allclose(np.asarray(model.get_layer("bn_a").moving_mean), expected,
+                             rtol=1e-4, atol=1e-5)

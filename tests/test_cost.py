@@ -4,7 +4,7 @@ import _models
 import numpy as np
 import pytest
 
-from xbar_tfmot.core.cost import estimate_cost
+from xbar_tfmot.core.cost import Cost, estimate_cost
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec, parse_hardware, preset_names
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models.analog_model import output_positions
@@ -89,3 +89,74 @@ def test_bad_inputs_name_the_field():
     parse_hardware("isaac_32nm", dac_bits=0)
   with pytest.raises(HardwareError, match="unknown field"):
     HardwareSpec.from_dict({"adc_bitz": 4})
+
+
+def test_skipped_idle_columns_count_every_physical_column_of_a_used_weight():
+  """4-bit weights in 2-bit cells, differential: one weight takes 2 x 2 = 4 physical columns
+  (Kout = 16 // 4 = 4). Dense 10 -> 3 on 4-row crossbars: input groups of 4, 4 and 2 rows;
+  group 0 keeps all 3 outputs, group 1 keeps output 1, group 2 nothing: 2 crossbars, 4 used
+  logical columns = 16 physical ones. A conversion per logical column would count 4."""
+  K = _models.keras_module("keras3")
+  inp = K.layers.Input((10,))
+  model = K.Model(inp, K.layers.Dense(3, name="fc")(inp))
+  kernel = np.zeros((10, 3), np.float32)
+  kernel[0:4, :] = 1.0
+  kernel[5, 1] = -2.0
+  model.get_layer("fc").set_weights([kernel, np.zeros(3, np.float32)])
+  spec = CrossbarSpec(rows=4, cols=16, weight_bits=4, cell_bits=2, differential=True)
+  assert spec.columns_per_weight == 4
+  mapping = build_mapping(model, spec, "column")
+  # the hand count, from the kernel alone: (group, output) segments holding a non-zero weight
+  used = sum(bool(np.any(kernel[g:g + 4, o])) for g in range(0, 10, 4) for o in range(3))
+  assert used == 4
+  mvms = 4  # one position x 8 input bits / 2 per cycle
+  skip = estimate_cost(mapping, HW.replace(skip_idle_columns=True), {"fc": 1}).layers[0]
+  assert skip.pruned.crossbars == 2 and skip.dense.crossbars == 3
+  assert skip.pruned.conversions == used * 4 * mvms == 64
+  assert skip.pruned.energy_adc_pj == pytest.approx(64 * 2.0)
+  assert skip.dense.conversions == 3 * 3 * 4 * mvms == 144  # 3 groups x 3 outputs x 4 columns
+  every = estimate_cost(mapping, HW, {"fc": 1}).layers[0]  # every column of every crossbar
+  assert every.pruned.conversions == 2 * 16 * mvms and every.dense.conversions == 3 * 16 * mvms
+  assert every.pruned.energy_adc_pj == pytest.approx(2 * 16 * mvms * 2.0)
+  # 4 rows and 16 columns: DACs drive rows; the 4x16 crossbar is 4x the preset's 4x4 array
+  assert every.pruned.energy_dac_pj == pytest.approx(2 * 4 * mvms * 0.25)
+  assert every.pruned.energy_array_pj == pytest.approx(2 * mvms * 10.0 * 4)
+  assert every.pruned.area_mm2 == pytest.approx(2 * (0.5 * 4 + 0.1 + 4 * 0.01))
+
+
+def test_latency_rounds_the_positions_up_over_the_replicas():
+  """25 output positions on 3 copies: the slowest copy computes 9 of them."""
+  K = _models.keras_module("keras3")
+  inp = K.layers.Input((5, 5, 4))
+  model = K.Model(inp, K.layers.Conv2D(4, 1, name="c")(inp))
+  mapping = build_mapping(model, CrossbarSpec(rows=4, cols=4, replicas=3), "column")
+  layer = estimate_cost(mapping, HW, output_positions(model, ["c"])).layers[0]
+  assert layer.positions == 25
+  assert layer.pruned.latency_ns == pytest.approx(9 * 4 * 50.0)
+
+
+def test_the_table_prints_the_costs_in_its_units():
+  """nJ, mm2 and us with the hand numbers of `one_dense` at 100x the energies and cycle time
+  (so that a wrong unit shows in the printed digits)."""
+  model, mapping = one_dense()
+  hw = HW.replace(array_energy_pj=1000.0, adc_energy_pj=200.0, dac_energy_pj=25.0,
+                  cycle_ns=5000.0)
+  report = estimate_cost(mapping, hw, {"fc": 1})
+  lines = report.format_table().splitlines()
+  assert lines[0].startswith("cost on hand ")
+  # pruned 2 x 4 x (1000 + 4 x 200 + 4 x 25) = 15200 pJ, dense 3x that; 4 cycles of 5 us
+  row = ["4", "6/2", "45.60/15.20", "3.8400/1.2800", "20.00/20.00"]
+  assert lines[3].split() == ["fc", *row] and lines[4].split() == ["total", *row]
+  assert lines[5] == "pruned / dense: energy 33.3%, area 33.3% (ADC 6.40 of 15.20 nJ)"
+
+
+def test_a_layer_without_crossbars_costs_nothing_and_areas_scale_with_the_array():
+  model, mapping = one_dense()
+  model.get_layer("fc").set_weights([np.zeros((10, 6), np.float32), np.zeros(6, np.float32)])
+  empty = estimate_cost(build_mapping(model, CrossbarSpec(rows=4, cols=4), "column"), HW,
+                        {"fc": 1}).layers[0]
+  assert empty.pruned == Cost(0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+  assert empty.dense.latency_ns == pytest.approx(4 * 50.0)
+  # the preset's array is 8x8, the mapping's 4x4: the array part of the area is a quarter
+  big = estimate_cost(mapping, HW.replace(array_rows=8, array_cols=8), {"fc": 1}).layers[0]
+  assert big.pruned.area_mm2 == pytest.approx(2 * (0.5 / 4 + 0.1 + 4 * 0.01))

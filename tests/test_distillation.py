@@ -78,3 +78,47 @@ def test_serialisable_and_checked(tmp_path):
   for bad in ({"temperature": 0.0}, {"weight": 1.5}):
     with pytest.raises(ValueError, match="is invalid"):
       xt.DistillationLoss(**bad)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_teacher_targets_are_the_labels_then_the_teachers_logits_row_by_row(flavour):
+  """Every row holds its own image's label and teacher logits (batches of 128 over 320 images,
+  the last one padded); a softmax teacher (`from_logits=False`) gives log-probabilities."""
+  keras = keras_module(flavour)
+  teacher = pm.cnn(seed=5, flavour=flavour)
+  logits = np.asarray(teacher(X, training=False))
+  packed = xt.teacher_targets(teacher, X, Y, batch_size=128)
+  np.testing.assert_array_equal(packed[:, 0], Y)
+  np.testing.assert_allclose(packed[:, 1:], logits, rtol=1e-5, atol=1e-5)
+  soft = keras.Sequential([teacher, keras.layers.Softmax()])
+  from_probs = xt.teacher_targets(soft, X, Y, batch_size=128, from_logits=False)
+  np.testing.assert_allclose(from_probs[:, 1:], np.asarray(tf.nn.log_softmax(logits)),
+                             rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="teacher's outputs have shape"):
+    xt.teacher_targets(teacher, X, Y[:-1])
+
+
+def test_a_distilled_student_follows_its_teacher():
+  """Weight 1 trains on the teacher alone: a student distilled from a teacher that disagrees
+  with the labels ends up agreeing with the teacher more than with the labels, and more than
+  a plainly trained student does."""
+  keras = keras_module("keras3")
+  teacher = pm.cnn(seed=5, flavour="keras3")
+  wrong = (Y + 1) % 10  # the teacher learns labels shifted by one
+  fit(teacher, keras.losses.SparseCategoricalCrossentropy(from_logits=True), wrong, [])
+  for _ in range(4):
+    teacher.fit(X, wrong, batch_size=32, epochs=1, verbose=0)
+  taught = np.argmax(np.asarray(teacher(X)), -1)
+  assert np.mean(taught == wrong) > 0.6
+  packed = xt.teacher_targets(teacher, X, Y)
+
+  def agreement(loss, y):
+    """(agreement with the teacher, with the labels) after 5 epochs of training on `y`."""
+    model = fit(pm.cnn(seed=1, flavour="keras3"), loss, y, [])
+    model.fit(X, y, batch_size=32, epochs=4, shuffle=False, verbose=0)
+    pred = np.argmax(np.asarray(model(X)), -1)
+    return np.mean(pred == taught), np.mean(pred == Y)
+
+  s_teacher, s_labels = agreement(xt.DistillationLoss(2.0, 1.0), packed)
+  p_teacher, _ = agreement(keras.losses.SparseCategoricalCrossentropy(from_logits=True), Y)
+  assert s_teacher > s_labels and s_teacher > p_teacher + 0.3, (s_teacher, s_labels, p_teacher)

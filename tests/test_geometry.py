@@ -129,3 +129,18 @@ def test_bad_layers(kind, shape, spec, match):
 def test_taps_may_exceed_rows_with_flat_mapping():
   g = LayerGeometry("big", "Conv2D", (5, 5, 3, 8), CrossbarSpec(rows=16, cols=16, mapping="flat"))
   assert g.g_in == -(-75 // 16)
+
+
+def test_counts_of_an_all_zero_kernel_and_their_immutability():
+  """A layer pruned to nothing holds 0 crossbars at 0% utilisation (not 100%); `Counts` is a
+  frozen, hashable record."""
+  import dataclasses
+  g = LayerGeometry("fc", "Dense", (10, 6), CrossbarSpec(rows=4, cols=4))
+  counts = g.counts(np.zeros((10, 6), np.float32))
+  assert (counts.dense, counts.blocks, counts.packed, counts.nonzero_weights) == (6, 0, 0, 0)
+  assert counts.utilization(0) == 0.0 and counts.utilization(counts.packed) == 0.0
+  full = g.counts(np.ones((10, 6), np.float32))
+  assert full.utilization(full.blocks) == pytest.approx(60 / (6 * 16))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    counts.blocks = 1
+  assert len({counts, g.counts(np.zeros((10, 6), np.float32)), full}) == 2

@@ -2,6 +2,7 @@
 
 import _models
 import numpy as np
+import pytest
 
 from xbar_tfmot.app import cli, eval_cli
 from xbar_tfmot.core.spec import CrossbarSpec
@@ -99,3 +100,32 @@ def test_xbar_eval_traces_each_chip_once(tmp_path, monkeypatch):
   mapping = read_mapping(str(out))
   got = json.loads((tmp_path / "eval.json").read_text())["pruned"]["accuracies"]
   assert got == library(model, mapping, hw, x, y, range(6), x_train[:32], traced=False)
+
+
+def test_neurosim_pooling_flag_and_crossbar_table(tmp_path):
+  """Pooling counts for the mapped layer it follows, never for an earlier one; crossbars.csv
+  states each layer's counts and reduction as the mapping has them."""
+  import csv
+  import json
+  K = _models.keras_module("keras3")
+  K.utils.set_random_seed(1)
+  L = K.layers
+  inp = L.Input((8, 8, 1))
+  x = L.Conv2D(4, 3, padding="same", name="c1")(inp)
+  x = L.Conv2D(6, 3, padding="same", name="c2")(x)  # c1 is followed by c2, not by the pool
+  x = L.MaxPooling2D(2, name="pool")(x)
+  model = K.Model(inp, L.Dense(4, name="fc")(L.Flatten()(x)))
+  _models.prune(model, SPEC, 0.7, "column")  # c2 and fc keep 4 of 12 crossbars
+  export(model, tmp_path / "export", SPEC, formats=("json", "neurosim"))
+  folder = tmp_path / "export" / "neurosim"
+  rows = (folder / "network.csv").read_text().splitlines()
+  assert rows == ["8,8,1,3,3,4,0,1", "8,8,4,3,3,6,1,1", "1,1,96,1,1,4,0,1"]
+  mapping = json.loads((tmp_path / "export" / "mapping.json").read_text())
+  table = list(csv.DictReader((folder / "crossbars.csv").read_text().splitlines()))
+  assert [r["layer"] for r in table] == ["c1", "c2", "fc"]
+  for row, layer in zip(table, mapping["layers"]):
+    dense, used = layer["counts"]["dense"], layer["counts"]["crossbars"]
+    assert (int(row["dense_crossbars"]), int(row["crossbars"])) == (dense, used)
+    assert float(row["reduction"]) == pytest.approx(1 - used / dense, abs=1e-6)
+    assert (int(row["rows"]), int(row["cols"]), int(row["columns_per_weight"])) == (16, 8, 4)
+  assert [r["reduction"] for r in table][1:] == ["0.666667", "0.666667"]

@@ -91,3 +91,17 @@ def test_bad_permutation_and_granularity_name_the_layer():
     pack_layer(geometry, np.ones((4, 3)), "column", [0, 1, 1, 2])
   with pytest.raises(ValueError, match="granularity='rows'.*crossbar, column"):
     pack_layer(geometry, np.ones((4, 3)), "rows")
+
+
+def test_crossbar_grain_puts_each_block_in_its_own_crossbar():
+  """Dense 8 -> 4 on 4x2 crossbars: blocks (group 0, outputs 0-1) and (group 1, outputs 2-3)
+  hold weights; crossbar k holds block k's rows and columns, in block order."""
+  geometry = LayerGeometry("fc", "Dense", (8, 4), CrossbarSpec(rows=4, cols=2))
+  kernel = np.zeros((8, 4), np.float32)
+  kernel[0:4, 0:2] = 1.0
+  kernel[4:8, 2:4] = 2.0
+  pack = pack_layer(geometry, kernel, "crossbar")
+  np.testing.assert_array_equal(pack.crossbar_group, [0, 1])
+  np.testing.assert_array_equal(pack.columns, [[0, 1], [2, 3]])
+  np.testing.assert_array_equal(pack.crossbar_rows(), [[0, 1, 2, 3], [4, 5, 6, 7]])
+  np.testing.assert_array_equal(pack.crossbar_weights(kernel), [np.ones((4, 2)), np.full((4, 2), 2)])

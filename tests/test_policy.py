@@ -133,3 +133,59 @@ def test_reduction_for_unbuilt_layers():
 def test_config_round_trip():
   policy = CrossbarPolicy(targets={"fc1": 0.2}, leave_dense=["conv1"], mode="global")
   assert CrossbarPolicy.from_config(policy.get_config()) == policy
+
+
+SMALL = CrossbarSpec(rows=4, cols=4)  # Kin 4 inputs, Kout 4 outputs per crossbar
+
+
+def dense_layers(*shapes):
+  return [LayerGeometry(f"fc{i}", "Dense", shape, SMALL) for i, shape in enumerate(shapes)]
+
+
+def test_global_split_gives_back_the_crossbars_the_one_crossbar_floor_added():
+  """100, 2 and 2 dense crossbars cut to 3: proportional shares 2.88, 0.06, 0.06 floor to 2, 1
+  (raised to the one-crossbar floor) and 1, one too many; the largest layer gives it back."""
+  gs = dense_layers((40, 40), (8, 4), (8, 4))
+  assert [g.dense_crossbars for g in gs] == [100, 2, 2]
+  assert crossbar_budget(104, 0.975) == 3
+  plan = CrossbarPolicy(mode="global").plan(gs, 0.975)
+  assert plan == {"fc0": 1, "fc1": 1, "fc2": 1}
+
+
+@pytest.mark.parametrize("mode", ["global", "global_score"])
+def test_a_one_crossbar_layer_keeps_its_crossbar_outside_the_shared_pool(mode):
+  gs = dense_layers((4, 4), (40, 40), (16, 8))  # 1, 100 and 8 dense crossbars
+  policy = CrossbarPolicy(mode=mode)
+  plan = policy.plan(gs, 0.5)
+  assert plan["fc0"] == 1 and sum(plan.values()) == crossbar_budget(109, 0.5)
+  pool = policy.shared_pool(gs, 0.5)
+  if mode == "global":
+    assert pool == {}
+  else:  # the pool holds what the two cuttable layers were given, not the one-crossbar layer
+    assert pool == {"fc1": plan["fc1"] + plan["fc2"], "fc2": plan["fc1"] + plan["fc2"]}
+
+
+def test_sensitivity_mode_needs_a_curve_for_every_pooled_layer():
+  gs = dense_layers((40, 40), (16, 8))  # 100 and 8 dense crossbars
+  curves = {"fc0": [(1, 5.0), (100, 0.0)], "fc1": [(1, 1.0), (8, 0.0)]}
+  plan = CrossbarPolicy(mode="sensitivity", curves=curves).plan(gs, 0.5)
+  assert sum(plan.values()) == crossbar_budget(108, 0.5)
+  with pytest.raises(ValueError, match=r"no curve for layers \['fc1'\]; curves cover \['fc0'\]"):
+    CrossbarPolicy(mode="sensitivity", curves={"fc0": curves["fc0"]}).plan(gs, 0.5)
+
+
+def test_allocate_by_score_normalises_small_scores_too():
+  """Layer 0's scores 0.09 and 0.01 (sum 0.1) are 0.9 and 0.1 of their layer, layer 1's two
+  equal scores half each: the spare crossbar goes to layer 1, whatever the raw sums."""
+  from xbar_tfmot.core.policy import allocate_by_score
+  assert allocate_by_score([[0.09, 0.01], [0.05, 0.05]], 3) == [1, 2]
+  assert allocate_by_score([[9.0, 1.0], [5.0, 5.0]], 3) == [1, 2]
+  assert allocate_by_score([[0.0, 0.0], [3.0, 1.0]], 3) == [2, 1]  # no score: units alike
+
+
+def test_a_one_crossbar_layer_needs_no_sensitivity_curve():
+  """It cannot be cut, so it stays out of the pool at 1 crossbar, with or without a curve."""
+  gs = dense_layers((4, 4), (40, 40), (16, 8))  # 1, 100 and 8 dense crossbars
+  curves = {"fc1": [(1, 5.0), (100, 0.0)], "fc2": [(1, 1.0), (8, 0.0)]}
+  plan = CrossbarPolicy(mode="sensitivity", curves=curves).plan(gs, 0.5)
+  assert plan["fc0"] == 1 and sum(plan.values()) == crossbar_budget(109, 0.5)

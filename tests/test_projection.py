@@ -174,3 +174,30 @@ def test_crossbar_budget(dense, reduction, budget):
 def test_crossbar_budget_rejects_reductions(reduction):
   with pytest.raises(ValueError, match="0 <= reduction < 1"):
     projection.crossbar_budget(10, reduction)
+
+
+def test_gumbel_top_k_draws_in_proportion_to_energy():
+  """At temperature 1 the top-1 of `sample_scores` picks unit i with probability E_i / sum E
+  (energies 6, 3, 1: 0.6, 0.3, 0.1); 4000 independent rows, so +-0.025 is > 5 sigma. A sign
+  flip of the Gumbel noise gives 0.63/0.31/0.06, a floor of 1 added to the energies
+  0.54/0.31/0.15."""
+  energy = tf.constant(np.tile([6.0, 3.0, 1.0], (4000, 1)), tf.float32)
+  scores = projection.sample_scores(energy, 1.0, tf.constant([3, 4], tf.int32))
+  freq = np.bincount(np.argmax(np.asarray(scores), axis=1), minlength=3) / 4000
+  np.testing.assert_allclose(freq, [0.6, 0.3, 0.1], atol=0.025)
+
+
+def test_without_a_seed_or_a_temperature_the_projection_is_exact():
+  g = LayerGeometry("fc", "Dense", (40, 24), CrossbarSpec(rows=8, cols=4))
+  kernel = tf.constant(np.random.default_rng(5).normal(size=(40, 24)), tf.float32)
+  for granularity in ("crossbar", "column"):
+    exact = np.asarray(projection.project(g, kernel, 7, granularity))
+    no_seed = projection.project(g, kernel, 7, granularity, temperature=2.0, seed=None)
+    np.testing.assert_array_equal(no_seed, exact)
+    np.testing.assert_array_equal(projection.project(g, kernel, 7, granularity, temperature=0.0,
+                                                     seed=tf.constant([1, 2])), exact)
+  seed = tf.constant([1, 2])  # the selection functions default to temperature 0 as well
+  np.testing.assert_array_equal(projection.block_mask(g, kernel, 7, seed=seed),
+                                projection.block_mask(g, kernel, 7))
+  np.testing.assert_array_equal(projection.segment_mask(g, kernel, 7, seed=seed),
+                                projection.segment_mask(g, kernel, 7))

@@ -102,3 +102,19 @@ def test_a_shared_budget_fit_without_our_callback_fails_at_strip(tfmot_callback)
     ws = crossbar_wrappers(pruned)
     assert sum(w.current_budget() for w in ws) == ws[0].allocation["total"]
     strip_crossbar_pruning(pruned)
+
+
+def test_a_shared_budget_is_checked_from_the_end_step_itself():
+  """Fit exactly to end_step with TFMOT's callback: the pool was never split, and strip says
+  so at that step already (not only one step past it)."""
+  from tensorflow_model_optimization.python.core.sparsity.keras.pruning_callbacks import \
+      UpdatePruningStep
+  pruned = prune_crossbar(pm.cnn(), spec=SPEC, schedule=schedule(end_step=8, frequency=4),
+                          policy=CrossbarPolicy(mode="global_score"), seed=1)
+  pm.compile_model(pruned)
+  pruned.fit(X[:256], Y[:256], batch_size=32, epochs=1, verbose=0,
+             callbacks=[UpdatePruningStep()])
+  ws = crossbar_wrappers(pruned)
+  assert int(np.asarray(ws[0].pruning_step)) == ws[0].pruning_schedule.end_step == 8
+  with pytest.raises(ValueError, match="fit without xbar_tfmot.UpdateCrossbarPruning"):
+    strip_crossbar_pruning(pruned)

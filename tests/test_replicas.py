@@ -59,3 +59,26 @@ def test_batches_that_cannot_split_are_refused(batch, n, match):
 def test_predict_refuses_no_images():
   with pytest.raises(replicas.ReplicaBatchError, match="no images"):
     replicas.predict(object(), np.zeros((0, 2)))
+
+
+def test_batch_arithmetic():
+  assert [replicas.eval_batch(b, 2) for b in (5, 8, 1)] == [6, 8, 2]
+  assert replicas.eval_batch(7, 1) == 7
+  assert [replicas.padded_length(n, 8, 2) for n in (16, 17, 1)] == [16, 24, 8]  # whole batches
+  assert replicas.padded_length(5, 8, 1) == 5  # one replica: the last batch stays partial
+  replicas.check_batch(6, 2)
+  replicas.check_batch(5, 1)
+  with pytest.raises(replicas.ReplicaBatchError, match="batch_size=6 does not split over 4"):
+    replicas.check_batch(6, 4)
+
+
+def test_predict_drops_the_padding_it_added(monkeypatch):
+  """Under two replicas 5 images are padded to two batches of 4 (the last image repeated); the
+  outputs are the 5 images' own, in order."""
+  from xbar_tfmot.models.introspection import keras_module
+  keras = keras_module("keras3")
+  model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+  model.layers[0].set_weights([np.full((1, 1), 2.0, np.float32)])
+  monkeypatch.setattr(replicas, "replicas_of", lambda m=None: 2)
+  x = np.arange(5, dtype=np.float32)[:, None]
+  np.testing.assert_array_equal(replicas.predict(model, x, batch_size=4), 2 * x)

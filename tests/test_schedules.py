@@ -152,3 +152,32 @@ def test_ramp_steps_place_the_ramp_and_the_updates(epochs, steps_per_epoch, ramp
   if end_step >= steps_per_epoch:  # a whole epoch of the ramp: at least `updates` (or every step)
     assert len(first_epoch) >= min(updates, steps_per_epoch)
     assert len(first_epoch) < 2 * updates + 1
+
+
+def test_temperature_defaults_and_bounds():
+  """Default: T falls linearly from 1 (power 1); 0 is a valid start (the exact projection);
+  a power of 0 or a bool is refused; the config (end_step -1: never anneal) round-trips."""
+  t = CrossbarTemperatureDecay(begin_step=0, end_step=10)
+  assert float(t(0)) == pytest.approx(1.0) and float(t(5)) == pytest.approx(0.5)
+  assert float(CrossbarTemperatureDecay(0.0, 0, 10)(5)) == 0.0
+  forever = CrossbarTemperatureDecay()
+  assert forever.get_config()["end_step"] == -1 and float(forever(3)) == 0.0
+  assert CrossbarTemperatureDecay.from_config(forever.get_config()).get_config() == \
+      forever.get_config()
+  for power in (0, 0.0, True):
+    with pytest.raises(ValueError, match="power="):
+      CrossbarTemperatureDecay(power=power)
+  with pytest.raises(ValueError, match="initial_temperature=-0.1"):
+    CrossbarTemperatureDecay(-0.1)
+
+
+def test_polynomial_decay_accepts_a_flat_ramp_and_names_a_bad_end_step():
+  """initial == final is a constant reduction (the layer-by-layer procedure asks for it when
+  a step starts where the last one ended); an end_step at begin_step is named as such."""
+  flat = CrossbarPolynomialDecay(0.5, begin_step=0, end_step=4, initial_reduction=0.5)
+  assert [float(flat.reduction(s)) for s in (0, 2, 4)] == [0.5, 0.5, 0.5]
+  with pytest.raises(ValueError, match="end_step=0 is before begin_step=0; valid: end_step > "):
+    CrossbarPolynomialDecay(0.5, begin_step=0, end_step=0)
+  for power in (0, True):
+    with pytest.raises(ValueError, match="power="):
+      CrossbarPolynomialDecay(0.5, 0, 4, power=power)

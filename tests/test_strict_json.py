@@ -9,10 +9,10 @@ from _tools import load_tool
 
 from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.hardware import HardwareError, parse_hardware, parse_override
-from xbar_tfmot.core.hardware import PRESETS_DIR as HARDWARE_PRESETS
+from xbar_tfmot.core.hardware import preset_path as chip_preset_path
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
-from xbar_tfmot.core.spec import PRESETS_DIR as CROSSBAR_PRESETS
 from xbar_tfmot.core.spec import parse_spec
+from xbar_tfmot.core.spec import preset_path as crossbar_preset_path
 from xbar_tfmot.export.exporter import read_mapping
 
 FUZZ = load_tool("fuzz_mapping")
@@ -107,7 +107,7 @@ def test_mapping_duplicate_key_nested_names_the_layer():
 
 
 def test_crossbar_preset_duplicates_top_level_and_nested(tmp_path):
-  text = (CROSSBAR_PRESETS / "isaac_128x128.json").read_text()
+  text = crossbar_preset_path("isaac_128x128").read_text()
   path = tmp_path / "mine.json"
   path.write_text(text.replace('"cols": 128', '"cols": 128, "cols": 64'))
   with pytest.raises(ValueError, match=r"mine\.json'.*: cols: duplicate key 'cols'"):
@@ -120,7 +120,7 @@ def test_crossbar_preset_duplicates_top_level_and_nested(tmp_path):
 
 
 def test_hardware_preset_duplicates_top_level_and_nested(tmp_path):
-  data = json.loads((HARDWARE_PRESETS / "isaac_32nm.json").read_text())
+  data = json.loads(chip_preset_path("isaac_32nm").read_text())
   path = tmp_path / "hw.json"
   path.write_text(json.dumps(data))
   assert parse_hardware(str(path)).adc_bits == data["adc_bits"]
@@ -133,3 +133,14 @@ def test_hardware_preset_duplicates_top_level_and_nested(tmp_path):
     parse_hardware(str(path))
   with pytest.raises(HardwareError, match=r"override 'x'.*: k: duplicate key 'k'"):
     parse_override('x={"k": 1, "k": 2}')
+
+
+@pytest.mark.parametrize("text, path", [
+    ('{"a": {"x": 1, "x": 2}, "b": {"y": 1, "y": 2}}', "a.x"),
+    ('[{"k": 1, "k": 2}, {"j": 1, "j": 2}]', "[0].k"),
+    ('{"a": [0, {"x": 1, "x": 2}], "a2": {"z": 0, "z": 1}}', "a[1].x"),
+])
+def test_of_several_duplicates_the_first_in_document_order_is_named(text, path):
+  with pytest.raises(strict_json.DuplicateKeyError) as err:
+    strict_json.loads(text, source="doc.json")
+  assert err.value.path == path and str(err.value).startswith(f"doc.json: {path}: duplicate key")

@@ -55,7 +55,7 @@ def test_another_hosts_lock_is_respected(tmp_path):
     WorkdirLock(tmp_path).acquire()
 
 
-@pytest.mark.parametrize("content", ["dead", "{broken", "[1, 2]", '{"pid": -1}',
+@pytest.mark.parametrize("content", ["dead", "{broken", "[1, 2]", '{"pid": -1}', '{"pid": 0}',
                                      '{"pid": "12"}'])
 def test_stale_or_broken_locks_are_taken_over(tmp_path, content):
   if content == "dead":
@@ -107,3 +107,97 @@ def test_second_pipeline_run_refuses_before_any_work(tmp_path, live_process):
   with pytest.raises(WorkdirBusy, match=str(live_process)):
     pipeline.run(config)
   assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME]
+
+
+class Boom(Exception):
+  pass
+
+
+def test_the_lock_is_released_when_the_run_inside_raises(tmp_path):
+  with pytest.raises(Boom):
+    with WorkdirLock(tmp_path / "run"):
+      assert (tmp_path / "run" / LOCK_NAME).exists()
+      raise Boom
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+  with WorkdirLock(tmp_path / "run"):  # the next run takes it at once
+    pass
+
+
+def test_a_pipeline_run_that_raises_leaves_no_lock(tmp_path, monkeypatch):
+  """A failed run (bad data, a crash in a phase) must not leave its lock behind: the next run
+  would take it over as stale only because the pid is gone, and a live pid reused by another
+  process would block the workdir."""
+  config = defaults()
+  config.workdir = str(tmp_path / "run")
+  config.data.name = "digits"
+  seen = []
+
+  def fails(self):
+    seen.append(json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"])
+    raise Boom("a phase failed")
+
+  monkeypatch.setattr(pipeline.Pipeline, "_run", fails)
+  with pytest.raises(Boom, match="a phase failed"):
+    pipeline.run(config)
+  assert seen == [os.getpid()]  # the phases ran holding the lock
+  assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_holder_reads_the_lock_as_written(tmp_path):
+  lock = WorkdirLock(tmp_path / "a" / "b" / "run")  # folders made as needed
+  assert lock.holder() is None
+  with lock:
+    assert lock.holder()["pid"] == os.getpid() and "started" in lock.holder()
+  assert lock.holder() is None
+  (tmp_path / "a" / "b" / "run" / LOCK_NAME).write_text("{broken")
+  assert lock.holder() == {}
+  (tmp_path / "a" / "b" / "run" / LOCK_NAME).unlink()
+  (tmp_path / "a" / "b" / "run" / LOCK_NAME).mkdir()  # unreadable as a file
+  assert lock.holder() == {}
+
+
+def test_pid_1_is_a_live_holder(tmp_path):
+  """A run started as a container's first process has pid 1, which is always alive."""
+  plant(tmp_path, pid=1, host=socket.gethostname())
+  with pytest.raises(WorkdirBusy, match="process 1 on host"):
+    WorkdirLock(tmp_path).acquire()
+
+
+def test_release_and_take_over_of_a_lock_that_is_gone(tmp_path):
+  lock = WorkdirLock(tmp_path)
+  lock.acquire()
+  (tmp_path / LOCK_NAME).unlink()  # deleted by hand while the run was going
+  lock.release()  # nothing to remove, no error
+  WorkdirLock(tmp_path)._take_over("{}")  # judged stale, gone before it was moved aside
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_lock_removed_between_link_and_read_is_retried(tmp_path, monkeypatch):
+  """A holder that releases between our failed link and our read leaves nothing to judge: the
+  next attempt takes the lock."""
+  link, calls = os.link, []
+
+  def busy_once(src, dst):
+    calls.append(dst)
+    if len(calls) == 1:
+      raise FileExistsError(dst)  # a lock was there, and is gone by the time it is read
+    link(src, dst)
+
+  monkeypatch.setattr(os, "link", busy_once)
+  with WorkdirLock(tmp_path):
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+  assert len(calls) == 2
+
+
+def test_gives_up_after_three_attempts_when_others_keep_taking_it(tmp_path, monkeypatch):
+  attempts = []
+
+  def always_taken(src, dst):
+    attempts.append(dst)
+    raise FileExistsError(dst)
+
+  monkeypatch.setattr(os, "link", always_taken)
+  with pytest.raises(WorkdirBusy, match="could not take the lock; other runs are starting"):
+    WorkdirLock(tmp_path).acquire()
+  assert len(attempts) == 3
+  assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left
