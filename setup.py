@@ -10,8 +10,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(include=["xbar_tfmot", "xbar_tfmot.*"]),
-    package_data={"xbar_tfmot": ["core/*.json", "core/presets/*.json",
-                                 "core/hardware_presets/*.json"]},
+    package_data={"xbar_tfmot": ["core/*.json", "core/presets/*.json"]},
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",

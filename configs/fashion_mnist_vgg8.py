@@ -1,5 +1,5 @@
 """Default: Fashion-MNIST, a small VGG8-style CNN, semi-folded crossbars, column grain + reorder,
-85% fewer crossbars allocated network-wide by energy (docs/bench_quality.md).
+85% fewer crossbars allocated network-wide by weight magnitude (docs/bench_quality.md).
 
 Runs end to end in a few minutes on 2 CPU cores: `xbar-prune --config configs/fashion_mnist_vgg8.py`.
 """
@@ -17,8 +17,8 @@ def get_config():
   c.crossbar.spec = "semi_folded_k16x4"
   c.crossbar.granularity = "column"
   c.crossbar.reduction = 0.85
-  c.crossbar.mode = "global_score"  # one model-wide budget, column chunks ranked by energy
-  c.crossbar.score = "energy"
+  c.crossbar.mode = "global_score"  # one model-wide budget, column chunks ranked by magnitude
+  c.crossbar.score = "magnitude"
   c.crossbar.reorder = True
   c.train.bn_recalibration_images = 5000  # BatchNorm statistics re-estimated before evaluating
   c.train.baseline_epochs = 3

@@ -6,7 +6,7 @@ import numpy as np
 
 from xbar_tfmot.core.projection import crossbar_budget, project
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.introspection import (FLAVOURS,  # noqa: F401  (used by the tests)
                                              keras_module)
 
@@ -106,9 +106,9 @@ def prune(model, spec: CrossbarSpec, reduction: float, granularity: str, permuta
   import tensorflow as tf
   permutations = permutations or {}
   for layer in model.layers:
-    if layers_lib.layer_kind(layer) not in ("Dense", "Conv1D", "Conv2D"):
+    if introspection.layer_kind(layer) not in ("Dense", "Conv1D", "Conv2D"):
       continue
-    geometry = layers_lib.geometry_of(layer, spec)
+    geometry = introspection.geometry_of(layer, spec)
     kernel = np.asarray(layer.kernel)
     perm = permutations.get(layer.name, np.arange(geometry.cin))
     permuted = np.take(kernel, perm, axis=-2)

@@ -6,8 +6,12 @@ import numpy as np
 import tensorflow as tf
 
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.introspection import keras_module
+
+# tests/test_distillation.py still reads `pm.xlayers` (its owner switches it to
+# `pm.introspection`); remove this name then.
+xlayers = introspection
 
 # Kin = 4 channels of 3x3 (36 rows) or 36 Dense inputs, Kout = 8: every layer spans several
 # crossbars even in a small CNN.
@@ -39,7 +43,7 @@ def cnn(seed: int = 0, name: str = "digits_cnn", flavour: str = "tf_keras"):
 
 
 def compile_model(model, lr: float = 3e-3):
-  keras = keras_module(xlayers.flavour(model))
+  keras = keras_module(introspection.flavour(model))
   model.compile(keras.optimizers.Adam(lr),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
@@ -54,9 +58,10 @@ def accuracy(model, x, y) -> float:
 def mapped_counts(model, spec: CrossbarSpec = SPEC) -> dict:
   """`{name: Counts}` of every mapped layer of a plain (stripped) model."""
   out = {}
-  for layer in xlayers.iter_layers(model):
-    if xlayers.layer_kind(layer) in ("Conv1D", "Conv2D", "Dense") and not xlayers.unmapped_reason(layer):
-      g = xlayers.geometry_of(layer, spec)
+  for layer in introspection.iter_layers(model):
+    if (introspection.layer_kind(layer) in ("Conv1D", "Conv2D", "Dense")
+        and not introspection.unmapped_reason(layer)):
+      g = introspection.geometry_of(layer, spec)
       out[layer.name] = g.counts(layer.kernel.numpy())
   return out
 

@@ -118,13 +118,13 @@ def test_whole_model_counts_and_equal_count_per_layer_reduction(tmp_path):
   _fashion_or_skip()
   pytest.importorskip("tensorflow_model_optimization")
   from xbar_tfmot.core.projection import crossbar_budget
-  from xbar_tfmot.models import introspection as xlayers
+  from xbar_tfmot.models import introspection
   tool = load_tool("bench_quality")
   args = tool.parse_args(["--out", str(tmp_path), "--quick"])
   b = tool.Bench(args, ("vgg8", 0.25), 0, lambda m: None)
   model = b.build()
-  geoms = [xlayers.geometry_of(l, b.spec) for l in xlayers.iter_layers(model)
-           if xlayers.is_mapped(l)]
+  geoms = [introspection.geometry_of(l, b.spec) for l in introspection.iter_layers(model)
+           if introspection.is_mapped(l)]
   total = sum(g.dense_crossbars for g in geoms)
   assert b.counts(model)["dense"] == total  # every mapped layer, the dense-left ones too
   left = {g.name: g.dense_crossbars for g in geoms if g.name not in b.pruned_names(model)}

@@ -9,7 +9,7 @@ import pytest
 
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError, schema
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
 
 SPEC = CrossbarSpec(rows=36, cols=4)
@@ -19,7 +19,7 @@ SPECS = [SPEC, CrossbarSpec(rows=20, cols=6, cell_bits=4, mapping="flat", replic
 
 
 def _mapped(model):
-  return [l for l in model.layers if layers_lib.layer_kind(l) in ("Dense", "Conv1D", "Conv2D")]
+  return [l for l in model.layers if introspection.layer_kind(l) in ("Dense", "Conv1D", "Conv2D")]
 
 
 @pytest.mark.parametrize("granularity", ["crossbar", "column"])
@@ -35,7 +35,7 @@ def test_counts_equal_geometry_and_json_round_trips(flavour, builder, spec, gran
   mapping = build_mapping(model, spec, granularity, perms)
   total = 0
   for layer in _mapped(model):
-    geometry = layers_lib.geometry_of(layer, spec)
+    geometry = introspection.geometry_of(layer, spec)
     perm = perms.get(layer.name, np.arange(geometry.cin))
     counts = geometry.counts(np.take(np.asarray(layer.kernel), perm, axis=-2))
     entry = mapping.layer(layer.name)
@@ -183,7 +183,7 @@ def test_wrapped_layer_reads_kernel_times_mask_and_unmapped_layers_are_listed():
   wrapper.mask.assign(mask)
   mapping = build_mapping(model, spec, "crossbar")
   entry = mapping.layer("fc")
-  geometry = layers_lib.geometry_of(inner, spec)
+  geometry = introspection.geometry_of(inner, spec)
   assert entry["counts"]["crossbars"] == geometry.counts(np.asarray(inner.kernel) * mask).blocks
   assert entry["counts"]["crossbars"] == (geometry.g_in - 1) * (geometry.g_out - 1)
   assert all(o not in (2, 3) for x in entry["crossbars"] for o in x["columns"])

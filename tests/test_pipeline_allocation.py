@@ -4,7 +4,7 @@ global budget exactly; sensitivity measures its curves on training images held o
 import pytest
 from _configs import load_config
 
-from xbar_tfmot.app import pipeline
+from xbar_tfmot.app import configuration, pipeline
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
@@ -16,9 +16,9 @@ def tiny(workdir, **crossbar):
                      **{f"crossbar__{k}": v for k, v in crossbar.items()})
 
 
-@pytest.mark.parametrize("mode, score", [("global_score", "energy"),
+@pytest.mark.parametrize("mode, score", [("global_score", "magnitude"),
                                          ("global_score", "saliency"),
-                                         ("sensitivity", "energy")])
+                                         ("sensitivity", "magnitude")])
 def test_allocation_modes_meet_the_global_budget(tmp_path, mode, score):
   lines: list[str] = []
   config = tiny(tmp_path, mode=mode, score=score, validation_images=256)
@@ -47,6 +47,19 @@ def test_allocation_config_errors(tmp_path, fields, match):
     (config.train if key == "prune_epochs" else config.crossbar)[key] = value
   with pytest.raises(ConfigError, match=match):
     pipeline.Pipeline(config).prepare()
+
+
+def test_the_energy_score_config_still_works_and_warns(tmp_path):
+  """`crossbar.score="energy"` (the former name of "magnitude") passes the checks with a
+  DeprecationWarning naming the new value, and a run saved with it resumes under "magnitude"."""
+  config = tiny(tmp_path, mode="global_score", score="energy")
+  with pytest.warns(DeprecationWarning, match="'magnitude'"):
+    configuration.check(config)
+  assert configuration.defaults().crossbar.score == "magnitude"
+  old = configuration.flatten(config)
+  new = {**old, "crossbar.score": "magnitude"}
+  assert configuration.differences(old, new) == []
+  assert configuration.differences(old, {**new, "crossbar.score": "saliency"}) == ["crossbar.score"]
 
 
 def test_distillation_trains_the_pruned_model_against_the_dense_one(tmp_path):

@@ -16,7 +16,7 @@ import tensorflow as tf
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.core.schedules import CrossbarConstant, CrossbarPolynomialDecay
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning.api import (FLAVOURS, crossbar_pruning_scope, crossbar_wrappers,
                                     prune_crossbar, strip_crossbar_pruning)
 from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
@@ -46,7 +46,7 @@ def cnn(flavour, seed=0):
 
 
 def update(model):
-  return UpdateCrossbarPruning(flavour=xlayers.flavour(model))
+  return UpdateCrossbarPruning(flavour=introspection.flavour(model))
 
 
 def fit(model, epochs, callbacks=None, **kwargs):
@@ -303,6 +303,30 @@ def test_global_policy_meets_model_wide_target(flavour):
   assert counts["conv1"].blocks == counts["conv1"].dense
 
 
+def test_energy_score_is_a_deprecated_alias_of_magnitude(flavour):
+  """`score="energy"`, the former name of `"magnitude"`, warns naming the new value, is the same
+  policy (a saved config holding it loads), and gives the same masks, also from wrappers whose
+  stored `allocation` still says "energy" (a model saved before the rename)."""
+  with pytest.warns(DeprecationWarning, match="score='magnitude'"):
+    old = CrossbarPolicy(mode="global_score", score="energy")
+  new = CrossbarPolicy(mode="global_score", score="magnitude")
+  assert old == new and old.get_config() == new.get_config()
+  assert new.get_config()["score"] == "magnitude" and CrossbarPolicy().score == "magnitude"
+  with pytest.warns(DeprecationWarning, match="score='magnitude'"):
+    assert CrossbarPolicy.from_config({**new.get_config(), "score": "energy"}) == new
+  masks = []
+  for policy, stored in ((old, "energy"), (new, "magnitude")):
+    pruned = prune_crossbar(cnn(flavour), spec=SPEC, schedule=schedule(end_step=40),
+                            policy=policy, seed=3)
+    for w in wrappers(pruned):
+      w.allocation = {**w.allocation, "score": stored}
+    fit(pruned, epochs=1, callbacks=[UpdateCrossbarPruning(flavour=flavour)])
+    masks.append([np.asarray(w.mask).copy() for w in wrappers(pruned)])
+  assert any(not m.all() for m in masks[1])  # the budgets did cut
+  for a, b in zip(*masks):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_update_callback_is_required(flavour):
   pruned = prune_crossbar(cnn(flavour), spec=SPEC, schedule=schedule(end_step=40), seed=1)
   with pytest.raises(tf.errors.InvalidArgumentError, match="UpdatePruningStep"):
@@ -384,7 +408,7 @@ def test_a_model_saved_before_the_layout_move_loads(flavour):
   """tests/fixtures holds a pruned model per flavour saved by release 21b80ec (flat modules)."""
   import pathlib
   fixtures = pathlib.Path(__file__).with_name("fixtures")
-  keras = xlayers.keras_module(flavour)
+  keras = introspection.keras_module(flavour)
   with crossbar_pruning_scope(flavour):
     model = keras.models.load_model(fixtures / f"pruned_{flavour}.keras")
   saved = np.load(fixtures / f"pruned_{flavour}_io.npz")
@@ -405,8 +429,8 @@ def test_callbacks_take_the_flavour_of_the_fitted_model():
     prune_crossbar(cnn("keras3" if flavour == "tf_keras" else "tf_keras"), spec=SPEC, seed=1)
     callback.set_model(model)
     summaries.set_model(model)
-    assert xlayers.flavour(callback.implementation) == flavour
-    assert xlayers.flavour(summaries.implementation) == flavour
+    assert introspection.flavour(callback.implementation) == flavour
+    assert introspection.flavour(summaries.implementation) == flavour
   assert isinstance(callback, UpdateCrossbarPruning)
   assert not isinstance(callback, CrossbarPruningSummaries)
   with pytest.raises(ValueError, match="update_freq=0"):
@@ -417,7 +441,7 @@ def test_masks_reach_the_named_kernels_wrapped_or_not(flavour):
   from xbar_tfmot.pruning.callbacks import fixed_masks
   from xbar_tfmot.pruning.one_shot import apply_masks
   pruned = prune_crossbar(pm.cnn(flavour=flavour), spec=SPEC, schedule=schedule(), seed=0)
-  kernel = xlayers.mapped_kernel(xlayers.unwrap(wrappers(pruned)[0]))
+  kernel = introspection.mapped_kernel(introspection.unwrap(wrappers(pruned)[0]))
   before = np.asarray(kernel).copy()
   mask = (np.random.default_rng(0).random(before.shape) < 0.5).astype(before.dtype)
   apply_masks(pruned, {"conv2": mask})

@@ -14,7 +14,7 @@ from xbar_tfmot.app.datasets import load_digits
 from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
 from xbar_tfmot.models import crossbar_model as explicit
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
 from xbar_tfmot.models.reorder import reorder_model
 from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
@@ -77,7 +77,7 @@ def test_pruned_reordered_copy_meets_the_budget_exactly(pipeline):
   assert [type(l).__name__ for l in stripped.layers if "crossbar_prune" in l.name] == []
   for name in ["conv1", *PRUNED]:
     layer = stripped.get_layer(name)
-    geometry = xlayers.geometry_of(layer, SPEC)
+    geometry = introspection.geometry_of(layer, SPEC)
     counts = geometry.counts(layer.kernel.numpy())
     if name == "conv1":
       assert counts.packed == counts.dense  # left dense by the policy
@@ -96,12 +96,12 @@ def test_mapping_of_the_stripped_model_validates_and_reproduces_it(pipeline):
   validate_mapping(mapping, stripped)
   budgets = {}
   for name in PRUNED:
-    geometry = xlayers.geometry_of(stripped.get_layer(name), SPEC)
+    geometry = introspection.geometry_of(stripped.get_layer(name), SPEC)
     budgets[name] = crossbar_budget(geometry.dense_crossbars, REDUCTION)
     assert mapping.layer(name)["counts"]["crossbars"] == budgets[name]
     # the identity permutation: the grouping is the reordered copy's own channel order
     assert mapping.layer(name)["input_permutation"] == list(range(geometry.cin))
-  conv1 = xlayers.geometry_of(stripped.get_layer("conv1"), SPEC).dense_crossbars
+  conv1 = introspection.geometry_of(stripped.get_layer("conv1"), SPEC).dense_crossbars
   assert mapping.totals["crossbars"] == sum(budgets.values()) + conv1
   crossbar = explicit.crossbar_model(stripped, mapping)
   x = X_TEST[:128]

@@ -22,7 +22,7 @@ from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.export.exporter import export
 from xbar_tfmot.export.verification import verify
 from xbar_tfmot.models import crossbar_model as explicit
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.analog_model import analog_model
 from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.models.reorder import reorder_model
@@ -39,7 +39,7 @@ X, Y = pm.digits(256)
 def model_of(flavour: str, seed: int = 0):
   """Digits CNN with a separable layer of depth multiplier 1 (same padding) and one of 2
   (stride 2, no bias), between a Conv2D and a Dense layer."""
-  K = xlayers.keras_module(flavour)
+  K = introspection.keras_module(flavour)
   K.utils.set_random_seed(seed)
   L = K.layers
   inp = K.Input((8, 8, 1), name="image")
@@ -255,7 +255,7 @@ def test_analog_model_refuses_a_separable_layer_naming_it(flavour):
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_xception_maps_every_separable_pointwise_kernel(flavour):
-  K = xlayers.keras_module(flavour)
+  K = introspection.keras_module(flavour)
   model = K.applications.Xception(weights=None, input_shape=(71, 71, 3), classes=10)
   kinds = [type(l).__name__ for l in model.layers]
   report = crossbar_report(model, CrossbarSpec.preset("isaac_128x128"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xbar_tfmot.app import zoo
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 
 # (name, input shape, width) -> mapped layers: convs + shortcuts + dense.
 CASES = [
@@ -17,15 +17,15 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("flavour", layers_lib.FLAVOURS)
+@pytest.mark.parametrize("flavour", introspection.FLAVOURS)
 @pytest.mark.parametrize("name,shape,width,mapped", CASES, ids=[c[0] for c in CASES])
 def test_builders(flavour, name, shape, width, mapped):
   model = zoo.build_model(name, shape, 7, width, flavour, seed=1)
-  assert layers_lib.flavour(model) == flavour
+  assert introspection.flavour(model) == flavour
   assert model.output_shape == (None, 7)
   names = [l.name for l in model.layers]
   assert len(names) == len(set(names))
-  assert sum(layers_lib.is_mapped(l) for l in model.layers) == mapped
+  assert sum(introspection.is_mapped(l) for l in model.layers) == mapped
   x = np.random.default_rng(0).uniform(size=(2, *shape)).astype(np.float32)
   again = zoo.build_model(name, shape, 7, width, flavour, seed=1)
   np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(again(x)))

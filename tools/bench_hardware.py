@@ -245,12 +245,12 @@ class Bench:
     """TFMOT magnitude pruning to the per-layer non-zero counts of the `reference` model."""
     import tensorflow_model_optimization as tfmot
 
-    from xbar_tfmot.models import introspection as xlayers
+    from xbar_tfmot.models import introspection
     sk = tfmot.sparsity.keras
     ref = self.model(reference)
     sparsity = {}
-    for layer in xlayers.iter_layers(ref):
-      if xlayers.is_mapped(layer):
+    for layer in introspection.iter_layers(ref):
+      if introspection.is_mapped(layer):
         kernel = np.asarray(layer.kernel)
         if np.count_nonzero(kernel) < kernel.size:
           sparsity[layer.name] = float(1.0 - np.count_nonzero(kernel) / kernel.size)
@@ -269,8 +269,8 @@ class Bench:
     dense = self.model("dense")
     pruned = self.keras.models.clone_model(dense, clone_function=wrap)
     for layer in pruned.layers:
-      for w, v in zip(xlayers.unwrap(layer).weights, dense.get_layer(
-          xlayers.unwrap(layer).name).weights):
+      for w, v in zip(introspection.unwrap(layer).weights, dense.get_layer(
+          introspection.unwrap(layer).name).weights):
         w.assign(v)
     self.compile(pruned, self.args.finetune_lr, self.args.epochs)
     self.fit(pruned, self.args.epochs, [sk.UpdatePruningStep()])

@@ -28,7 +28,7 @@ from xbar_tfmot.core import packing  # noqa: E402
 from xbar_tfmot.core.mapping import CrossbarMapping  # noqa: E402
 from xbar_tfmot.core.projection import crossbar_budget, project  # noqa: E402
 from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
-from xbar_tfmot.models import introspection as layers_lib  # noqa: E402
+from xbar_tfmot.models import introspection  # noqa: E402
 from xbar_tfmot.models import model_mapping  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,9 +42,9 @@ GOALS = {"resnet50": 1.0, "vgg16": 1.5}  # issue 16, build + to_json + from_json
 
 
 def prune(model, spec, reduction, granularity):
-  for _, inner in ((l, layers_lib.unwrap(l)) for l in layers_lib.iter_layers(model)):
-    if layers_lib.layer_kind(inner) in ("Conv2D", "Dense") and not layers_lib.unmapped_reason(inner):
-      geometry = layers_lib.geometry_of(inner, spec)
+  for _, inner in ((l, introspection.unwrap(l)) for l in introspection.iter_layers(model)):
+    if introspection.layer_kind(inner) in ("Conv2D", "Dense") and not introspection.unmapped_reason(inner):
+      geometry = introspection.geometry_of(inner, spec)
       budget = crossbar_budget(geometry.dense_crossbars, reduction)
       inner.kernel.assign(inner.kernel * project(geometry, inner.kernel, budget, granularity))
 
@@ -66,8 +66,8 @@ def build_with(lib, model, spec, granularity):
   """`build_mapping` with the layer entries and document of another mapping module."""
   entries = []
   for layer, inner in model_mapping.mapped_layers(model):
-    kernel = layers_lib.effective_kernel(layer)
-    geometry = layers_lib.geometry_of(inner, spec)
+    kernel = introspection.effective_kernel(layer)
+    geometry = introspection.geometry_of(inner, spec)
     entries.append(lib.layer_entry(packing.pack_layer(geometry, kernel, granularity), kernel))
   info = {"name": model.name, "input_shape": model_mapping.jsonable_shape(model.input_shape)}
   return lib.document(spec, granularity, info, entries, model_mapping.unmapped_layers(model))

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from xbar_tfmot.core import projection  # noqa: E402
 from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
-from xbar_tfmot.models import introspection as layers_lib  # noqa: E402
+from xbar_tfmot.models import introspection  # noqa: E402
 
 
 def old_segment_mask(geometry, kernel, budget):
@@ -56,8 +56,8 @@ def interleaved_times(fns, repeats: int) -> list[list[float]]:
 
 
 def bench(model, spec: CrossbarSpec, repeats: int) -> None:
-  mapped = [layer for layer in layers_lib.iter_layers(model) if layers_lib.is_mapped(layer)]
-  geometries = [layers_lib.geometry_of(layer, spec) for layer in mapped]
+  mapped = [layer for layer in introspection.iter_layers(model) if introspection.is_mapped(layer)]
+  geometries = [introspection.geometry_of(layer, spec) for layer in mapped]
   kernels = [layer.kernel for layer in mapped]
   budgets = [projection.crossbar_budget(g.dense_crossbars, 0.7) for g in geometries]
 

@@ -25,7 +25,8 @@ how the crossbars are split among layers (`CrossbarPolicy.mode`):
   alloc-per-layer      per_layer, at the per-layer reduction that makes the whole model hold no
                        more crossbars than the global modes (`equal_count_reduction`)
   alloc-global         global: the model-wide budget spread in proportion to dense counts
-  alloc-energy         global_score, score energy (re-split at every mask update)
+  alloc-energy         global_score, score magnitude: the sum of squared weights (re-split at
+                       every mask update; the row keeps the score's former name, energy)
   alloc-saliency       global_score, score saliency (|w dL/dw| on 4 training batches)
   alloc-sensitivity    sensitivity: curves measured on the validation split, then a knapsack
   alloc-best-distill   the row above with the best mean validation accuracy at that (network,
@@ -92,7 +93,7 @@ def _lgd(granularity: str, projection: str, regrowth: str, reorder: bool):
   return lambda b, r: run_lgd(b, r, granularity, projection, regrowth, reorder)
 
 
-def _alloc(mode: str, score: str = "energy", distill: bool = False):
+def _alloc(mode: str, score: str = "magnitude", distill: bool = False):
   return lambda b, r: run_allocation(b, r, mode, score, distill)
 
 
@@ -119,7 +120,7 @@ METHOD_TABLE: dict[str, Method] = {
                               "allocation", _alloc("per_layer")),
     "alloc-global": Method("A2. global proportional", "o-", "allocation", _alloc("global")),
     "alloc-energy": Method("A3. global_score energy", "^-", "allocation",
-                           _alloc("global_score", "energy")),
+                           _alloc("global_score", "magnitude")),
     "alloc-saliency": Method("A4. global_score saliency", "v-", "allocation",
                              _alloc("global_score", "saliency")),
     "alloc-sensitivity": Method("A5. sensitivity (curves on the validation split)", "D-",
@@ -131,10 +132,11 @@ METHOD_TABLE: dict[str, Method] = {
 }
 # Each allocation row again with distillation (`<row>-kd`): A6 is the one validation picks; a
 # fixed `-kd` row runs before the pick is known (the reading uses it as A6 when it is the pick).
-ALLOC_MODES = {"alloc-per-layer": ("per_layer", "energy"), "alloc-global": ("global", "energy"),
-               "alloc-energy": ("global_score", "energy"),
+ALLOC_MODES = {"alloc-per-layer": ("per_layer", "magnitude"),
+               "alloc-global": ("global", "magnitude"),
+               "alloc-energy": ("global_score", "magnitude"),
                "alloc-saliency": ("global_score", "saliency"),
-               "alloc-sensitivity": ("sensitivity", "energy")}
+               "alloc-sensitivity": ("sensitivity", "magnitude")}
 for _m, (_mode, _score) in ALLOC_MODES.items():
   METHOD_TABLE[f"{_m}-kd"] = Method(f"{METHOD_TABLE[_m].label.split('.')[0]}-kd. "
                                     f"{METHOD_TABLE[_m].label.split('. ', 1)[1]}, + distillation",
@@ -332,8 +334,8 @@ class Bench:
 
     import xbar_tfmot as xt
     from xbar_tfmot.app import training
-    from xbar_tfmot.models import introspection as xlayers
-    self.keras, self.xt, self.xlayers, self.training = keras, xt, xlayers, training
+    from xbar_tfmot.models import introspection
+    self.keras, self.xt, self.introspection, self.training = keras, xt, introspection, training
     self.args, self.network, self.seed, self.log = args, network, seed, log
     self.spec = spec_of(args.spec)
     (self.x, self.y), (self.x_val, self.y_val), (self.x_test, self.y_test) = load_data(args, seed)
@@ -392,13 +394,13 @@ class Bench:
 
   def dense_names(self, model) -> list[str]:
     """Mapped layers left dense by `--leave-dense`."""
-    mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
+    mapped = [l for l in self.introspection.iter_layers(model) if self.introspection.is_mapped(l)]
     out = []
     for item in [i for i in self.args.leave_dense.split(",") if i]:
       if item == "first-conv":
-        out += [l.name for l in mapped if self.xlayers.layer_kind(l) != "Dense"][:1]
+        out += [l.name for l in mapped if self.introspection.layer_kind(l) != "Dense"][:1]
       elif item == "classifier":
-        out += [l.name for l in mapped if self.xlayers.layer_kind(l) == "Dense"][-1:]
+        out += [l.name for l in mapped if self.introspection.layer_kind(l) == "Dense"][-1:]
       elif item in [l.name for l in mapped]:
         out.append(item)
       else:
@@ -413,8 +415,8 @@ class Bench:
 
   def budgets(self, model, reduction: float) -> dict[str, int]:
     """`{pruned layer: crossbar budget}` at `reduction`, from the policy."""
-    mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
-    plan = self.policy(model).plan([self.xlayers.geometry_of(l, self.spec) for l in mapped],
+    mapped = [l for l in self.introspection.iter_layers(model) if self.introspection.is_mapped(l)]
+    plan = self.policy(model).plan([self.introspection.geometry_of(l, self.spec) for l in mapped],
                                    reduction)
     return {n: b for n, b in plan.items() if b is not None}
 
@@ -423,7 +425,7 @@ class Bench:
     return list(self.budgets(model, 0.5))
 
   def geometries(self, model) -> dict[str, Any]:
-    return {n: self.xlayers.geometry_of(model.get_layer(n), self.spec)
+    return {n: self.introspection.geometry_of(model.get_layer(n), self.spec)
             for n in self.pruned_names(model)}
 
   def counts(self, model, names: list[str] | None = None) -> dict[str, int]:
@@ -442,8 +444,8 @@ class Bench:
   def model_budget(self, model, policy, reduction: float) -> int:
     """Crossbars the whole model may hold under `policy` at `reduction`: the planned budgets
     plus the dense count of every layer left dense."""
-    mapped = [l for l in self.xlayers.iter_layers(model) if self.xlayers.is_mapped(l)]
-    geoms = [self.xlayers.geometry_of(l, self.spec) for l in mapped]
+    mapped = [l for l in self.introspection.iter_layers(model) if self.introspection.is_mapped(l)]
+    geoms = [self.introspection.geometry_of(l, self.spec) for l in mapped]
     plan = policy.plan(geoms, reduction)
     return int(sum(g.dense_crossbars if plan[g.name] is None else plan[g.name] for g in geoms))
 
@@ -751,9 +753,9 @@ def run_tfmot(b: Bench, reduction: float):
 
 def _copy_into_wrapped(source, wrapped) -> None:
   """Copies the weights of `source` into `wrapped` layer by layer (wrappers add mask vars)."""
-  from xbar_tfmot.models import introspection as xlayers
+  from xbar_tfmot.models import introspection
   for layer in wrapped.layers:
-    inner = xlayers.unwrap(layer)
+    inner = introspection.unwrap(layer)
     src = source.get_layer(inner.name)
     for w, v in zip(inner.weights, src.weights):
       w.assign(v)

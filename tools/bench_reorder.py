@@ -39,7 +39,7 @@ from xbar_tfmot.app.datasets import load_fashion_mnist  # noqa: E402
 from xbar_tfmot.core.projection import crossbar_budget, project  # noqa: E402
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay  # noqa: E402
 from xbar_tfmot.core.spec import CrossbarSpec  # noqa: E402
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.reorder import reorder_model  # noqa: E402
 from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning  # noqa: E402
 from xbar_tfmot.pruning.callbacks import UpdateCrossbarPruning  # noqa: E402
@@ -87,7 +87,8 @@ def copy_model(model: keras.Model) -> keras.Model:
 def pruned_layers(model: keras.Model) -> list[str]:
   """Mapped layers the default policy prunes: all but the first convolution."""
   mapped = [l.name for l in model.layers
-            if xlayers.layer_kind(l) in ("Conv2D", "Dense") and not xlayers.unmapped_reason(l)]
+            if introspection.layer_kind(l) in ("Conv2D", "Dense")
+            and not introspection.unmapped_reason(l)]
   return mapped[1:]
 
 
@@ -121,7 +122,7 @@ def one_shot(model, names, spec, reduction, grain) -> keras.Model:
   copy = copy_model(model)
   for n in names:
     layer = copy.get_layer(n)
-    g = xlayers.geometry_of(layer, spec)
+    g = introspection.geometry_of(layer, spec)
     kernel = layer.kernel.numpy()
     mask = project(g, tf.constant(kernel), crossbar_budget(g.dense_crossbars, reduction), grain)
     layer.kernel.assign(kernel * mask.numpy())
@@ -152,7 +153,7 @@ def crossbars(model, names, spec) -> tuple[int, int]:
   used = dense = 0
   for n in names:
     layer = model.get_layer(n)
-    c = xlayers.geometry_of(layer, spec).counts(layer.kernel.numpy())
+    c = introspection.geometry_of(layer, spec).counts(layer.kernel.numpy())
     used, dense = used + c.packed, dense + c.dense
   return used, dense
 

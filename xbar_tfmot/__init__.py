@@ -21,7 +21,9 @@ from xbar_tfmot import _quiet
 with _quiet.program_start():
   import tensorflow as _tf  # noqa: F401  (first, so that the console scripts start quietly)
 
-from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.errors import (GeometryError, ModelError, NotKerasObjectError, PolicyError,
+                                    PruningConfigError, ScheduleError, SpecError,
+                                    UnknownLayerError, XbarError)
 from xbar_tfmot.core.cost import CostReport, estimate_cost
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.core.geometry import Counts, LayerGeometry
@@ -76,4 +78,7 @@ __all__ = [
     "project_permuted", "prune_crossbar", "read_mapping", "recalibrate_batchnorm", "reorder_model",
     "sensitivity_curves", "stateless_seed", "strip_crossbar_pruning", "teacher_targets",
     "validate_mapping", "verify",
+    # the errors (every one an XbarError; the list: xbar_tfmot/core/errors.py)
+    "GeometryError", "ModelError", "NotKerasObjectError", "PolicyError", "PruningConfigError",
+    "ScheduleError", "SpecError", "UnknownLayerError",
 ]

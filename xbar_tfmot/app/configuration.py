@@ -9,6 +9,7 @@ types and values out of range are errors that name the field and say what is val
 from __future__ import annotations
 
 import pathlib
+import warnings
 from typing import Any
 
 import ml_collections
@@ -17,7 +18,7 @@ from xbar_tfmot.app.datasets import DATASETS
 from xbar_tfmot.app.training import OPTIMIZERS, OUTPUTS
 from xbar_tfmot.app.zoo import BUILDERS
 from xbar_tfmot.core.errors import XbarError
-from xbar_tfmot.core.policy import MODES, SCORES
+from xbar_tfmot.core.policy import DEPRECATED_SCORES, MODES, SCORES, canonical_score
 from xbar_tfmot.core.projection import GRANULARITIES
 from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
@@ -63,7 +64,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.crossbar.reorder = True
   c.crossbar.leave_dense = "default"  # default (first conv) | "" (none) | comma-separated names
   c.crossbar.mode = "per_layer"  # per_layer | global | global_score | sensitivity
-  c.crossbar.score = "energy"  # global_score: energy | saliency (|w dL/dw| on training batches)
+  # global_score: magnitude (sum of squared weights) | saliency (|w dL/dw| on training batches);
+  # "energy", the former name of magnitude, still works and warns
+  c.crossbar.score = "magnitude"
   c.crossbar.validation_images = 512  # sensitivity, layer_by_layer: training images held out
   c.crossbar.ramp = 0.75  # fraction of the pruning epochs over which the budget falls
   c.crossbar.updates_per_epoch = 4
@@ -127,7 +130,7 @@ _CHOICES = {
     "crossbar.projection": PROJECTIONS,
     "crossbar.regrowth": REGROWTHS,
     "crossbar.mode": MODES,
-    "crossbar.score": SCORES,
+    "crossbar.score": SCORES + tuple(DEPRECATED_SCORES),
     "prune.procedure": PROCEDURES,
     "train.optimizer": OPTIMIZERS,
     "train.strategy": ("default", "mirrored", "multi_worker"),
@@ -185,6 +188,10 @@ def check(config: ml_collections.ConfigDict) -> None:
   for path, valid in _CHOICES.items():
     if c[path] not in valid:
       raise ConfigError(f"config.{path}={c[path]!r}: unknown; valid: {', '.join(valid)}.")
+  if c["crossbar.score"] in DEPRECATED_SCORES:
+    warnings.warn(f"config.crossbar.score={c['crossbar.score']!r} is deprecated; use "
+                  f"{DEPRECATED_SCORES[c['crossbar.score']]!r} (the same score).",
+                  DeprecationWarning, stacklevel=2)
   for path in _POSITIVE:
     if not c[path] > 0:
       raise ConfigError(f"config.{path}={c[path]!r}: valid: a number > 0.")
@@ -329,4 +336,13 @@ def leave_dense(config: ml_collections.ConfigDict) -> Any:
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   """Fields (flattened paths) whose values differ and matter for the results."""
   keys = set(old) | set(new)
+  old, new = _canonical(old), _canonical(new)
   return sorted(k for k in keys if k not in COSMETIC and old.get(k) != new.get(k))
+
+
+def _canonical(flat: dict[str, Any]) -> dict[str, Any]:
+  """`flat` with deprecated values under their new names (a run saved with
+  `crossbar.score="energy"` resumes under `"magnitude"`)."""
+  if isinstance(flat.get("crossbar.score"), str):
+    return {**flat, "crossbar.score": canonical_score(flat["crossbar.score"])}
+  return flat

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.core.errors import GeometryError
 from xbar_tfmot.core.spec import CrossbarSpec
 
 # Mapped layer kinds and the rank of their kernel.
@@ -49,16 +50,16 @@ class LayerGeometry:
 
   def __post_init__(self):
     if self.kind not in KERNEL_RANK:
-      raise ValueError(
+      raise GeometryError(
           f"layer {self.name!r}: type {self.kind} is not mapped; valid: {', '.join(KERNEL_RANK)}.")
     shape = tuple(int(d) for d in self.kernel_shape)
     object.__setattr__(self, "kernel_shape", shape)
     if len(shape) != KERNEL_RANK[self.kind] or min(shape) < 1:
-      raise ValueError(
+      raise GeometryError(
           f"layer {self.name!r}: {self.kind} kernel shape {shape} is invalid; expected "
           f"{KERNEL_RANK[self.kind]} positive dimensions.")
     if self.spec.mapping == "kernel_aligned" and self.taps > self.spec.rows:
-      raise ValueError(
+      raise GeometryError(
           f"layer {self.name!r}: its {self.taps} kernel taps per input channel do not fit in "
           f"{self.spec.rows} crossbar rows with mapping='kernel_aligned'; use mapping='flat' or "
           f"crossbars with at least {self.taps} rows.")

@@ -8,8 +8,8 @@ See docs/hardware.md. One frozen, validated, JSON-serialisable description with 
 - the per-component energy, area and cycle time the cost model (`xbar_tfmot.core.cost`)
   multiplies by the mapping's counts.
 
-Presets ship as JSON under `xbar_tfmot/core/hardware_presets/`, each with the sources of its
-numbers (`HardwareSpec.preset("isaac_32nm")`). Every bad field raises `HardwareError` naming it.
+Presets ship as JSON under `xbar_tfmot/core/presets/` (`NAME.chip.json`, beside the crossbar
+presets), each with the sources of its numbers (`HardwareSpec.preset("isaac_32nm")`). Every bad field raises `HardwareError` naming it.
 This module knows no Keras.
 """
 
@@ -23,11 +23,11 @@ from typing import Any, Mapping
 
 from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.errors import XbarError
-from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.core.spec import PRESETS_DIR, CrossbarSpec
 
 VARIATION_MODELS = ("absolute", "proportional", "lognormal")
 WEIGHT_SCALES = ("layer", "crossbar")
-PRESETS_DIR = pathlib.Path(__file__).with_name("hardware_presets")
+PRESET_SUFFIX = ".chip.json"  # in the one presets folder, `PRESETS_DIR` (core/spec.py)
 MAX_BITS = 16
 
 
@@ -198,11 +198,17 @@ class HardwareSpec:
     if name not in preset_names():
       raise HardwareError(f"hardware preset {name!r} is unknown; valid: "
                           f"{', '.join(preset_names())}.")
-    return _from_file(PRESETS_DIR / f"{name}.json")
+    return _from_file(preset_path(name))
+
+
+def preset_path(name: str) -> pathlib.Path:
+  """The file of the chip preset `name` (`xbar_tfmot/core/presets/NAME.chip.json`)."""
+  return PRESETS_DIR / f"{name}{PRESET_SUFFIX}"
 
 
 def preset_names() -> list[str]:
-  return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+  """The names of the chip presets shipped in the package (`xbar_tfmot/core/presets`)."""
+  return sorted(p.name[:-len(PRESET_SUFFIX)] for p in PRESETS_DIR.glob(f"*{PRESET_SUFFIX}"))
 
 
 def parse_hardware(text: str, **overrides) -> HardwareSpec:

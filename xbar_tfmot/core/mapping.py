@@ -21,7 +21,7 @@ import jsonschema
 import numpy as np
 
 from xbar_tfmot.core import packing, strict_json
-from xbar_tfmot.core.errors import XbarError
+from xbar_tfmot.core.errors import UnknownLayerError, XbarError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.spec import CrossbarSpec
 
@@ -100,7 +100,8 @@ class CrossbarMapping:
     for layer in self.data["layers"]:
       if layer["name"] == name:
         return layer
-    raise KeyError(f"layer {name!r} is not in the mapping; mapped layers: {self.layer_names}.")
+    raise UnknownLayerError(
+        f"layer {name!r} is not in the mapping; mapped layers: {self.layer_names}.")
 
   def geometry(self, name: str) -> LayerGeometry:
     layer = self.layer(name)

@@ -19,6 +19,7 @@ import dataclasses
 
 import numpy as np
 
+from xbar_tfmot.core.errors import GeometryError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.projection import GRANULARITIES
 
@@ -69,7 +70,7 @@ def unrolled(geometry: LayerGeometry, kernel) -> np.ndarray:
   """The `(cin * taps, cout)` channel-major matrix of a kernel, in numpy."""
   kernel = np.asarray(kernel)
   if kernel.shape != geometry.kernel_shape:
-    raise ValueError(
+    raise GeometryError(
         f"layer {geometry.name!r}: kernel shape {kernel.shape} does not match its geometry "
         f"{geometry.kernel_shape}.")
   rank = kernel.ndim
@@ -100,7 +101,7 @@ def check_permutation(geometry: LayerGeometry, permutation) -> np.ndarray:
   perm = np.asarray(permutation)
   if (perm.shape != (geometry.cin,) or not np.issubdtype(perm.dtype, np.integer)
       or not np.array_equal(np.sort(perm), np.arange(geometry.cin))):
-    raise ValueError(
+    raise GeometryError(
         f"layer {geometry.name!r}: input permutation must be a permutation of "
         f"range({geometry.cin}) (its input channels), got shape {perm.shape}.")
   return perm.astype(np.int64)
@@ -123,7 +124,7 @@ def nonzero_segments(geometry: LayerGeometry, kernel, permutation=None) -> np.nd
   """
   kernel = np.asarray(kernel)
   if kernel.shape != geometry.kernel_shape:
-    raise ValueError(
+    raise GeometryError(
         f"layer {geometry.name!r}: kernel shape {kernel.shape} does not match its geometry "
         f"{geometry.kernel_shape}.")
   nonzero = kernel != 0
@@ -147,7 +148,8 @@ def pack_layer(geometry: LayerGeometry, kernel, granularity: str = "column",
                permutation=None) -> LayerPacking:
   """The crossbars of a pruned kernel (its zeros decide), at crossbar or column grain."""
   if granularity not in GRANULARITIES:
-    raise ValueError(f"granularity={granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}.")
+    raise GeometryError(
+        f"granularity={granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}.")
   perm = check_permutation(geometry, permutation)
   seg = nonzero_segments(geometry, kernel, perm)
   g_in, cout, kout = geometry.g_in, geometry.cout, geometry.kout

@@ -9,17 +9,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from xbar_tfmot.core.errors import PolicyError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.core.schedules import _check_reduction
 
 MODES = ("per_layer", "global", "global_score", "sensitivity")
 SHARED_MODES = ("global_score",)  # budgets re-split among layers at every mask update
-SCORES = ("energy", "saliency")
+SCORES = ("magnitude", "saliency")
+# Former score names, still accepted: each warns (`DeprecationWarning`) and means its new name.
+DEPRECATED_SCORES = {"energy": "magnitude"}
 CONV_KINDS = ("Conv1D", "Conv2D")
 
 
@@ -50,9 +54,10 @@ class CrossbarPolicy:
       `sensitivity`: the same pool share, split once before training to minimise the summed
       loss increase over measured per-layer curves (`curves`, from
       `xbar_tfmot.sensitivity_curves`; `allocate_by_curves`, an exact knapsack).
-    score: `global_score` only: `energy` (a unit's sum of squared weights over its layer's
+    score: `global_score` only: `magnitude` (a unit's sum of squared weights over its layer's
       total) or `saliency` (a unit's sum of `|w * dL/dw|` over a few batches given to
-      `UpdateCrossbarPruning(allocation_data=...)`, over its layer's total).
+      `UpdateCrossbarPruning(allocation_data=...)`, over its layer's total). `energy`, the
+      former name of `magnitude`, still works but warns (`DeprecationWarning`).
     curves: `sensitivity` only: `{layer name: [[budget, loss], ...]}`, measured on held-out
       batches after the one-shot projection of that layer alone to each budget.
   """
@@ -60,7 +65,7 @@ class CrossbarPolicy:
   targets: Any = ()
   leave_dense: Any = None
   mode: str = "per_layer"
-  score: str = "energy"
+  score: str = "magnitude"
   curves: Any = None
 
   def __post_init__(self):
@@ -68,7 +73,8 @@ class CrossbarPolicy:
     checked = []
     for pattern, value in targets:
       _compile(f"targets[{pattern!r}]", pattern)
-      checked.append((pattern, _check_reduction("CrossbarPolicy", f"targets[{pattern!r}]", value)))
+      checked.append((pattern, _check_reduction("CrossbarPolicy", f"targets[{pattern!r}]", value,
+                                                PolicyError)))
     object.__setattr__(self, "targets", tuple(checked))
     if self.leave_dense is not None:
       names = (self.leave_dense,) if isinstance(self.leave_dense, str) else tuple(self.leave_dense)
@@ -76,18 +82,24 @@ class CrossbarPolicy:
         _compile("leave_dense", pattern)
       object.__setattr__(self, "leave_dense", names)
     if self.mode not in MODES:
-      raise ValueError(f"CrossbarPolicy.mode={self.mode!r} is unknown; valid: {', '.join(MODES)}.")
+      raise PolicyError(f"CrossbarPolicy.mode={self.mode!r} is unknown; valid: {', '.join(MODES)}.")
+    if self.score in DEPRECATED_SCORES:
+      new = DEPRECATED_SCORES[self.score]
+      warnings.warn(f"CrossbarPolicy(score={self.score!r}) is deprecated; use score={new!r} "
+                    f"(the same score: a unit's sum of squared weights).", DeprecationWarning,
+                    stacklevel=3)
+      object.__setattr__(self, "score", new)
     if self.score not in SCORES:
-      raise ValueError(f"CrossbarPolicy.score={self.score!r} is unknown; valid: "
-                       f"{', '.join(SCORES)}.")
+      raise PolicyError(f"CrossbarPolicy.score={self.score!r} is unknown; valid: "
+                        f"{', '.join(SCORES)}.")
     if self.mode == "sensitivity":
       if not isinstance(self.curves, Mapping) or not self.curves:
-        raise ValueError("CrossbarPolicy(mode='sensitivity') needs curves={layer: [[budget, "
-                         "loss], ...]}; measure them with xbar_tfmot.sensitivity_curves.")
+        raise PolicyError("CrossbarPolicy(mode='sensitivity') needs curves={layer: [[budget, "
+                          "loss], ...]}; measure them with xbar_tfmot.sensitivity_curves.")
       object.__setattr__(self, "curves", {
           str(k): tuple((int(b), float(v)) for b, v in points) for k, points in self.curves.items()})
     elif self.curves is not None:
-      raise ValueError(f"CrossbarPolicy: curves are for mode='sensitivity', not {self.mode!r}.")
+      raise PolicyError(f"CrossbarPolicy: curves are for mode='sensitivity', not {self.mode!r}.")
 
   def get_config(self) -> dict[str, Any]:
     return {"targets": dict(self.targets),
@@ -117,11 +129,11 @@ class CrossbarPolicy:
     for pattern, value in self.targets:
       hits = [n for n in names if _matches(pattern, n)]
       if not hits:
-        raise ValueError(
+        raise PolicyError(
             f"CrossbarPolicy.targets: {pattern!r} matches no mapped layer; mapped layers: {names}.")
       for name in hits:
         if name in dense_names:
-          raise ValueError(
+          raise PolicyError(
               f"CrossbarPolicy: layer {name!r} has a target ({pattern!r}) and is also left dense; "
               f"valid: one or the other.")
         explicit.setdefault(name, value)
@@ -144,8 +156,8 @@ class CrossbarPolicy:
       if self.mode == "sensitivity" and free:
         missing = [g.name for g in free if g.name not in self.curves]
         if missing:
-          raise ValueError(f"CrossbarPolicy(mode='sensitivity'): no curve for layers {missing}; "
-                           f"curves cover {sorted(self.curves)}.")
+          raise PolicyError(f"CrossbarPolicy(mode='sensitivity'): no curve for layers {missing}; "
+                            f"curves cover {sorted(self.curves)}.")
         values = allocate_by_curves([self.curves[g.name] for g in free],
                                     [g.dense_crossbars for g in free], sum(spread.values()))
         spread = {g.name: b for g, b in zip(free, values)}
@@ -176,7 +188,7 @@ class CrossbarPolicy:
     """Final reduction of one layer known by name only (an unbuilt layer of a list), or None
     if it is left dense. Per-layer mode only; no first-convolution default."""
     if self.mode != "per_layer":
-      raise ValueError(
+      raise PolicyError(
           f"CrossbarPolicy(mode={self.mode!r}) needs built layers to spread the budget; layer "
           f"{name!r} is not built. Build it (give it an input shape) or use mode='per_layer'.")
     if any(_matches(p, name) for p in self.leave_dense or ()):
@@ -195,7 +207,7 @@ class CrossbarPolicy:
     for pattern in self.leave_dense:
       hits = [n for n in names if _matches(pattern, n)]
       if not hits:
-        raise ValueError(
+        raise PolicyError(
             f"CrossbarPolicy.leave_dense: {pattern!r} matches no mapped layer; mapped layers: "
             f"{names}.")
       out.update(hits)
@@ -213,7 +225,7 @@ def _spread_global(geometries, fixed: Mapping[str, int | None], free, reduction:
   if not free:
     return {}
   if not len(free) <= left <= free_dense:
-    raise ValueError(
+    raise PolicyError(
         f"CrossbarPolicy(mode={mode!r}): a model-wide reduction of {reduction} allows {total} of "
         f"{total_dense} crossbars, but the dense-left and explicitly targeted layers take {taken}, "
         f"leaving {left} for {len(free)} layers with {free_dense} dense crossbars; valid: "
@@ -253,6 +265,12 @@ def unit_scores(geometry: LayerGeometry, magnitude, granularity: str) -> np.ndar
   return -np.sort(-np.asarray(units, np.float64).ravel())
 
 
+def canonical_score(score: str) -> str:
+  """`score` under its current name (`energy` -> `magnitude`), without warning: for scores read
+  back from saved models."""
+  return DEPRECATED_SCORES.get(score, score)
+
+
 def allocate_by_score(scores: Sequence[np.ndarray], total: int) -> list[int]:
   """Per-layer crossbar budgets summing to `total`, from one ranking of normalised unit scores.
 
@@ -263,8 +281,8 @@ def allocate_by_score(scores: Sequence[np.ndarray], total: int) -> list[int]:
   """
   dense = [len(s) for s in scores]
   if not len(scores) <= total <= sum(dense):
-    raise ValueError(f"allocate_by_score: total={total} is invalid; valid: between "
-                     f"{len(scores)} (one crossbar per layer) and {sum(dense)} (all dense).")
+    raise PolicyError(f"allocate_by_score: total={total} is invalid; valid: between "
+                      f"{len(scores)} (one crossbar per layer) and {sum(dense)} (all dense).")
   values, layers, ranks = [], [], []
   for index, s in enumerate(scores):
     s = -np.sort(-np.asarray(s, np.float64).ravel())
@@ -287,8 +305,8 @@ def allocate_by_curves(curves: Sequence[Sequence[tuple[int, float]]], dense: Seq
   over budgets `1..dense_l`; ties go to the larger budget of the later layer (deterministic).
   """
   if not len(dense) <= total <= sum(dense):
-    raise ValueError(f"allocate_by_curves: total={total} is invalid; valid: between "
-                     f"{len(dense)} and {sum(dense)}.")
+    raise PolicyError(f"allocate_by_curves: total={total} is invalid; valid: between "
+                      f"{len(dense)} and {sum(dense)}.")
   costs = []
   for points, d in zip(curves, dense):
     points = sorted(points)
@@ -319,11 +337,12 @@ def allocate_by_curves(curves: Sequence[Sequence[tuple[int, float]]], dense: Seq
 
 def _compile(field: str, pattern: Any) -> re.Pattern:
   if not isinstance(pattern, str):
-    raise ValueError(f"CrossbarPolicy.{field}: {pattern!r} is not a layer name or regex string.")
+    raise PolicyError(f"CrossbarPolicy.{field}: {pattern!r} is not a layer name or regex string.")
   try:
     return re.compile(pattern)
   except re.error as err:
-    raise ValueError(f"CrossbarPolicy.{field}: {pattern!r} is not a valid regex ({err}).") from None
+    raise PolicyError(
+        f"CrossbarPolicy.{field}: {pattern!r} is not a valid regex ({err}).") from None
 
 
 def _matches(pattern: str, name: str) -> bool:

@@ -14,6 +14,7 @@ import numbers
 
 import tensorflow as tf
 
+from xbar_tfmot.core.errors import GeometryError
 from xbar_tfmot.core.geometry import LayerGeometry
 
 GRANULARITIES = ("crossbar", "column")
@@ -22,7 +23,7 @@ GRANULARITIES = ("crossbar", "column")
 def crossbar_budget(dense: int, reduction: float) -> int:
   """`N = max(1, round((1 - s) * dense))` for a target crossbar reduction `s` in [0, 1)."""
   if not 0.0 <= reduction < 1.0:
-    raise ValueError(f"crossbar reduction {reduction!r} is invalid; valid: 0 <= reduction < 1.")
+    raise GeometryError(f"crossbar reduction {reduction!r} is invalid; valid: 0 <= reduction < 1.")
   return max(1, round((1.0 - reduction) * dense))
 
 
@@ -58,7 +59,7 @@ def check_budget(geometry: LayerGeometry, budget) -> tf.Tensor:
   dense = geometry.dense_crossbars
   if isinstance(budget, numbers.Integral):
     if not 1 <= budget <= dense:
-      raise ValueError(
+      raise GeometryError(
           f"layer {geometry.name!r}: crossbar budget {budget} is invalid; valid: 1 <= budget <= "
           f"{dense} (its dense crossbar count).")
     return tf.constant(budget, tf.int32)
@@ -86,7 +87,7 @@ def check_finite_energy(geometry: LayerGeometry, kernel: tf.Tensor, energy: tf.T
   if tf.executing_eagerly():
     if not bool(tf.reduce_all(tf.math.is_finite(energy))):
       bad = int(tf.size(kernel)) - int(tf.math.count_nonzero(tf.math.is_finite(kernel)))
-      raise ValueError(f"{message} Non-finite weights: {bad}.")
+      raise GeometryError(f"{message} Non-finite weights: {bad}.")
     return energy
   return tf.debugging.assert_all_finite(energy, message)
 
@@ -142,5 +143,6 @@ def project(geometry: LayerGeometry, kernel: tf.Tensor, budget, granularity: str
   elif granularity == "column":
     seg = segment_mask(geometry, kernel, budget, temperature, seed)
   else:
-    raise ValueError(f"granularity={granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}.")
+    raise GeometryError(
+        f"granularity={granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}.")
   return geometry.segment_to_kernel_mask(tf.cast(seg, kernel.dtype))

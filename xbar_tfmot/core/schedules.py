@@ -21,16 +21,19 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
+from xbar_tfmot.core.errors import ScheduleError
 
-def _check_reduction(owner: str, name: str, value: Any) -> float:
+
+def _check_reduction(owner: str, name: str, value: Any, error: type = ScheduleError) -> float:
   if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
-    raise ValueError(f"{owner}.{name}={value!r} is invalid; valid: a number with 0 <= {name} < 1.")
+    raise error(
+        f"{owner}.{name}={value!r} is invalid; valid: a number with 0 <= {name} < 1.")
   return float(value)
 
 
 def _check_int(owner: str, name: str, value: Any, low: int) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-    raise ValueError(f"{owner}.{name}={value!r} is invalid; valid: an integer >= {low}.")
+    raise ScheduleError(f"{owner}.{name}={value!r} is invalid; valid: an integer >= {low}.")
   return int(value)
 
 
@@ -43,7 +46,7 @@ def _check_steps(owner: str, begin_step: Any, end_step: Any, allow_forever: bool
   if end < begin or (strict and end == begin):
     relation = ">" if strict else ">="
     forever = " (or -1: never stop)" if allow_forever else ""
-    raise ValueError(
+    raise ScheduleError(
         f"{owner}.end_step={end_step} is before begin_step={begin_step}; valid: end_step "
         f"{relation} begin_step{forever}.")
   return begin, end
@@ -142,12 +145,12 @@ class CrossbarPolynomialDecay(CrossbarSchedule):
     self.final = _check_reduction(owner, "final_reduction", final_reduction)
     self.initial = _check_reduction(owner, "initial_reduction", initial_reduction)
     if self.initial > self.final:
-      raise ValueError(
+      raise ScheduleError(
           f"{owner}.initial_reduction={initial_reduction} exceeds final_reduction="
           f"{final_reduction}; valid: initial_reduction <= final_reduction.")
     self.begin_step, self.end_step = _check_steps(owner, begin_step, end_step, False, True)
     if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
-      raise ValueError(f"{owner}.power={power!r} is invalid; valid: a number > 0.")
+      raise ScheduleError(f"{owner}.power={power!r} is invalid; valid: a number > 0.")
     self.power = float(power)
     self.frequency = _check_int(owner, "frequency", frequency, 1)
 
@@ -186,12 +189,12 @@ class CrossbarTemperatureDecay(_Config):
     owner = type(self).__name__
     if (isinstance(initial_temperature, bool) or not isinstance(initial_temperature, numbers.Real)
         or initial_temperature < 0):
-      raise ValueError(
+      raise ScheduleError(
           f"{owner}.initial_temperature={initial_temperature!r} is invalid; valid: a number >= 0.")
     self.initial = float(initial_temperature)
     self.begin_step, self.end_step = _check_steps(owner, begin_step, end_step, True, False)
     if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
-      raise ValueError(f"{owner}.power={power!r} is invalid; valid: a number > 0.")
+      raise ScheduleError(f"{owner}.power={power!r} is invalid; valid: a number > 0.")
     self.power = float(power)
 
   def __call__(self, step) -> tf.Tensor:
@@ -220,7 +223,8 @@ def serialize(schedule) -> dict[str, Any]:
   """`{"class_name", "config"}` of one of this module's schedules."""
   name = type(schedule).__name__
   if SCHEDULES.get(name) is not type(schedule):
-    raise ValueError(f"schedule {schedule!r} is not serialisable; valid: {', '.join(SCHEDULES)}.")
+    raise ScheduleError(
+        f"schedule {schedule!r} is not serialisable; valid: {', '.join(SCHEDULES)}.")
   return {"class_name": name, "config": schedule.get_config()}
 
 
@@ -228,5 +232,6 @@ def deserialize(config: Mapping[str, Any]):
   """Inverse of `serialize`."""
   name = config.get("class_name") if isinstance(config, Mapping) else None
   if name not in SCHEDULES:
-    raise ValueError(f"schedule config {config!r}: class_name must be one of {', '.join(SCHEDULES)}.")
+    raise ScheduleError(
+        f"schedule config {config!r}: class_name must be one of {', '.join(SCHEDULES)}.")
   return SCHEDULES[name].from_config(config.get("config", {}))

@@ -13,6 +13,7 @@ import pathlib
 from typing import Any, Mapping
 
 from xbar_tfmot.core import strict_json
+from xbar_tfmot.core.errors import SpecError
 
 MAPPINGS = ("kernel_aligned", "flat", "direct")
 
@@ -55,8 +56,8 @@ class CrossbarSpec:
     try:
       pairs = tuple(sorted((str(k), v) for k, v in overrides))
     except (TypeError, ValueError):
-      raise ValueError(f"CrossbarSpec.layer_replicas={self.layer_replicas!r} is invalid; valid: "
-                       f"a mapping {{layer name: replicas}}.") from None
+      raise SpecError(f"CrossbarSpec.layer_replicas={self.layer_replicas!r} is invalid; valid: "
+                      f"a mapping {{layer name: replicas}}.") from None
     object.__setattr__(self, "layer_replicas", pairs)
     self._validate()
 
@@ -64,26 +65,29 @@ class CrossbarSpec:
     for name in ("rows", "cols", "weight_bits", "cell_bits", "replicas"):
       _check_positive_int(name, getattr(self, name))
     if self.cell_bits > self.weight_bits:
-      raise ValueError(
+      raise SpecError(
           f"CrossbarSpec.cell_bits={self.cell_bits} exceeds weight_bits={self.weight_bits}; "
           f"valid: 1 <= cell_bits <= weight_bits.")
     if not isinstance(self.differential, bool):
-      raise ValueError(f"CrossbarSpec.differential must be True or False, got {self.differential!r}.")
+      raise SpecError(
+          f"CrossbarSpec.differential must be True or False, got {self.differential!r}.")
     if self.mapping not in MAPPINGS:
-      raise ValueError(f"CrossbarSpec.mapping={self.mapping!r} is unknown; valid: {', '.join(MAPPINGS)}.")
+      raise SpecError(
+          f"CrossbarSpec.mapping={self.mapping!r} is unknown; valid: {', '.join(MAPPINGS)}.")
     if self.mapping == "direct":
       for name in ("kin", "kout"):
         if getattr(self, name) is None:
-          raise ValueError(f"CrossbarSpec.{name} is required with mapping='direct' (a positive integer).")
+          raise SpecError(
+              f"CrossbarSpec.{name} is required with mapping='direct' (a positive integer).")
         _check_positive_int(name, getattr(self, name))
     else:
       for name in ("kin", "kout"):
         if getattr(self, name) is not None:
-          raise ValueError(
+          raise SpecError(
               f"CrossbarSpec.{name} is only valid with mapping='direct'; with mapping="
               f"{self.mapping!r} it is derived from rows/cols. Leave it unset.")
       if self.cols < self.columns_per_weight:
-        raise ValueError(
+        raise SpecError(
             f"CrossbarSpec.cols={self.cols} cannot hold one weight, which takes "
             f"{self.columns_per_weight} columns (weight_bits={self.weight_bits}, cell_bits="
             f"{self.cell_bits}, differential={self.differential}); valid: cols >= "
@@ -116,10 +120,10 @@ class CrossbarSpec:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(config) - fields)
     if unknown:
-      raise ValueError(f"CrossbarSpec: unknown field(s) {unknown}; valid: {sorted(fields)}.")
+      raise SpecError(f"CrossbarSpec: unknown field(s) {unknown}; valid: {sorted(fields)}.")
     missing = [name for name in ("rows", "cols") if name not in config]
     if missing:
-      raise ValueError(f"CrossbarSpec: missing field(s) {missing}; rows and cols are required.")
+      raise SpecError(f"CrossbarSpec: missing field(s) {missing}; rows and cols are required.")
     return cls(**config)
 
   def to_string(self) -> str:
@@ -139,11 +143,11 @@ class CrossbarSpec:
 
   @classmethod
   def preset(cls, name: str) -> "CrossbarSpec":
-    """A hardware preset shipped with the package, by name (e.g. `isaac_128x128`)."""
+    """A crossbar preset shipped with the package, by name (e.g. `isaac_128x128`)."""
     if name not in preset_names():
-      raise ValueError(f"CrossbarSpec.preset: {name!r} is unknown; valid: "
-                       f"{', '.join(preset_names())}.")
-    return _from_file(PRESETS_DIR / f"{name}.json")
+      raise SpecError(f"CrossbarSpec.preset: {name!r} is unknown; valid: "
+                      f"{', '.join(preset_names())}.")
+    return _from_file(preset_path(name))
 
   @classmethod
   def from_string(cls, text: str) -> "CrossbarSpec":
@@ -151,25 +155,33 @@ class CrossbarSpec:
     head, *rest = [p.strip() for p in text.split(",")]
     size = head.lower().split("x")
     if len(size) != 2 or not all(s.isdigit() for s in size):
-      raise ValueError(f"crossbar {text!r}: expected 'ROWSxCOLS[,field=value...]', e.g. '128x128'.")
+      raise SpecError(f"crossbar {text!r}: expected 'ROWSxCOLS[,field=value...]', e.g. '128x128'.")
     config: dict[str, Any] = {"rows": int(size[0]), "cols": int(size[1])}
     for part in rest:
       key, sep, value = part.partition("=")
       if not sep:
-        raise ValueError(f"crossbar {text!r}: {part!r} is not of the form field=value.")
+        raise SpecError(f"crossbar {text!r}: {part!r} is not of the form field=value.")
       key = key.strip()
       if key not in {f.name for f in dataclasses.fields(cls)}:
-        raise ValueError(f"crossbar {text!r}: unknown field {key!r}.")
+        raise SpecError(f"crossbar {text!r}: unknown field {key!r}.")
       config[key] = _parse_value(key, value.strip())
     return cls.from_dict(config)
 
 
+# The one folder of shipped presets: crossbars as `NAME.crossbar.json` (here), chips as
+# `NAME.chip.json` (`xbar_tfmot.core.hardware`).
 PRESETS_DIR = pathlib.Path(__file__).with_name("presets")
+PRESET_SUFFIX = ".crossbar.json"
+
+
+def preset_path(name: str) -> pathlib.Path:
+  """The file of the crossbar preset `name` (`xbar_tfmot/core/presets/NAME.crossbar.json`)."""
+  return PRESETS_DIR / f"{name}{PRESET_SUFFIX}"
 
 
 def preset_names() -> list[str]:
-  """The names of the hardware presets shipped in the package (`xbar_tfmot/core/presets`)."""
-  return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+  """The names of the crossbar presets shipped in the package (`xbar_tfmot/core/presets`)."""
+  return sorted(p.name[:-len(PRESET_SUFFIX)] for p in PRESETS_DIR.glob(f"*{PRESET_SUFFIX}"))
 
 
 def parse_spec(text: str) -> CrossbarSpec:
@@ -178,13 +190,13 @@ def parse_spec(text: str) -> CrossbarSpec:
     return CrossbarSpec.preset(text)
   if not text.endswith(".json"):
     if "x" not in text.split(",")[0] and "=" not in text:
-      raise ValueError(f"crossbar {text!r}: not a preset name, a .json file or "
-                       f"'ROWSxCOLS[,field=value...]'; presets: {', '.join(preset_names())}.")
+      raise SpecError(f"crossbar {text!r}: not a preset name, a .json file or "
+                      f"'ROWSxCOLS[,field=value...]'; presets: {', '.join(preset_names())}.")
     return CrossbarSpec.from_string(text)
   path = pathlib.Path(text)
   if not path.exists():
-    raise ValueError(f"crossbar preset {text!r} does not exist; valid: a JSON file or a "
-                     f"preset name ({', '.join(preset_names())}).")
+    raise SpecError(f"crossbar preset {text!r} does not exist; valid: a JSON file or a "
+                    f"preset name ({', '.join(preset_names())}).")
   return _from_file(path)
 
 
@@ -195,10 +207,10 @@ def _from_file(path: pathlib.Path) -> CrossbarSpec:
   except strict_json.DuplicateKeyError:
     raise  # already names the file and the key
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"crossbar preset file {str(path)!r} cannot be read as JSON: {e}") from None
+    raise SpecError(f"crossbar preset file {str(path)!r} cannot be read as JSON: {e}") from None
   if not isinstance(config, dict):
-    raise ValueError(f"crossbar preset file {str(path)!r}: expected a JSON object of "
-                     f"CrossbarSpec fields, got {type(config).__name__}.")
+    raise SpecError(f"crossbar preset file {str(path)!r}: expected a JSON object of "
+                    f"CrossbarSpec fields, got {type(config).__name__}.")
   return CrossbarSpec.from_dict(config)
 
 
@@ -207,7 +219,7 @@ def _parse_value(key: str, value: str) -> Any:
     return value
   if key == "differential":
     if value.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"crossbar field differential={value!r}: valid values are true or false.")
+      raise SpecError(f"crossbar field differential={value!r}: valid values are true or false.")
     return value.lower() in ("true", "1")
   if key == "layer_replicas":
     pairs = [p.split(":") for p in value.split(";") if p]
@@ -219,9 +231,9 @@ def _parse_int(key: str, value: str) -> int:
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f"crossbar field {key}={value!r}: expected an integer.") from None
+    raise SpecError(f"crossbar field {key}={value!r}: expected an integer.") from None
 
 
 def _check_positive_int(name: str, value: Any) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"CrossbarSpec.{name}={value!r} is invalid; valid: an integer >= 1.")
+    raise SpecError(f"CrossbarSpec.{name}={value!r} is invalid; valid: an integer >= 1.")

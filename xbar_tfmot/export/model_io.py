@@ -8,6 +8,8 @@ import os
 import re
 from typing import Any, Mapping
 
+from xbar_tfmot.core.errors import ModelError
+
 # Keras 3 applications built with weights=None: for mapping, counting and speed only.
 BUILTINS = {
     "vgg16": "VGG16",
@@ -32,7 +34,7 @@ def load_custom_objects(modules: str) -> dict[str, Any]:
     try:
       module = importlib.import_module(name)
     except ImportError as e:
-      raise ValueError(f"custom objects module {name!r} does not import: {e}; valid: a module "
+      raise ModelError(f"custom objects module {name!r} does not import: {e}; valid: a module "
                        f"on the Python path that defines the model's custom layers.") from None
     out.update({k: v for k, v in vars(module).items()
                 if (inspect.isclass(v) or inspect.isfunction(v)) and v.__module__ == name})
@@ -62,7 +64,7 @@ def load_model(source: str, custom_objects: Mapping[str, Any] | None = None) -> 
   if source.startswith("builtin:"):
     name = source.split(":", 1)[1].lower()
     if name not in BUILTINS:
-      raise ValueError(f"model {source!r}: unknown built-in; valid: "
+      raise ModelError(f"model {source!r}: unknown built-in; valid: "
                        f"{', '.join('builtin:' + n for n in BUILTINS)}.")
     import keras
     return getattr(keras.applications, BUILTINS[name])(weights=None)
@@ -71,14 +73,14 @@ def load_model(source: str, custom_objects: Mapping[str, Any] | None = None) -> 
                             f"a SavedModel folder, or builtin:NAME.")
   if os.path.isdir(source):
     if not os.path.exists(os.path.join(source, "saved_model.pb")):
-      raise ValueError(f"model folder {source!r} holds no saved_model.pb; it is not a SavedModel.")
+      raise ModelError(f"model folder {source!r} holds no saved_model.pb; it is not a SavedModel.")
     loaders = ("tf_keras",)
   elif source.endswith(".keras"):
     loaders = ("keras3", "tf_keras")
   elif source.endswith((".h5", ".hdf5")):
     loaders = ("tf_keras", "keras3")
   else:
-    raise ValueError(f"model file {source!r}: unknown format; valid: .keras, .h5, a SavedModel "
+    raise ModelError(f"model file {source!r}: unknown format; valid: .keras, .h5, a SavedModel "
                      f"folder, or builtin:NAME.")
   errors, unknown = [], None
   for flavour in loaders:
@@ -88,11 +90,11 @@ def load_model(source: str, custom_objects: Mapping[str, Any] | None = None) -> 
       unknown = unknown or unknown_class(str(err))
       errors.append(f"{flavour}: {type(err).__name__}: {str(err)[:ERROR_CHARS]}")
   if unknown:
-    raise ValueError(
+    raise ModelError(
         f"model file {source!r} uses the class {unknown!r}, which is not known here; pass its "
         f"class as custom_objects={{{unknown!r}: ...}} (library) or the module defining it as "
         f"--custom-objects MODULE (command line).")
-  raise ValueError(f"model file {source!r} could not be loaded:\n  " + "\n  ".join(errors))
+  raise ModelError(f"model file {source!r} could not be loaded:\n  " + "\n  ".join(errors))
 
 
 def load_with(flavour: str, source: str, custom_objects: Mapping[str, Any] | None = None,

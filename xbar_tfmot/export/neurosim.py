@@ -19,7 +19,7 @@ import io
 from typing import Any
 
 from xbar_tfmot.core.mapping import CrossbarMapping
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 
 POOLING = ("MaxPooling2D", "AveragePooling2D", "MaxPool2D", "AveragePool2D")
 CROSSBAR_COLUMNS = ("layer", "type", "dense_crossbars", "crossbars", "reduction", "utilization",
@@ -29,7 +29,7 @@ CROSSBAR_COLUMNS = ("layer", "type", "dense_crossbars", "crossbars", "reduction"
 def network_rows(model: Any, mapping: CrossbarMapping) -> list[list[int]]:
   """NeuroSim's eight columns for every mapped layer, in mapping order."""
   layers = list(model.layers)
-  index = {layers_lib.unwrap(l).name: i for i, l in enumerate(layers)}
+  index = {introspection.unwrap(l).name: i for i, l in enumerate(layers)}
   names = set(mapping.layer_names)
   rows = []
   for name in mapping.layer_names:
@@ -41,12 +41,12 @@ def network_rows(model: Any, mapping: CrossbarMapping) -> list[list[int]]:
     if entry["type"] == "Dense":
       rows.append([1, 1, int(kernel[0]), 1, 1, int(kernel[1]), 0, 1])
       continue
-    config = layers_lib.unwrap(layer).get_config()
+    config = introspection.unwrap(layer).get_config()
     pooled = 0
     for later in layers[i + 1:]:
-      if layers_lib.unwrap(later).name in names:
+      if introspection.unwrap(later).name in names:
         break
-      if type(layers_lib.unwrap(later)).__name__ in POOLING:
+      if type(introspection.unwrap(later)).__name__ in POOLING:
         pooled = 1
         break
     if entry["type"] == "Conv1D":

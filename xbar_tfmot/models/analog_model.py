@@ -34,7 +34,7 @@ import tensorflow as tf
 from xbar_tfmot.core import analog, crossbar_matmul
 from xbar_tfmot.core import mapping as mapping_lib
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.crossbar_model import (gather_inputs, output_shape,
                                               replace_mapped_layers, scatter_columns)
 from xbar_tfmot.models.model_mapping import validate_mapping
@@ -131,7 +131,7 @@ def _sample(x, limit: int = 1_000_000) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def layer_class(flavour: str):
   """`AnalogLayer` for the given Keras flavour (`tf_keras` or `keras3`)."""
-  K = layers_lib.keras_module(flavour)
+  K = introspection.keras_module(flavour)
 
   class AnalogLayer(K.layers.Layer):
     """A mapped layer computed on non-ideal crossbars. Inference only; not serialisable."""
@@ -184,7 +184,7 @@ def layer_class(flavour: str):
 
 def _analog_layer(layer: Any, mapping: mapping_lib.CrossbarMapping, hw: HardwareSpec, seed: int,
                   index: int):
-  inner = layers_lib.unwrap(layer)
+  inner = introspection.unwrap(layer)
   pack = mapping.packing(inner.name)
   config = inner.get_config()
   if config.get("data_format", "channels_last") != "channels_last":
@@ -195,11 +195,11 @@ def _analog_layer(layer: Any, mapping: mapping_lib.CrossbarMapping, hw: Hardware
       "strides": tuple(config["strides"]), "padding": config["padding"],
       "dilation_rate": tuple(config["dilation_rate"])}
   weight_bits, cell_bits, differential = hw.cells(mapping.spec)
-  encoded = analog.encode(pack.crossbar_weights(layers_lib.effective_kernel(layer)), hw,
+  encoded = analog.encode(pack.crossbar_weights(introspection.effective_kernel(layer)), hw,
                           weight_bits, cell_bits, differential)
   core = AnalogCore(hw, encoded, pack.columns, seed, index)
   bias = np.asarray(inner.bias) if getattr(inner, "use_bias", False) else None
-  cls = layer_class(layers_lib.flavour(inner))
+  cls = layer_class(introspection.flavour(inner))
   return cls(core, kind, pack.geometry.kernel_shape, pack.crossbar_rows(), conv,
              activation=inner.activation, bias=bias, name=inner.name, dtype=inner.dtype)
 
@@ -229,12 +229,13 @@ def analog_model(model: Any, mapping: mapping_lib.CrossbarMapping, hw: HardwareS
                         "adc_bits is set (the DAC and ADC ranges are calibrated on data).")
   validate_mapping(mapping, model)
   hw.cells(mapping.spec)
-  cls = layer_class(layers_lib.flavour(model))
+  cls = layer_class(introspection.flavour(model))
   copy = replace_mapped_layers(
       model, mapping.layer_names,
       lambda layer, index: _analog_layer(layer, mapping, hw, seed, index), cls)
   if needs_calibration:
-    _calibrate(model, copy, cls, calibration, layers_lib.keras_module(layers_lib.flavour(model)))
+    keras = introspection.keras_module(introspection.flavour(model))
+    _calibrate(model, copy, cls, calibration, keras)
   return copy
 
 
@@ -245,7 +246,7 @@ def analog_layers(model: Any) -> list[Any]:
 
 def _calibrate(model, copy, cls, calibration, K) -> None:
   targets = [l for l in copy.layers if isinstance(l, cls)]
-  originals = {layers_lib.unwrap(l).name: l for l in model.layers}
+  originals = {introspection.unwrap(l).name: l for l in model.layers}
   probe = K.Model(model.inputs, [originals[l.name].input for l in targets])
   inputs = probe(calibration, training=False)
   if not isinstance(inputs, (list, tuple)):
@@ -265,7 +266,7 @@ def output_positions(model: Any, names: Sequence[str]) -> dict[str, int]:
   """Output positions per inference of each named layer (height x width; 1 for a vector)."""
   out = {}
   for layer in model.layers:
-    name = layers_lib.unwrap(layer).name
+    name = introspection.unwrap(layer).name
     if name in names:
       shape = layer.output.shape
       out[name] = int(np.prod([d for d in shape[1:-1]], dtype=np.int64)) if len(shape) > 2 else 1
@@ -277,8 +278,8 @@ def output_positions(model: Any, names: Sequence[str]) -> dict[str, int]:
 
 def layer_inputs(model: Any, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
   """Input shape without the batch axis of each named layer."""
-  return {layers_lib.unwrap(l).name: tuple(int(d) for d in l.input.shape[1:])
-          for l in model.layers if layers_lib.unwrap(l).name in names}
+  return {introspection.unwrap(l).name: tuple(int(d) for d in l.input.shape[1:])
+          for l in model.layers if introspection.unwrap(l).name in names}
 
 
 def analog_accuracy(model: Any, mapping: mapping_lib.CrossbarMapping, hw: HardwareSpec,

@@ -23,6 +23,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.core.errors import ModelError
+
 BATCHNORM_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
 
 
@@ -80,7 +82,7 @@ def recalibrate_batchnorm(model: Any, data: Any, steps: int | None = None,
     The number of batches used (0 if the model has no trainable BatchNormalization layer).
   """
   if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-    raise ValueError(f"recalibrate_batchnorm: steps={steps!r} is invalid; valid: a positive "
+    raise ModelError(f"recalibrate_batchnorm: steps={steps!r} is invalid; valid: a positive "
                      f"integer or None.")
   layers = [l for l in batchnorm_layers(model) if l.trainable]
   if not layers:
@@ -109,6 +111,6 @@ def recalibrate_batchnorm(model: Any, data: Any, steps: int | None = None,
       else:
         object.__setattr__(layer, "call", call)
   if not used:
-    raise ValueError("recalibrate_batchnorm: data holds no batch; valid: at least one batch of "
+    raise ModelError("recalibrate_batchnorm: data holds no batch; valid: at least one batch of "
                      "inputs.")
   return used

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from xbar_tfmot import _compat
 from xbar_tfmot.core.geometry import KERNEL_RANK
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 
 # Layers that keep every channel where it is and have no per-channel parameters.
 PASSTHROUGH = frozenset({
@@ -198,7 +198,7 @@ def analyze(model: Any) -> ChannelGraph:
       reason = "has several outputs"
     elif not _channels_last(layer):
       reason = "does not work on the last (channels_last) axis"
-    kind = layers_lib.layer_kind(layers_lib.unwrap(layer))
+    kind = introspection.layer_kind(introspection.unwrap(layer))
     if reason is None:
       reason = _propagate(layer, kind_name, kind, known, outs[0], uf, layouts, inputs, outputs,
                           carriers)
@@ -220,10 +220,10 @@ def _propagate(layer, kind_name, kind, known, out, uf, layouts, inputs, outputs,
   """Records one supported layer; returns why not if it is not supported."""
   key = _key(out)
   if kind in KERNEL_RANK:
-    if layer is not layers_lib.unwrap(layer):
+    if layer is not introspection.unwrap(layer):
       return "is a wrapped layer (reorder before pruning)"
-    if layers_lib.unmapped_reason(layer):
-      return layers_lib.unmapped_reason(layer)
+    if introspection.unmapped_reason(layer):
+      return introspection.unmapped_reason(layer)
     (layout,) = known
     if kind != "Dense" and layout.flattened:
       return "convolves a flattened tensor"
@@ -271,7 +271,7 @@ def _propagate(layer, kind_name, kind, known, out, uf, layouts, inputs, outputs,
       return "flattens a tensor of unknown spatial size"
     layouts[key] = Layout(layout.segments, int(np.prod(spatial, dtype=np.int64)), True)
     return None
-  weights_reason = layers_lib.unmapped_reason(layer)
+  weights_reason = introspection.unmapped_reason(layer)
   if weights_reason:
     return f"is not a channel-wise layer this analysis knows ({weights_reason})"
   return "is not a channel-wise layer this analysis knows"

@@ -25,8 +25,8 @@ import tensorflow as tf
 
 from xbar_tfmot.core import crossbar_matmul
 from xbar_tfmot.core import mapping as mapping_lib
-from xbar_tfmot.core.errors import XbarError
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.core.errors import ModelError, XbarError
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.model_mapping import validate_mapping
 
 POINTWISE = {"strides": (1, 1), "padding": "valid", "dilation_rate": (1, 1)}
@@ -95,7 +95,7 @@ def scatter_columns(partial: tf.Tensor, columns: np.ndarray, cout: int) -> tf.Te
 @functools.lru_cache(maxsize=None)
 def layer_class(flavour: str):
   """`CrossbarLayer` for the given Keras flavour (`tf_keras` or `keras3`)."""
-  K = layers_lib.keras_module(flavour)
+  K = introspection.keras_module(flavour)
 
   class CrossbarLayer(K.layers.Layer):
     """A mapped layer computed crossbar by crossbar from its packed weights."""
@@ -186,23 +186,23 @@ def depthwise_forward(x: tf.Tensor, kernel, depthwise: dict) -> tf.Tensor:
 
 def explicit_layer(layer: Any, mapping: mapping_lib.CrossbarMapping):
   """The `CrossbarLayer` replacing mapped `layer` (possibly wrapped) under `mapping`."""
-  inner = layers_lib.unwrap(layer)
+  inner = introspection.unwrap(layer)
   pack = mapping.packing(inner.name)
-  kernel = layers_lib.effective_kernel(layer)
+  kernel = introspection.effective_kernel(layer)
   config = inner.get_config()
   if config.get("data_format", "channels_last") != "channels_last":
-    raise ValueError(f"layer {inner.name!r}: data_format={config['data_format']!r} is not "
+    raise ModelError(f"layer {inner.name!r}: data_format={config['data_format']!r} is not "
                      f"supported by the crossbar-explicit model; valid: channels_last.")
   kind = pack.geometry.kind
   conv = {} if kind == "Dense" else {
       "strides": config["strides"], "padding": config["padding"],
       "dilation_rate": config["dilation_rate"]}
   depthwise = depthwise_kernel = None
-  if layers_lib.digital_part(inner):
+  if introspection.digital_part(inner):
     depthwise_kernel = np.asarray(inner.depthwise_kernel)
     depthwise = {"kernel_shape": depthwise_kernel.shape, **conv}
     conv = POINTWISE
-  cls = layer_class(layers_lib.flavour(inner))
+  cls = layer_class(introspection.flavour(inner))
   out = cls(kind, pack.geometry.kernel_shape, pack.crossbar_rows(), pack.columns,
             activation=inner.activation, use_bias=bool(getattr(inner, "use_bias", False)),
             name=inner.name, dtype=inner.dtype, depthwise=depthwise,
@@ -221,7 +221,7 @@ def crossbar_model(model: Any, mapping: mapping_lib.CrossbarMapping) -> Any:
   validate_mapping(mapping, model)
   return replace_mapped_layers(model, mapping.layer_names,
                                lambda layer, index: explicit_layer(layer, mapping),
-                               layer_class(layers_lib.flavour(model)))
+                               layer_class(introspection.flavour(model)))
 
 
 def replace_mapped_layers(model: Any, names, make: Callable[[Any, int], Any],
@@ -232,18 +232,19 @@ def replace_mapped_layers(model: Any, names, make: Callable[[Any, int], Any],
   A partly mapped layer (SeparableConv2D) is refused unless `replaced` computes its digital
   part (`computes_digital_parts`), so no replacement silently drops the depthwise step.
   """
-  K = layers_lib.keras_module(layers_lib.flavour(model))
+  K = introspection.keras_module(introspection.flavour(model))
   order = {name: i for i, name in enumerate(names)}
 
   def clone(layer):
-    inner = layers_lib.unwrap(layer)
+    inner = introspection.unwrap(layer)
     name = inner.name
     if name in order:
-      if layers_lib.digital_part(inner) and not getattr(replaced, "computes_digital_parts", False):
+      if (introspection.digital_part(inner)
+          and not getattr(replaced, "computes_digital_parts", False)):
         raise DigitalPartError(
             f"layer {name!r} ({type(inner).__name__}): {replaced.__name__} computes only what "
             f"crossbars hold, so it would drop the layer's digital part "
-            f"({layers_lib.digital_part(inner)}); valid here: Conv2D, Conv1D and Dense layers "
+            f"({introspection.digital_part(inner)}); valid here: Conv2D, Conv1D and Dense layers "
             f"(crossbar_model computes separable convolutions).")
       return make(layer, order[name])
     return layer.__class__.from_config(layer.get_config())

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from xbar_tfmot.core.errors import ModelError, NotKerasObjectError
 from xbar_tfmot.core.geometry import KERNEL_RANK, LayerGeometry
 from xbar_tfmot.core.spec import CrossbarSpec
 
@@ -46,7 +47,7 @@ def keras_module(flavour: str):
   if flavour == "keras3":
     import keras
     return keras
-  raise ValueError(f"flavour={flavour!r} is unknown; valid: {', '.join(FLAVOURS)}.")
+  raise ModelError(f"flavour={flavour!r} is unknown; valid: {', '.join(FLAVOURS)}.")
 
 
 def flavour(obj: Any) -> str:
@@ -57,7 +58,7 @@ def flavour(obj: Any) -> str:
       return "tf_keras"
     if root == "keras":
       return "keras3"
-  raise TypeError(f"{type(obj).__name__} is neither a tf_keras nor a Keras 3 object.")
+  raise NotKerasObjectError(f"{type(obj).__name__} is neither a tf_keras nor a Keras 3 object.")
 
 
 def unwrap(layer: Any) -> Any:
@@ -88,7 +89,7 @@ def mapped_kernels(model: Any, names: Iterable[str], owner: str) -> dict[str, An
   by_name = {unwrap(l).name: unwrap(l) for l in iter_layers(model) if is_mapped(unwrap(l))}
   missing = [n for n in names if n not in by_name]
   if missing:
-    raise ValueError(f"{owner}: no mapped layer {', '.join(map(repr, missing))} in model "
+    raise ModelError(f"{owner}: no mapped layer {', '.join(map(repr, missing))} in model "
                      f"{model.name!r}; valid: {', '.join(by_name)}.")
   return {n: mapped_kernel(by_name[n]) for n in names}
 
@@ -165,7 +166,7 @@ def is_mapped(layer: Any) -> bool:
 def geometry_of(layer: Any, spec: CrossbarSpec) -> LayerGeometry:
   """The crossbar tiling of a mapped layer's mapped kernel (ValueError if it cannot be mapped)."""
   if not is_mapped(layer):
-    raise ValueError(f"layer {layer.name!r}: {unmapped_reason(layer) or 'has no kernel to map'}.")
+    raise ModelError(f"layer {layer.name!r}: {unmapped_reason(layer) or 'has no kernel to map'}.")
   return LayerGeometry(layer.name, mapped_kind(layer), tuple(mapped_kernel(layer).shape), spec)
 
 
@@ -185,6 +186,6 @@ def compiled_loss(model: Any, owner: str, loss: Any = None) -> Any:
   if isinstance(loss, str):
     loss = keras_module(flavour(model)).losses.get(loss)
   if not callable(loss):
-    raise ValueError(f"{owner}: the loss {loss!r} is not one callable; compile the model with "
+    raise ModelError(f"{owner}: the loss {loss!r} is not one callable; compile the model with "
                      f"a single loss (or pass loss=).")
   return loss

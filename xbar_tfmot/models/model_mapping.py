@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from xbar_tfmot.core import packing
+from xbar_tfmot.core.errors import ModelError
 from xbar_tfmot.core.mapping import CrossbarMapping, document, layer_entry
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection
@@ -63,7 +64,7 @@ def build_mapping(model: Any, spec: CrossbarSpec, granularity: str = "column",
   names = [inner.name for _, inner in mapped_layers(model)]
   unknown = sorted(set(permutations) - set(names))
   if unknown:
-    raise ValueError(f"permutations given for {unknown}, which are not mapped layers of model "
+    raise ModelError(f"permutations given for {unknown}, which are not mapped layers of model "
                      f"{model.name!r}; mapped layers: {names}.")
   entries = []
   for layer, inner in mapped_layers(model):

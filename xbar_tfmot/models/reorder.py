@@ -23,11 +23,12 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.core.errors import ModelError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.projection import GRANULARITIES, crossbar_budget, project
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import channels as channels_lib
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +177,7 @@ def _budgets(names, geometries, reduction) -> dict[str, int]:
   if isinstance(reduction, Mapping):
     unknown = sorted(set(reduction) - set(names))
     if unknown:
-      raise ValueError(f"reduction given for {unknown}, which are not mapped layers; mapped "
+      raise ModelError(f"reduction given for {unknown}, which are not mapped layers; mapped "
                        f"layers: {sorted(names)}.")
     return {n: crossbar_budget(geometries[n].dense_crossbars, r) for n, r in reduction.items()}
   return {n: crossbar_budget(geometries[n].dense_crossbars, reduction) for n in names}
@@ -204,12 +205,12 @@ def reorder_model(model: Any, spec: CrossbarSpec, reduction: float | Mapping[str
     `(model copy or model, ReorderResult)`.
   """
   if granularity not in GRANULARITIES:
-    raise ValueError(f"granularity={granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}.")
+    raise ModelError(f"granularity={granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}.")
   rng = np.random.default_rng(seed)
   mapped = {layer.name: layer for layer in model.layers
-            if layers_lib.is_mapped(layer)}
-  geometries = {n: layers_lib.geometry_of(l, spec) for n, l in mapped.items()}
-  kernels = {n: np.asarray(layers_lib.mapped_kernel(l), np.float64) for n, l in mapped.items()}
+            if introspection.is_mapped(layer)}
+  geometries = {n: introspection.geometry_of(l, spec) for n, l in mapped.items()}
+  kernels = {n: np.asarray(introspection.mapped_kernel(l), np.float64) for n, l in mapped.items()}
   budgets = _budgets(list(mapped), geometries, reduction)
   skipped: dict[str, str] = {}
   identity = {n: np.arange(g.cin) for n, g in geometries.items()}
@@ -302,7 +303,7 @@ def _state_ratios(names, graph, space_perms, geometries, kernels, budgets,
 def apply_permutations(model: Any, graph: channels_lib.ChannelGraph,
                        space_perms: Mapping[int, np.ndarray]) -> Any:
   """A copy of `model` with the channel spaces permuted (same function)."""
-  K = layers_lib.keras_module(layers_lib.flavour(model))
+  K = introspection.keras_module(introspection.flavour(model))
   copy = K.models.clone_model(model)
   outputs_of = {}
   for name, sid in graph.outputs.items():

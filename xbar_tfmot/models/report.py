@@ -13,7 +13,7 @@ from typing import Any
 
 from xbar_tfmot.core.geometry import Counts, LayerGeometry
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,24 +132,24 @@ def crossbar_report(model: Any, spec: CrossbarSpec) -> CrossbarReport:
   pointwise kernel); `mapped_kernel` names it and `digital` says what stays digital.
   """
   out = []
-  for layer in layers_lib.iter_layers(model):
-    inner = layers_lib.unwrap(layer)
-    attribute = layers_lib.kernel_attribute(inner)
+  for layer in introspection.iter_layers(model):
+    inner = introspection.unwrap(layer)
+    attribute = introspection.kernel_attribute(inner)
     kernel = getattr(inner, attribute, None)
     shape = tuple(int(d) for d in kernel.shape) if kernel is not None else None
     base = {"name": inner.name, "type": type(inner).__name__, "kernel_shape": shape}
-    reason = layers_lib.unmapped_reason(inner)
+    reason = introspection.unmapped_reason(inner)
     if reason is None and kernel is None:
       continue
     if reason is None:
       try:
-        geometry = layers_lib.geometry_of(inner, spec)
+        geometry = introspection.geometry_of(inner, spec)
       except ValueError as err:
         reason = str(err)
       else:
         out.append(LayerReport(**base, geometry=geometry,
-                               counts=geometry.counts(layers_lib.effective_kernel(layer)),
-                               mapped_kernel=attribute, digital=layers_lib.digital_part(inner)))
+                               counts=geometry.counts(introspection.effective_kernel(layer)),
+                               mapped_kernel=attribute, digital=introspection.digital_part(inner)))
         continue
     out.append(LayerReport(**base, reason=reason))
   return CrossbarReport(getattr(model, "name", "model"), spec, tuple(out))

@@ -16,10 +16,11 @@ from typing import Any, Callable
 import numpy as np
 
 from xbar_tfmot.core import schedules as xschedules
+from xbar_tfmot.core.errors import PruningConfigError
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.pruning import allocation
-from xbar_tfmot.pruning import plan as core
+from xbar_tfmot.pruning import plan
 
 FLAVOUR_MODULES = {"tf_keras": "xbar_tfmot.pruning.tf_keras",
                    "keras3": "xbar_tfmot.pruning.keras3"}
@@ -28,7 +29,8 @@ FLAVOUR_MODULES = {"tf_keras": "xbar_tfmot.pruning.tf_keras",
 def adapter_for(flavour: str) -> "Adapter":
   """The adapter of a flavour, importing its module on first use (TFMOT only for tf_keras)."""
   if flavour not in FLAVOUR_MODULES:
-    raise ValueError(f"flavour={flavour!r} is not supported; valid: {', '.join(FLAVOUR_MODULES)}.")
+    raise PruningConfigError(
+        f"flavour={flavour!r} is not supported; valid: {', '.join(FLAVOUR_MODULES)}.")
   return importlib.import_module(FLAVOUR_MODULES[flavour]).ADAPTER
 
 
@@ -46,7 +48,7 @@ class CrossbarWrapperMixin:
                    regrowth: str, temperature, final_budget, target_reduction, layer_index: int,
                    seed: int, allocation: dict | None = None) -> None:
     if spec is None:
-      raise ValueError(f"CrossbarPrune({layer.name!r}): spec is required (a CrossbarSpec).")
+      raise PruningConfigError(f"CrossbarPrune({layer.name!r}): spec is required (a CrossbarSpec).")
     self.spec = CrossbarSpec.from_dict(spec) if isinstance(spec, dict) else spec
     self.granularity = granularity
     self.pruning_schedule = (self._deserialize_schedule(pruning_schedule)
@@ -115,7 +117,7 @@ class Adapter:
     for layer in model.layers:
       if isinstance(layer, self.keras.Model):
         if not self.is_graph_model(layer):
-          raise ValueError(
+          raise PruningConfigError(
               f"prune_crossbar: nested model {layer.name!r} is subclassed; subclassed models "
               f"are not supported (only Sequential and functional models).")
         yield from self.walk(layer)
@@ -134,23 +136,23 @@ class Adapter:
       return self._prune_list(list(to_prune), common, policy, reduction)
     if isinstance(to_prune, keras.Model):
       if not self.is_graph_model(to_prune):
-        raise ValueError(core.SUBCLASSED.format(type(to_prune).__name__))
-      plan = core.plan_model(list(self.walk(to_prune)), spec, policy, reduction)
+        raise PruningConfigError(plan.SUBCLASSED.format(type(to_prune).__name__))
+      plans = plan.plan_model(list(self.walk(to_prune)), spec, policy, reduction)
 
       def wrap(layer):
-        return self.wrapper(layer, **plan[id(layer)], **common) if id(layer) in plan else layer
+        return self.wrapper(layer, **plans[id(layer)], **common) if id(layer) in plans else layer
 
       return self._clone(to_prune, wrap)
     if isinstance(to_prune, keras.layers.Layer):
       return self._prune_list([to_prune], common, policy, reduction)[0]
-    raise ValueError(
+    raise PruningConfigError(
         f"prune_crossbar can only prune a Sequential or functional keras model, a keras layer, "
         f"or a list of keras layers; got {type(to_prune).__name__}.")
 
   def _prune_list(self, items, common, policy, reduction):
-    plan = core.plan_list(items, common["spec"], policy, reduction)
+    plans = plan.plan_list(items, common["spec"], policy, reduction)
     out = []
-    for layer, args in zip(items, plan):
+    for layer, args in zip(items, plans):
       if isinstance(layer, self.keras.layers.InputLayer) and self.copy_input_layers:
         out.append(layer.__class__.from_config(layer.get_config()))
       else:
@@ -172,7 +174,7 @@ class Adapter:
     if isinstance(model, self.wrapper):
       return model.stripped_layer()
     if not isinstance(model, self.keras.Model):
-      raise ValueError(
+      raise PruningConfigError(
           f"strip_crossbar_pruning: expected a keras Model or a CrossbarPrune layer, got "
           f"{type(model).__name__}.")
 

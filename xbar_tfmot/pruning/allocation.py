@@ -21,9 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from xbar_tfmot.core.policy import allocate_by_score, unit_scores
-from xbar_tfmot.models import introspection as xlayers
-from xbar_tfmot.pruning import plan as core
+from xbar_tfmot.core.errors import PruningConfigError
+from xbar_tfmot.core.policy import allocate_by_score, canonical_score, unit_scores
+from xbar_tfmot.models import introspection
+from xbar_tfmot.pruning import plan
 
 
 def shared_groups(wrappers: Sequence[Any]) -> list[list[Any]]:
@@ -43,14 +44,14 @@ def check_fit(model: Any, wrappers: Sequence[Any], data: Any) -> None:
   per_call = getattr(model, "steps_per_execution", None)  # both Kerases; mirrored under a strategy
   steps = 1 if per_call is None or not groups else int(_read(per_call))
   if steps > 1:
-    raise ValueError(
+    raise PruningConfigError(
         f"UpdateCrossbarPruning: a shared crossbar budget (CrossbarPolicy(mode='global_score')) "
         f"is re-split before every mask-update batch, but the model was compiled with "
         f"steps_per_execution={steps}, which runs batches the callback never sees; valid: "
         f"compile with steps_per_execution=1.")
   for group in groups:
     if group[0].allocation.get("score") == "saliency" and data is None:
-      raise ValueError(
+      raise PruningConfigError(
           "UpdateCrossbarPruning: CrossbarPolicy(score='saliency') needs a few batches to take "
           "gradients on; pass UpdateCrossbarPruning(allocation_data=[(x, y), ...]) (training "
           "or validation images, not the test set).")
@@ -67,7 +68,7 @@ def check_pools_met(wrappers: Sequence[Any]) -> None:
     end, step = first.pruning_schedule.end_step, int(_read(first.pruning_step))
     held, total = sum(w.current_budget() for w in group), first.allocation["total"]
     if 0 <= end <= step and held != total:
-      raise ValueError(
+      raise PruningConfigError(
           f"strip_crossbar_pruning: layers {', '.join(w.layer.name for w in group)} share a "
           f"{first.allocation['mode']} budget of {total} crossbars but hold {held} after the "
           f"schedule's end_step {end}: they were fit without xbar_tfmot.UpdateCrossbarPruning, "
@@ -89,7 +90,7 @@ def pool_budget(group: Sequence[Any], step: int) -> int:
   """The pool's crossbars at `step`: its dense total down to `allocation.total` along the
   schedule, as `budget_at` does for one layer."""
   dense = sum(w.geometry.dense_crossbars for w in group)
-  return int(core.budget_at(group[0].pruning_schedule, dense, group[0].allocation["total"], step))
+  return int(plan.budget_at(group[0].pruning_schedule, dense, group[0].allocation["total"], step))
 
 
 def set_budget(wrapper: Any, budget: int) -> None:
@@ -102,9 +103,9 @@ def set_budget(wrapper: Any, budget: int) -> None:
 def magnitudes(model: Any, group: Sequence[Any], score: str, data: Any) -> list:
   """Per wrapper, a kernel-shaped array whose squares summed over a unit give its score."""
   kernels = [w._kernel() for w in group]
-  if score == "energy":
+  if canonical_score(score) == "magnitude":  # `energy` in models saved before the rename
     return [_read(k) for k in kernels]
-  loss_fn = xlayers.compiled_loss(model, "CrossbarPolicy(score='saliency')")
+  loss_fn = introspection.compiled_loss(model, "CrossbarPolicy(score='saliency')")
   total = [np.zeros(tuple(k.shape), np.float64) for k in kernels]
   strategy = getattr(model, "distribute_strategy", None)
   replicated = strategy is not None and strategy.num_replicas_in_sync > 1

@@ -12,11 +12,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from xbar_tfmot.core.errors import PruningConfigError
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import GRANULARITIES
 from xbar_tfmot.core.schedules import CrossbarConstant, CrossbarSchedule, CrossbarTemperatureDecay
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.pruning.adapter import adapter_for
 
@@ -71,18 +72,20 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
   _check_choice("regrowth", regrowth, REGROWTHS)
   schedule = CrossbarConstant(0.5) if schedule is None else schedule
   if not isinstance(schedule, CrossbarSchedule):
-    raise ValueError(
+    raise PruningConfigError(
         f"prune_crossbar: schedule={schedule!r} is invalid; valid: a CrossbarConstant or "
         f"CrossbarPolynomialDecay.")
   policy = CrossbarPolicy() if policy is None else policy
   if not isinstance(policy, CrossbarPolicy):
-    raise ValueError(f"prune_crossbar: policy={policy!r} is invalid; valid: a CrossbarPolicy.")
+    raise PruningConfigError(
+        f"prune_crossbar: policy={policy!r} is invalid; valid: a CrossbarPolicy.")
   if not isinstance(temperature, CrossbarTemperatureDecay):
     temperature = CrossbarTemperatureDecay(temperature, schedule.begin_step, schedule.end_step)
   if seed is None:
     seed = random.SystemRandom().randrange(2**31)
   elif isinstance(seed, bool) or not isinstance(seed, int):
-    raise ValueError(f"prune_crossbar: seed={seed!r} is invalid; valid: an integer or None.")
+    raise PruningConfigError(
+        f"prune_crossbar: seed={seed!r} is invalid; valid: an integer or None.")
   return adapter_for(_flavour_of(to_prune)).prune(
       to_prune, spec=spec, granularity=granularity, schedule=schedule, projection=projection,
       regrowth=regrowth, policy=policy, seed=seed, temperature=temperature)
@@ -106,8 +109,8 @@ def crossbar_pruning_scope(flavour: str = "tf_keras"):
   serialisables, so `keras.saving.load_model` needs no scope, and this one is harmless.
   """
   if flavour not in FLAVOURS:
-    raise ValueError(f"crossbar_pruning_scope: flavour={flavour!r} is unknown; valid: "
-                     f"{', '.join(FLAVOURS)}.")
+    raise PruningConfigError(f"crossbar_pruning_scope: flavour={flavour!r} is unknown; valid: "
+                             f"{', '.join(FLAVOURS)}.")
   return adapter_for(flavour).scope()
 
 
@@ -120,12 +123,13 @@ def _flavour_of(obj: Any) -> str:
   probe = obj
   if isinstance(obj, (list, tuple)):
     if not obj:
-      raise ValueError("prune_crossbar: the list of layers is empty; valid: a non-empty list.")
+      raise PruningConfigError(
+          "prune_crossbar: the list of layers is empty; valid: a non-empty list.")
     probe = obj[0]
   try:
-    return xlayers.flavour(probe)
+    return introspection.flavour(probe)
   except TypeError:
-    raise ValueError(
+    raise PruningConfigError(
         f"prune_crossbar can only prune a Sequential or functional keras model, a keras layer, "
         f"or a list of keras layers; got an object of type {type(obj).__name__}.") from None
 
@@ -134,10 +138,12 @@ def _check_spec(spec: Any) -> CrossbarSpec:
   if isinstance(spec, str):
     return CrossbarSpec.from_string(spec)
   if not isinstance(spec, CrossbarSpec):
-    raise ValueError(f"prune_crossbar: spec={spec!r} is invalid; valid: a CrossbarSpec or '128x128'.")
+    raise PruningConfigError(
+        f"prune_crossbar: spec={spec!r} is invalid; valid: a CrossbarSpec or '128x128'.")
   return spec
 
 
 def _check_choice(field: str, value: Any, valid: tuple[str, ...]) -> None:
   if value not in valid:
-    raise ValueError(f"prune_crossbar: {field}={value!r} is unknown; valid: {', '.join(valid)}.")
+    raise PruningConfigError(
+        f"prune_crossbar: {field}={value!r} is unknown; valid: {', '.join(valid)}.")

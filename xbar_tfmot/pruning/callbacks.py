@@ -18,8 +18,9 @@ from typing import Mapping
 
 import numpy as np
 
+from xbar_tfmot.core.errors import PruningConfigError
 from xbar_tfmot.core.geometry import LayerGeometry
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning import adapter
 
 
@@ -30,8 +31,8 @@ class _FlavourDispatch(type):
     if flavour is None:
       return _FromModel(cls.__name__, args, kwargs)
     if flavour not in adapter.FLAVOUR_MODULES:
-      raise ValueError(f"{cls.__name__}: flavour={flavour!r} is not supported; valid: "
-                       f"{', '.join(adapter.FLAVOUR_MODULES)}.")
+      raise PruningConfigError(f"{cls.__name__}: flavour={flavour!r} is not supported; valid: "
+                               f"{', '.join(adapter.FLAVOUR_MODULES)}.")
     return getattr(_module(flavour), cls.__name__)(*args, **kwargs)
 
   def __instancecheck__(cls, obj):
@@ -58,8 +59,8 @@ class _FromModel:
       SummariesMixin.check_arguments(*args, **kwargs)
 
   def set_model(self, model) -> None:
-    flavour = xlayers.flavour(model)
-    if self.implementation is None or xlayers.flavour(self.implementation) != flavour:
+    flavour = introspection.flavour(model)
+    if self.implementation is None or introspection.flavour(self.implementation) != flavour:
       self.implementation = getattr(_module(flavour), self.kind)(*self._args, **self._kwargs)
       if self._params is not None:
         self.implementation.set_params(self._params)
@@ -156,10 +157,11 @@ class SummariesMixin:
   @staticmethod
   def check_arguments(log_dir: str, update_freq: str | int = "epoch") -> None:
     if not isinstance(log_dir, str) or not log_dir:
-      raise ValueError(f"CrossbarPruningSummaries: log_dir={log_dir!r}; valid: a non-empty path.")
+      raise PruningConfigError(
+          f"CrossbarPruningSummaries: log_dir={log_dir!r}; valid: a non-empty path.")
     if update_freq != "epoch" and (isinstance(update_freq, bool) or
                                    not isinstance(update_freq, int) or update_freq < 1):
-      raise ValueError(
+      raise PruningConfigError(
           f"CrossbarPruningSummaries: update_freq={update_freq!r}; valid: 'epoch' or an integer "
           f">= 1 (batches).")
 
@@ -181,7 +183,7 @@ class SummariesMixin:
 
   def _write(self):
     import tensorflow as tf
-    flavour_adapter = adapter.adapter_for(xlayers.flavour(self.model))
+    flavour_adapter = adapter.adapter_for(introspection.flavour(self.model))
     wrappers = flavour_adapter.crossbar_wrappers(self.model)
     granularity = wrappers[0].granularity if wrappers else "crossbar"
     entries = [LayerState(w.geometry, np.asarray(w._kernel()), np.asarray(w.mask),
@@ -189,10 +191,10 @@ class SummariesMixin:
     wrapped_inner = {id(w.layer) for w in wrappers}
     spec = wrappers[0].spec if wrappers else None
     for layer in flavour_adapter.walk(self.model):
-      if (spec is not None and xlayers.is_mapped(layer) and id(layer) not in wrapped_inner
+      if (spec is not None and introspection.is_mapped(layer) and id(layer) not in wrapped_inner
           and layer.built):
-        g = xlayers.geometry_of(layer, spec)
-        kernel = np.asarray(xlayers.mapped_kernel(layer))
+        g = introspection.geometry_of(layer, spec)
+        kernel = np.asarray(introspection.mapped_kernel(layer))
         entries.append(LayerState(g, kernel, np.ones_like(kernel), g.dense_crossbars))
     scalars = crossbar_scalars(entries, granularity)
     optimizer = getattr(self.model, "optimizer", None)
@@ -211,8 +213,8 @@ def fixed_masks(model, masks: Mapping[str, np.ndarray]) -> list:
   if not masks:
     return []
   import tensorflow as tf
-  keras = xlayers.keras_module(xlayers.flavour(model))
-  kernels = xlayers.mapped_kernels(model, masks, "fixed_masks")
+  keras = introspection.keras_module(introspection.flavour(model))
+  kernels = introspection.mapped_kernels(model, masks, "fixed_masks")
   pairs = [(kernels[n], tf.constant(mask, kernels[n].dtype)) for n, mask in masks.items()]
 
   @tf.function

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from xbar_tfmot.core.errors import PruningConfigError
 from xbar_tfmot.models import replicas
 
 
@@ -38,8 +39,9 @@ def teacher_targets(teacher: Any, x: Any, y: Any, batch_size: int = 256,
   y = np.asarray(y).reshape(-1)
   outputs = np.asarray(replicas.predict(teacher, x, batch_size), np.float32)
   if outputs.ndim != 2 or len(outputs) != len(y):
-    raise ValueError(f"teacher_targets: the teacher's outputs have shape {outputs.shape}; valid: "
-                     f"(n, classes) with n = {len(y)} labels.")
+    raise PruningConfigError(
+        f"teacher_targets: the teacher's outputs have shape {outputs.shape}; valid: "
+        f"(n, classes) with n = {len(y)} labels.")
   if not from_logits:
     outputs = np.log(np.clip(outputs, 1e-12, None))
   return np.concatenate([y[:, None].astype(np.float32), outputs], axis=1)
@@ -66,9 +68,11 @@ class DistillationLoss:
                name: str = "distillation_loss"):
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
         or not temperature > 0:
-      raise ValueError(f"DistillationLoss: temperature={temperature!r} is invalid; valid: > 0.")
+      raise PruningConfigError(
+          f"DistillationLoss: temperature={temperature!r} is invalid; valid: > 0.")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
-      raise ValueError(f"DistillationLoss: weight={weight!r} is invalid; valid: 0 <= weight <= 1.")
+      raise PruningConfigError(
+          f"DistillationLoss: weight={weight!r} is invalid; valid: 0 <= weight <= 1.")
     self.temperature = float(temperature)
     self.weight = float(weight)
     self.from_logits = bool(from_logits)

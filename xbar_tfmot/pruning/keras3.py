@@ -24,11 +24,12 @@ import tensorflow as tf
 
 from xbar_tfmot import _compat
 from xbar_tfmot.core import schedules as xschedules
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.core.errors import PruningConfigError
+from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning import adapter, allocation
 from xbar_tfmot.pruning import callbacks as xcallbacks
 from xbar_tfmot.pruning import distillation
-from xbar_tfmot.pruning import plan as core
+from xbar_tfmot.pruning import plan
 
 PACKAGE = "xbar_tfmot"
 
@@ -49,7 +50,7 @@ def _schedule(value: Any):
 
 def _check_backend() -> None:
   if keras.backend.backend() != "tensorflow":
-    raise ValueError(
+    raise PruningConfigError(
         f"prune_crossbar: Keras 3 backend {keras.backend.backend()!r} is not supported; valid: "
         f"'tensorflow' (set KERAS_BACKEND=tensorflow). The projection is TensorFlow code.")
 
@@ -66,7 +67,7 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
                projection: str = "rpp", regrowth: str = "reset", temperature=None,
                final_budget: int | None = None, target_reduction: float | None = None,
                layer_index: int = 0, seed: int = 0, allocation: dict | None = None, **kwargs):
-    core.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
+    plan.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
     kwargs.setdefault("name", f"crossbar_prune_{layer.name}")
     super().__init__(layer, **kwargs)
     self._init_fields(layer, spec, granularity, pruning_schedule, projection, regrowth,
@@ -76,8 +77,8 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
   def build(self, input_shape=None):
     super().build(input_shape)
     self._inner_input_shape = tuple(input_shape)
-    self.geometry = xlayers.geometry_of(self.layer, self.spec)
-    self.final_budget = core.final_budget_of(self.geometry, self.final_budget,
+    self.geometry = introspection.geometry_of(self.layer, self.spec)
+    self.final_budget = plan.final_budget_of(self.geometry, self.final_budget,
                                              self.target_reduction)
     kernel = self._kernel()
     dense = self.geometry.dense_crossbars
@@ -92,7 +93,7 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
   def _kernel_attribute(self) -> str:
     """The attribute of the wrapped layer's mapped kernel variable (Keras 3 Conv and Dense
     keep it in `_kernel`, behind their `kernel` property)."""
-    attribute = xlayers.kernel_attribute(self.layer)
+    attribute = introspection.kernel_attribute(self.layer)
     return "_kernel" if attribute == "kernel" and hasattr(self.layer, "_kernel") else attribute
 
   def _kernel(self):
@@ -100,14 +101,14 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
     return getattr(self.layer, self._kernel_attribute())
 
   def frozen(self, step=None) -> tf.Tensor:
-    return core.frozen(self.pruning_schedule, self.pruning_step.value if step is None else step)
+    return plan.frozen(self.pruning_schedule, self.pruning_step.value if step is None else step)
 
   def _update(self):
     """One training step's bookkeeping: step + 1, mask update when due, reset's zeroing."""
     self.pruning_step.assign(self.pruning_step.value + 1)
     step = tf.convert_to_tensor(self.pruning_step.value)
     check = tf.debugging.assert_greater_equal(step, tf.constant(1, tf.int64),
-                                              message=core.CALLBACK_MISSING)
+                                              message=plan.CALLBACK_MISSING)
     kernel = self._kernel()
     with tf.control_dependencies([check]):
 
@@ -115,10 +116,10 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
         if self.allocation:  # set before this step by UpdateCrossbarPruning
           budget = tf.convert_to_tensor(self.budget.value)
         else:
-          budget = core.budget_at(self.pruning_schedule, self.geometry.dense_crossbars,
+          budget = plan.budget_at(self.pruning_schedule, self.geometry.dense_crossbars,
                                   self.final_budget, step)
         value = tf.convert_to_tensor(kernel.value)
-        self.mask.assign(core.mask_at(
+        self.mask.assign(plan.mask_at(
             self.geometry, value, budget, self.granularity, self.projection, self.temperature,
             self.seed, self.layer_index, step))
         self.budget.assign(budget)
@@ -140,7 +141,7 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
       step = self._update()
       if self.regrowth == "reset":
         return self.layer.call(inputs)  # the kernel variable itself is masked now
-      effective = core.straight_through_kernel(kernel.value, self.mask.value, self.frozen(step))
+      effective = plan.straight_through_kernel(kernel.value, self.mask.value, self.frozen(step))
     else:
       effective = tf.convert_to_tensor(kernel.value) * tf.convert_to_tensor(self.mask.value)
     attribute = self._kernel_attribute()
@@ -189,7 +190,7 @@ class UpdateCrossbarPruning(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     self._wrappers = ADAPTER.crossbar_wrappers(self.model)
     if not self._wrappers:
-      raise ValueError(
+      raise PruningConfigError(
           "UpdateCrossbarPruning: the model has no crossbar-pruned layer; fit the model "
           "returned by xbar_tfmot.prune_crossbar.")
     for w in self._wrappers:

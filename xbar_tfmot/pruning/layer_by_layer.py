@@ -33,7 +33,7 @@ from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import GRANULARITIES, crossbar_budget
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay, ramp_steps
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as layers_lib
+from xbar_tfmot.models import introspection
 
 STOP_REASONS = ("accuracy_drop", "crossbar_threshold", "max_reduction")
 
@@ -285,27 +285,27 @@ def count_crossbars(model, name: str, spec: CrossbarSpec, granularity: str) -> i
   if granularity not in GRANULARITIES:
     raise LayerByLayerError(f"granularity={granularity!r} is unknown; valid: "
                             f"{', '.join(GRANULARITIES)}.")
-  layer = layers_lib.unwrap(_layer(model, name))
-  g = layers_lib.geometry_of(layer, spec)
-  counts = g.counts(layers_lib.effective_kernel(_layer(model, name)))
+  layer = introspection.unwrap(_layer(model, name))
+  g = introspection.geometry_of(layer, spec)
+  counts = g.counts(introspection.effective_kernel(_layer(model, name)))
   total = counts.packed if granularity == "column" else counts.blocks
   return total // (counts.dense // g.dense_crossbars)
 
 
 def _geometries(model, spec: CrossbarSpec) -> list[LayerGeometry]:
-  return [layers_lib.geometry_of(layers_lib.unwrap(l), spec)
-          for l in layers_lib.iter_layers(model) if layers_lib.is_mapped(layers_lib.unwrap(l))]
+  inners = [introspection.unwrap(l) for l in introspection.iter_layers(model)]
+  return [introspection.geometry_of(l, spec) for l in inners if introspection.is_mapped(l)]
 
 
 def _layer(model, name: str):
-  for layer in layers_lib.iter_layers(model):
-    if layer.name == name or layers_lib.unwrap(layer).name == name:
+  for layer in introspection.iter_layers(model):
+    if layer.name == name or introspection.unwrap(layer).name == name:
       return layer
   raise LayerByLayerError(f"layer {name!r} is not in model {model.name!r}.")
 
 
 def _kernel_mask(model, name: str) -> np.ndarray:
-  kernel = layers_lib.mapped_kernel(layers_lib.unwrap(_layer(model, name)))
+  kernel = introspection.mapped_kernel(introspection.unwrap(_layer(model, name)))
   return (np.asarray(kernel) != 0).astype(np.float32)
 
 

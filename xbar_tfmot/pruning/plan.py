@@ -1,4 +1,5 @@
-"""The flavour-neutral core of crossbar pruning, shared by the tf_keras and Keras 3 adapters.
+"""The pruning plan and mask step both flavours share: which layers to wrap, to which budget,
+and the mask at each update (used by the tf_keras and Keras 3 adapters alike).
 
 Both adapters wrap layers, keep a mask and a step counter, and at the schedule's update steps
 call `mask_at`; which layers they wrap and to which budget is `plan_model` / `plan_list`. The
@@ -12,12 +13,13 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
+from xbar_tfmot.core.errors import PruningConfigError
 from xbar_tfmot.core.geometry import KERNEL_RANK, LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import crossbar_budget, project, stateless_seed
 from xbar_tfmot.core.schedules import CrossbarSchedule, CrossbarTemperatureDecay
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 
 CALLBACK_MISSING = (
     "Prune() wrapper requires the UpdatePruningStep callback to be provided during training. "
@@ -25,7 +27,7 @@ CALLBACK_MISSING = (
     "xbar_tfmot.UpdateCrossbarPruning() (or TFMOT's UpdatePruningStep on tf_keras).")
 
 MAPPABLE = ", ".join([*KERNEL_RANK, *(f"{kind} ({parts[0]})"
-                                     for kind, parts in xlayers.PARTLY_MAPPED.items())])
+                                     for kind, parts in introspection.PARTLY_MAPPED.items())])
 
 SUBCLASSED = (
     "prune_crossbar can only prune a Sequential or functional keras model, a keras layer, or a "
@@ -79,7 +81,7 @@ def final_budget_of(geometry: LayerGeometry, final_budget: int | None,
   if final_budget is None:
     return crossbar_budget(geometry.dense_crossbars, target_reduction)
   if not 1 <= final_budget <= geometry.dense_crossbars:
-    raise ValueError(
+    raise PruningConfigError(
         f"layer {geometry.name!r}: final_budget={final_budget} is invalid; valid: 1 <= budget <= "
         f"{geometry.dense_crossbars} (its dense crossbar count).")
   return int(final_budget)
@@ -87,18 +89,19 @@ def final_budget_of(geometry: LayerGeometry, final_budget: int | None,
 
 def check_wrappable(owner: str, layer: Any, final_budget, target_reduction) -> None:
   """The checks every crossbar wrapper runs on construction."""
-  if not xlayers.is_mapped(layer):
-    raise ValueError(
+  if not introspection.is_mapped(layer):
+    raise PruningConfigError(
         f"{owner}: layer {layer.name!r} ({type(layer).__name__}) cannot be mapped "
-        f"({xlayers.unmapped_reason(layer) or 'no kernel'}); valid: {MAPPABLE}.")
+        f"({introspection.unmapped_reason(layer) or 'no kernel'}); valid: {MAPPABLE}.")
   if final_budget is None and target_reduction is None:
-    raise ValueError(f"{owner}({layer.name!r}): give final_budget or target_reduction.")
+    raise PruningConfigError(f"{owner}({layer.name!r}): give final_budget or target_reduction.")
 
 
-def no_mapped_error(layers: Sequence[Any]) -> ValueError:
-  reasons = [f"{l.name}: {xlayers.unmapped_reason(l)}" for l in layers if xlayers.unmapped_reason(l)]
+def no_mapped_error(layers: Sequence[Any]) -> PruningConfigError:
+  reasons = [f"{l.name}: {introspection.unmapped_reason(l)}" for l in layers
+             if introspection.unmapped_reason(l)]
   detail = f" Not mapped: {'; '.join(reasons)}." if reasons else ""
-  return ValueError(
+  return PruningConfigError(
       f"prune_crossbar: nothing to prune: no mappable layer (valid: {MAPPABLE})."
       f"{detail}")
 
@@ -110,15 +113,15 @@ def plan_model(leaves: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy
   `layer_index` counts the mapped layers in model order (it seeds the random numbers).
   Raises when nothing is mappable, a mapped layer is unbuilt, or no layer would lose a crossbar.
   """
-  mapped = [l for l in leaves if xlayers.is_mapped(l)]
+  mapped = [l for l in leaves if introspection.is_mapped(l)]
   if not mapped:
     raise no_mapped_error(leaves)
   unbuilt = [l.name for l in mapped if not l.built]
   if unbuilt:
-    raise ValueError(
+    raise PruningConfigError(
         f"prune_crossbar: layers {unbuilt} are not built, so their crossbar counts are unknown; "
         f"build the model first (give it an input shape or call it once).")
-  geometries = [xlayers.geometry_of(l, spec) for l in mapped]
+  geometries = [introspection.geometry_of(l, spec) for l in mapped]
   budgets = policy.plan(geometries, reduction)
   pool = policy.shared_pool(geometries, reduction)
   plan = {}
@@ -131,7 +134,7 @@ def plan_model(leaves: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy
       plan[id(layer)] = {"final_budget": budget, "layer_index": index}
   if not plan:
     dense = {g.name: g.dense_crossbars for g in geometries}
-    raise ValueError(
+    raise PruningConfigError(
         f"prune_crossbar: no layer would lose a crossbar at this target (dense crossbars per "
         f"layer: {dense}; budgets: {budgets}). Use smaller crossbars in the spec, a higher "
         f"reduction, or leave fewer layers dense.")
@@ -145,17 +148,17 @@ def plan_list(items: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy,
   Built layers get a `final_budget` from the policy's plan (no first-conv default); unbuilt
   ones a `target_reduction`, turned into a budget when the wrapper is built.
   """
-  mapped = [l for l in items if xlayers.is_mapped(l)]
+  mapped = [l for l in items if introspection.is_mapped(l)]
   if not mapped:
     raise no_mapped_error(items)
   built = all(l.built for l in mapped)
   if built:
-    geometries = [xlayers.geometry_of(l, spec) for l in mapped]
+    geometries = [introspection.geometry_of(l, spec) for l in mapped]
     budgets = policy.plan(geometries, reduction, default_leave_dense=False)
     pool = policy.shared_pool(geometries, reduction, default_leave_dense=False)
   out: list[dict[str, Any] | None] = []
   for layer in items:
-    if not xlayers.is_mapped(layer):
+    if not introspection.is_mapped(layer):
       out.append(None)
       continue
     index = mapped.index(layer)

@@ -15,9 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xbar_tfmot.core.errors import PruningConfigError
 from xbar_tfmot.core.projection import crossbar_budget, project
 from xbar_tfmot.core.spec import CrossbarSpec
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 
 REDUCTIONS = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -51,10 +52,10 @@ def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
     `curves` to `CrossbarPolicy(mode="sensitivity", curves=...)`.
   """
   spec = CrossbarSpec.from_string(spec) if isinstance(spec, str) else spec
-  loss_fn = xlayers.compiled_loss(model, "sensitivity_curves", loss)
+  loss_fn = introspection.compiled_loss(model, "sensitivity_curves", loss)
   batches = _batches(data, batch_size)
   if not batches:
-    raise ValueError("sensitivity_curves: data holds no batch.")
+    raise PruningConfigError("sensitivity_curves: data holds no batch.")
   start = time.perf_counter()
   evaluations = 0
 
@@ -69,11 +70,11 @@ def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
 
   base = evaluate()
   curves = {}
-  for layer in xlayers.iter_layers(model):
-    if not xlayers.is_mapped(layer) or (layers is not None and layer.name not in layers):
+  for layer in introspection.iter_layers(model):
+    if not introspection.is_mapped(layer) or (layers is not None and layer.name not in layers):
       continue
-    g = xlayers.geometry_of(layer, spec)
-    kernel = xlayers.mapped_kernel(layer)
+    g = introspection.geometry_of(layer, spec)
+    kernel = introspection.mapped_kernel(layer)
     saved = np.asarray(kernel).copy()
     budgets = sorted({1, g.dense_crossbars} | {crossbar_budget(g.dense_crossbars, r)
                                                for r in reductions})

@@ -18,12 +18,13 @@ import tensorflow as tf
 
 from xbar_tfmot import _compat
 from xbar_tfmot.core import schedules as xschedules
+from xbar_tfmot.core.errors import PruningConfigError
 from xbar_tfmot.core.geometry import LayerGeometry
-from xbar_tfmot.models import introspection as xlayers
+from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning import adapter, allocation
 from xbar_tfmot.pruning import callbacks as xcallbacks
 from xbar_tfmot.pruning import distillation
-from xbar_tfmot.pruning import plan as core
+from xbar_tfmot.pruning import plan
 
 _tfmot = _compat.tfmot_sparsity()
 keras = _tfmot.keras
@@ -65,7 +66,7 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
     if self.allocation:  # set before this step by UpdateCrossbarPruning (0: not yet, dense)
       shared = tf.cast(state[0][2], tf.int32)
       return tf.where(shared >= 1, shared, self.geometry.dense_crossbars)
-    return core.budget_at(schedule, self.geometry.dense_crossbars,
+    return plan.budget_at(schedule, self.geometry.dense_crossbars,
                           self.final_budget, step)
 
   def update_mask(self, weights):
@@ -73,18 +74,18 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
     step_fn, _, _ = _compat.tfmot_pruning_state(self)
     step = step_fn()
     budget = self.budget(step)
-    mask = core.mask_at(self.geometry, weights, budget, self.granularity, self.projection,
+    mask = plan.mask_at(self.geometry, weights, budget, self.granularity, self.projection,
                         self.temperature, self.seed, self.layer_index, step)
     return tf.cast(budget, weights.dtype), mask
 
   def frozen(self) -> tf.Tensor:
     """True from the schedule's `end_step` on (never for `end_step=-1`)."""
     step_fn, schedule, _ = _compat.tfmot_pruning_state(self)
-    return core.frozen(schedule, step_fn())
+    return plan.frozen(schedule, step_fn())
 
   def straight_through_kernel(self, weight, mask) -> tf.Tensor:
     """`weight * mask` forward; until the mask freezes the gradient reaches every weight."""
-    return core.straight_through_kernel(weight, mask, self.frozen())
+    return plan.straight_through_kernel(weight, mask, self.frozen())
 
   def weight_mask_op(self):
     if self.regrowth == "reset":
@@ -93,7 +94,8 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
       op = self._zero_when_frozen()
     if self.install_into is not None:
       weight, mask, _ = _compat.tfmot_pruning_state(self)[2][0]
-      _compat.set_layer_attribute(self.install_into, xlayers.kernel_attribute(self.install_into),
+      _compat.set_layer_attribute(self.install_into,
+                                  introspection.kernel_attribute(self.install_into),
                                   self.straight_through_kernel(weight, mask))
     return op
 
@@ -132,7 +134,7 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLo
                layer_index: int = 0, seed: int = 0, allocation: dict | None = None, **kwargs):
     for unused in ("block_size", "block_pooling_type", "sparsity_m_by_n"):
       kwargs.pop(unused, None)
-    core.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
+    plan.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
     schedule = self._deserialize_schedule(pruning_schedule) or xschedules.CrossbarConstant(0.5)
     super().__init__(layer, pruning_schedule=schedule, **kwargs)
     self._init_fields(layer, spec, granularity, schedule, projection, regrowth, temperature,
@@ -141,8 +143,8 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLo
   def build(self, input_shape):
     super().build(input_shape)
     self._inner_input_shape = tf.TensorShape(input_shape).as_list()
-    self.geometry = xlayers.geometry_of(self.layer, self.spec)
-    budget = core.final_budget_of(self.geometry, self.final_budget, self.target_reduction)
+    self.geometry = introspection.geometry_of(self.layer, self.spec)
+    budget = plan.final_budget_of(self.geometry, self.final_budget, self.target_reduction)
     self.final_budget = budget
     step_fn, _, _ = _compat.tfmot_pruning_state(self.pruning_obj)
     self.pruning_obj = CrossbarPruning(
@@ -161,10 +163,10 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLo
       return super().call(inputs, training=training, **kwargs)
     finally:
       self.pruning_obj.install_into = None
-      _compat.set_layer_attribute(self.layer, xlayers.kernel_attribute(self.layer), kernel)
+      _compat.set_layer_attribute(self.layer, introspection.kernel_attribute(self.layer), kernel)
 
   def _kernel(self):
-    return xlayers.mapped_kernel(self.layer)
+    return introspection.mapped_kernel(self.layer)
 
   @property
   def mask(self) -> tf.Variable:
@@ -216,7 +218,7 @@ class UpdateCrossbarPruning(_tfmot.pruning_callbacks.UpdatePruningStep):
 
   def on_train_begin(self, logs=None):
     if not ADAPTER.crossbar_wrappers(self.model):
-      raise ValueError(
+      raise PruningConfigError(
           "UpdateCrossbarPruning: the model has no crossbar-pruned layer; fit the model "
           "returned by xbar_tfmot.prune_crossbar.")
     super().on_train_begin(logs)
