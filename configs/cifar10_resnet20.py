@@ -13,12 +13,12 @@ def get_config():
   c.data.name = "cifar10"
   c.model.name = "resnet20"
   c.model.width = 1.0
-  c.crossbar.spec = "semi_folded_k16x4"
-  c.crossbar.granularity = "column"
-  c.crossbar.reduction = 0.72
-  c.crossbar.reorder = True
+  c.chip.spec = "semi_folded_k16x4"
+  c.chip.granularity = "column"
+  c.allocation.reduction = 0.72
+  c.allocation.reorder = True
   c.train.batch_size = 128
   c.train.baseline_epochs = 40
-  c.train.prune_epochs = 20
-  c.train.finetune_epochs = 10
+  c.schedule.prune_epochs = 20
+  c.schedule.finetune_epochs = 10
   return c

@@ -15,12 +15,12 @@ def get_config():
   c.data.name = "cifar10"
   c.model.name = "vgg8"
   c.model.width = 1.0
-  c.crossbar.spec = "isaac_128x128"
-  c.crossbar.granularity = "crossbar"
-  c.crossbar.reduction = 0.72
-  c.crossbar.reorder = True
+  c.chip.spec = "isaac_128x128"
+  c.chip.granularity = "crossbar"
+  c.allocation.reduction = 0.72
+  c.allocation.reorder = True
   c.train.batch_size = 128
   c.train.baseline_epochs = 30
-  c.train.prune_epochs = 15
-  c.train.finetune_epochs = 10
+  c.schedule.prune_epochs = 15
+  c.schedule.finetune_epochs = 10
   return c

@@ -14,14 +14,14 @@ def get_config():
   c.data.train_size = 20000  # a third of the training images: the run stays under 5 minutes
   c.model.name = "vgg8"
   c.model.width = 0.25
-  c.crossbar.spec = "semi_folded_k16x4"
-  c.crossbar.granularity = "column"
-  c.crossbar.reduction = 0.85
-  c.crossbar.mode = "global_score"  # one model-wide budget, column chunks ranked by magnitude
-  c.crossbar.score = "magnitude"
-  c.crossbar.reorder = True
+  c.chip.spec = "semi_folded_k16x4"
+  c.chip.granularity = "column"
+  c.allocation.reduction = 0.85
+  c.allocation.mode = "global_score"  # one model-wide budget, column chunks ranked by magnitude
+  c.allocation.score = "magnitude"
+  c.allocation.reorder = True
   c.train.bn_recalibration_images = 5000  # BatchNorm statistics re-estimated before evaluating
   c.train.baseline_epochs = 3
-  c.train.prune_epochs = 2
-  c.train.finetune_epochs = 1
+  c.schedule.prune_epochs = 2
+  c.schedule.finetune_epochs = 1
   return c

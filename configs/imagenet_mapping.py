@@ -14,12 +14,12 @@ def get_config():
   c.model.name = "vgg16"
   c.model.input_shape = "224,224,3"
   c.model.classes = 1000
-  c.crossbar.spec = "isaac_128x128"
-  c.crossbar.granularity = "column"
-  c.crossbar.reduction = 0.7
-  c.crossbar.reorder = False
+  c.chip.spec = "isaac_128x128"
+  c.chip.granularity = "column"
+  c.allocation.reduction = 0.7
+  c.allocation.reorder = False
   c.train.baseline_epochs = 0
-  c.train.prune_epochs = 0
-  c.train.finetune_epochs = 0
+  c.schedule.prune_epochs = 0
+  c.schedule.finetune_epochs = 0
   c.export.enabled = False
   return c

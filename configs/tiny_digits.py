@@ -12,14 +12,14 @@ def get_config():
   c.data.name = "digits"
   c.model.name = "vgg8"
   c.model.width = 0.125
-  c.crossbar.spec = "72x4,mapping=direct,kin=8,kout=4"
-  c.crossbar.granularity = "column"
-  c.crossbar.reduction = 0.6
+  c.chip.spec = "72x4,mapping=direct,kin=8,kout=4"
+  c.chip.granularity = "column"
+  c.allocation.reduction = 0.6
   c.train.batch_size = 16
   c.train.learning_rate = 3e-3
   c.train.finetune_learning_rate = 1e-3
   c.train.baseline_epochs = 4
-  c.train.prune_epochs = 2
-  c.train.finetune_epochs = 1
+  c.schedule.prune_epochs = 2
+  c.schedule.finetune_epochs = 1
   c.train.verbose = 2
   return c

@@ -87,11 +87,11 @@ def _config(**train):
 
 def test_keras3_multi_worker_is_refused_with_the_reason():
   config = _config(strategy="multi_worker")
-  configuration.check(config)
+  configuration.parse(config)
   config.flavour = "keras3"
   with pytest.raises(ConfigError, match="config.train.strategy='multi_worker' with "
                                         "config.flavour='keras3': .*keras-team/keras#20585"):
-    configuration.check(config)
+    configuration.parse(config)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -101,7 +101,7 @@ def test_keras3_multi_worker_is_refused_with_the_reason():
 ])
 def test_bad_strategy_fields_name_the_field(field, value, message):
   with pytest.raises(ConfigError, match=message):
-    configuration.check(_config(**{field: value}))
+    configuration.parse(_config(**{field: value}))
 
 
 def test_multi_worker_needs_tf_config_and_no_device_list(monkeypatch):

@@ -14,8 +14,8 @@ from _configs import load_config
 from sklearn.datasets import load_digits
 
 import xbar_tfmot as xt
-from xbar_tfmot.app import datasets, pipeline, training
-from xbar_tfmot.app.configuration import ConfigError
+from xbar_tfmot.app import datasets, pipeline, run_context, training
+from xbar_tfmot.app.configuration import RENAMED, ConfigError
 from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models.introspection import FLAVOURS, keras_module
@@ -194,11 +194,11 @@ def tiny(workdir, **prune):
   """The tiny digits run, pruning only conv6 (32 crossbars) and fc2 (24) to stay short."""
   prune = {"procedure": "layer_by_layer", **prune}
   return load_config(workdir=str(workdir), train__verbose=0, train__baseline_epochs=2,
-                     train__finetune_epochs=1, data__train_size=600, report__plots=False,
-                     export__enabled=False, crossbar__reorder=False,
-                     crossbar__validation_images=200,
-                     crossbar__leave_dense="conv1,conv2,conv3,conv4,conv5,fc1",
-                     **{f"prune__{k}": v for k, v in prune.items()})
+                     schedule__finetune_epochs=1, data__train_size=600, report__plots=False,
+                     export__enabled=False, allocation__reorder=False,
+                     allocation__validation_images=200,
+                     allocation__leave_dense="conv1,conv2,conv3,conv4,conv5,fc1",
+                     **{RENAMED[f"prune.{k}"].replace(".", "__"): v for k, v in prune.items()})
 
 
 def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
@@ -229,7 +229,7 @@ def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
            f"{r['steps']} | {r['stop']} |" in report
   assert any("validation accuracy before" in line for line in lines)
   (x, y), _ = datasets.load_dataset("digits", seed=config.seed)  # the last 200 of the 600
-  pruned = pipeline.Pipeline(config)._load(tmp_path / "checkpoints" / "pruned.keras")
+  pruned = pipeline.Pipeline(config).context.load(tmp_path / "checkpoints" / "pruned.keras")
   assert records[-1]["accuracy"] == training.accuracy(pruned, x[400:600], y[400:600])
 
   # Interrupted after conv6's checkpoint (from the straight run's baseline), then rerun: it
@@ -240,7 +240,7 @@ def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
     if path.name != "pruned.keras":
       shutil.copy(path, other / "checkpoints" / path.name)
   phases = json.loads((tmp_path / "state.json").read_text())["phases"]
-  before = pipeline.PHASES[:pipeline.PHASES.index("prune")]
+  before = run_context.PHASES[:run_context.PHASES.index("prune")]
   (other / "state.json").write_text(json.dumps({"phases": {p: phases[p] for p in before}}))
 
   def dies_after_conv6(line):
@@ -261,18 +261,18 @@ def test_pipeline_layer_by_layer_reports_each_layers_stop(tmp_path):
   assert any("resuming after layer conv6 (1 of 2)" in line for line in lines)
   again = json.loads((other / "state.json").read_text())["phases"]["prune"]["layer_by_layer"]
   assert again == records
-  resumed = pipeline.Pipeline(config)._load(other / "checkpoints" / "pruned.keras")
+  resumed = pipeline.Pipeline(config).context.load(other / "checkpoints" / "pruned.keras")
   for a, b in zip(resumed.get_weights(), pruned.get_weights()):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("fields, match", [
-    ({"procedure": "greedy"}, "config.prune.procedure='greedy'"),
-    ({"max_reduction": 1.0}, "config.prune.max_reduction=1.0"),
-    ({"reduction_step": 0.0}, "config.prune.reduction_step=0.0"),
-    ({"crossbar_threshold": 0}, "config.prune.crossbar_threshold=0"),
-    ({"max_accuracy_drop": 1.5}, "config.prune.max_accuracy_drop=1.5"),
-    ({"step_epochs": 0}, "config.prune.step_epochs=0"),
+    ({"procedure": "greedy"}, "config.schedule.procedure='greedy'"),
+    ({"max_reduction": 1.0}, "config.layer_by_layer.max_reduction=1.0"),
+    ({"reduction_step": 0.0}, "config.layer_by_layer.reduction_step=0.0"),
+    ({"crossbar_threshold": 0}, "config.layer_by_layer.crossbar_threshold=0"),
+    ({"max_accuracy_drop": 1.5}, "config.layer_by_layer.max_accuracy_drop=1.5"),
+    ({"step_epochs": 0}, "config.layer_by_layer.step_epochs=0"),
 ])
 def test_bad_prune_fields_are_config_errors(tmp_path, fields, match):
   with pytest.raises(ConfigError, match=match.replace(".", r"\.")):
@@ -281,8 +281,8 @@ def test_bad_prune_fields_are_config_errors(tmp_path, fields, match):
 
 def test_layer_by_layer_refuses_global_modes(tmp_path):
   config = tiny(tmp_path)
-  config.crossbar.mode = "global"
-  with pytest.raises(ConfigError, match="config.crossbar.mode='global'"):
+  config.allocation.mode = "global"
+  with pytest.raises(ConfigError, match="config.allocation.mode='global'"):
     pipeline.Pipeline(config).prepare()
 
 

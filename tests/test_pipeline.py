@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 from _configs import ROOT, TINY, load_config
 
-from xbar_tfmot.app import configuration, pipeline
+from xbar_tfmot.app import configuration, pipeline, preparation, run_context
+from xbar_tfmot.app.run_context import RunData
 from xbar_tfmot.app.configuration import ConfigError
 from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.export.exporter import read_mapping
@@ -43,8 +45,9 @@ def test_every_phase_writes_its_outputs(straight):
                "checkpoints/baseline.keras", "checkpoints/pruned.keras"):
     assert (workdir / name).is_file(), name
   state = json.loads((workdir / "state.json").read_text())
-  assert sorted(state["phases"]) == sorted(pipeline.PHASES)
-  for phase in pipeline.PHASES:  # hardware is off in the tiny config
+  assert sorted(state["phases"]) == sorted(run_context.PHASES)
+  assert tuple(p.name for p in pipeline.PHASES) == run_context.PHASES  # the seeds' order
+  for phase in run_context.PHASES:  # hardware is off in the tiny config
     assert any(line.startswith((f"[{phase}] done", f"[{phase}] skipped")) for line in lines), phase
   assert json.loads((workdir / "report" / "metrics.json").read_text()) == json.loads(
       json.dumps(metrics, default=float))
@@ -53,9 +56,9 @@ def test_every_phase_writes_its_outputs(straight):
 
 def test_metrics_agree_with_report_mapping_and_export(straight):
   workdir, metrics, _, config = straight
-  spec = pipeline.parse_spec(config.crossbar.spec)
+  spec = configuration.parse(config).chip.crossbar
   exported = read_mapping(workdir / "export" / "model.tflite")
-  report = crossbar_report(pipeline.Pipeline(config)._load(workdir / "export" / "model.keras"),
+  report = crossbar_report(pipeline.Pipeline(config).context.load(workdir / "export" / "model.keras"),
                            spec)
   assert metrics["crossbars"]["pruned"] == report.total("packed") == exported.totals["crossbars"]
   assert metrics["crossbars"]["dense"] == report.total("dense") == exported.totals["dense"]
@@ -65,7 +68,7 @@ def test_metrics_agree_with_report_mapping_and_export(straight):
   first, *rest = metrics["layers"]
   assert first["pruned"] == first["dense"]  # the first conv is left dense by default
   for row in rest:
-    assert row["pruned"] == crossbar_budget(row["dense"], config.crossbar.reduction)
+    assert row["pruned"] == crossbar_budget(row["dense"], config.allocation.reduction)
     assert 0.0 < row["kept_energy"] < 1.0
 
 
@@ -89,8 +92,8 @@ def test_rerun_skips_finished_phases(straight):
 
 def test_rerun_with_other_config_is_refused(straight):
   workdir, _, _, config = straight
-  other = load_config(TINY, workdir=str(workdir), flavour=config.flavour, crossbar__reduction=0.5)
-  with pytest.raises(ConfigError, match="crossbar.reduction"):
+  other = load_config(TINY, workdir=str(workdir), flavour=config.flavour, allocation__reduction=0.5)
+  with pytest.raises(ConfigError, match="allocation.reduction"):
     pipeline.Pipeline(other).prepare()
 
 
@@ -102,7 +105,7 @@ def _command(workdir: pathlib.Path, flavour: str = "tf_keras") -> list[str]:
 
 def _weights(path: pathlib.Path, flavour: str) -> list:
   pipe = pipeline.Pipeline(load_config(TINY, flavour=flavour))
-  return pipe._load(path).get_weights()
+  return pipe.context.load(path).get_weights()
 
 
 def test_killed_during_pruning_resumes_to_the_same_result(straight, tmp_path):
@@ -129,8 +132,8 @@ def test_killed_during_pruning_resumes_to_the_same_result(straight, tmp_path):
   proc.wait()
   state = json.loads((tmp_path / "state.json").read_text())
   assert "prune" not in state["phases"]  # killed during pruning
-  assert json.loads(progress.read_text())["epoch"] < (config.train.prune_epochs +
-                                                      config.train.finetune_epochs)
+  assert json.loads(progress.read_text())["epoch"] < (config.schedule.prune_epochs +
+                                                      config.schedule.finetune_epochs)
 
   done = subprocess.run(_command(tmp_path, config.flavour), env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -202,7 +205,7 @@ def test_killed_in_every_phase_resumes_to_the_same_result(straight, tmp_path):
     state = tmp_path / "state.json"  # written when the first phase ends
     done = json.loads(state.read_text())["phases"] if state.exists() else {}
     assert phase not in done, f"the kill meant for {phase} landed after it:\n{''.join(lines)}"
-    assert sorted(done) == sorted(pipeline.PHASES[:pipeline.PHASES.index(phase)])
+    assert sorted(done) == sorted(run_context.PHASES[:run_context.PHASES.index(phase)])
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   final = subprocess.run(_command(tmp_path, config.flavour), env=env, capture_output=True,
                          text=True, timeout=600)
@@ -236,20 +239,19 @@ def test_mapping_only_config_runs_without_data(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.stem)
 def test_shipped_configs_are_valid(path):
   config = load_config(path)
-  configuration.check(config)
-  pipeline.parse_spec(config.crossbar.spec)
+  configuration.parse(config)
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("crossbar__reduction", 1.5, "config.crossbar.reduction=1.5"),
-    ("crossbar__granularity", "rows", "config.crossbar.granularity='rows': unknown; valid"),
+    ("allocation__reduction", 1.5, "config.allocation.reduction=1.5"),
+    ("chip__granularity", "rows", "config.chip.granularity='rows': unknown; valid"),
     ("export__formats", "tflite,json", "add saved_model"),
     ("export__formats", "onnx", "config.export.formats='onnx'"),
     ("flavour", "keras2", "config.flavour='keras2'"),
     ("model__name", "alexnet", "config.model.name='alexnet'"),
     ("train__batch_size", 0, "config.train.batch_size=0"),
-    ("crossbar__spec", "128x", "config.crossbar.spec='128x'"),
-    ("crossbar__spec", "nope.json", "nope.json"),
+    ("chip__spec", "128x", "config.chip.spec='128x'"),
+    ("chip__spec", "nope.json", "nope.json"),
     ("model__file", "/nonexistent/model.keras", "config.model.file"),
     ("data__path", "/nonexistent/folder", "config.data.path"),
 ])
@@ -267,13 +269,13 @@ def test_unknown_and_mistyped_fields_in_a_config_file():
   config.train.epochz = 3
   with pytest.raises(ConfigError, match=r"config\.train\.epochz: unknown field; valid fields "
                      r"here: .*baseline_epochs"):
-    configuration.check(config)
+    configuration.parse(config)
   import ml_collections
   loose = configuration.defaults().to_dict()
   loose["train"]["batch_size"] = "64"
   with pytest.raises(ConfigError, match=r"config\.train\.batch_size='64': wrong type str; "
                      r"valid: int"):
-    configuration.check(ml_collections.ConfigDict(loose))
+    configuration.parse(ml_collections.ConfigDict(loose))
 
 
 def test_missing_dataset_fails_before_training(tmp_path):
@@ -320,8 +322,8 @@ def test_starts_from_a_given_model_file(tmp_path):
   model.save(tmp_path / "trained.keras")
   expected = model.evaluate(xt, yt, verbose=0)[1]
   config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(tmp_path / "trained.keras"),
-                       train__baseline_epochs=0, train__prune_epochs=1, train__finetune_epochs=0,
-                       crossbar__reorder=False, export__enabled=False, report__plots=False,
+                       train__baseline_epochs=0, schedule__prune_epochs=1, schedule__finetune_epochs=0,
+                       allocation__reorder=False, export__enabled=False, report__plots=False,
                        train__verbose=0)
   metrics = pipeline.run(config, log=lambda line: None)
   assert metrics["accuracy"]["dense"] == pytest.approx(expected, abs=1e-6)
@@ -440,13 +442,13 @@ def test_infeasible_budget_exits_before_any_training(tmp_path):
   workdir = tmp_path / "run"
   out = subprocess.run(
       _command(workdir) + [f"--config.model.file={_mlp_file(tmp_path)}",
-                           "--config.crossbar.spec=16x16", "--config.crossbar.mode=global_score",
-                           "--config.crossbar.reduction=0.8"],
+                           "--config.chip.spec=16x16", "--config.allocation.mode=global_score",
+                           "--config.allocation.reduction=0.8"],
       capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
   assert out.returncode == 2, out.stderr[-3000:]
   errors = [l for l in out.stderr.splitlines() if l.startswith("xbar-prune:")]
   assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-  assert errors[0].startswith("xbar-prune: config error: config.crossbar.reduction=0.8: too high "
+  assert errors[0].startswith("xbar-prune: config error: config.allocation.reduction=0.8: too high "
                               "for this model (11 crossbars dense on 16x16"), errors[0]
   assert "valid: reduction <= 0.772." in errors[0], errors[0]
   assert "[baseline]" not in out.stdout and "Epoch" not in out.stdout
@@ -455,7 +457,7 @@ def test_infeasible_budget_exits_before_any_training(tmp_path):
 
 
 HIGH = {0.773, 0.8, 0.95}  # fewer than 3 crossbars for the model: round(0.227 * 11) = 2
-BUDGET_CASES = [  # (mode, train.prune_epochs, the reductions refused)
+BUDGET_CASES = [  # (mode, schedule.prune_epochs, the reductions refused)
     ("per_layer", 1, {0.01, 0.05}),  # no layer loses a crossbar below 0.0625 (fc1: 8 -> 7)
     ("per_layer", 0, set()),  # the one-shot projection accepts a layer that loses nothing
     ("global", 1, {0.01} | HIGH),  # 0.01 keeps round(0.99 * 11) = 11: nothing to prune
@@ -469,7 +471,7 @@ BUDGET_CASES = [  # (mode, train.prune_epochs, the reductions refused)
 @pytest.mark.parametrize("mode,prune_epochs,expected", BUDGET_CASES)
 def test_budget_check_agrees_with_the_prune_phase(tmp_path, mode, prune_epochs, expected):
   """The check before training refuses exactly the reductions that the prune phase's own code
-  (prune_crossbar, or the one-shot projection when train.prune_epochs=0) refuses, from the
+  (prune_crossbar, or the one-shot projection when schedule.prune_epochs=0) refuses, from the
   untrained model: budgets depend on the kernel shapes and the spec only."""
   from xbar_tfmot.core.policy import CrossbarPolicy
   from xbar_tfmot.core.schedules import CrossbarPolynomialDecay
@@ -477,27 +479,28 @@ def test_budget_check_agrees_with_the_prune_phase(tmp_path, mode, prune_epochs, 
   from xbar_tfmot.pruning.api import prune_crossbar
   path = _mlp_file(tmp_path)
   pipe = pipeline.Pipeline(load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
-                                       crossbar__spec="16x16", crossbar__mode=mode,
-                                       train__prune_epochs=prune_epochs))
-  model = pipe._load(path)
+                                       chip__spec="16x16", allocation__mode=mode,
+                                       schedule__prune_epochs=prune_epochs))
+  model = pipe.context.load(path)
   curves = {n: [[1, 1.0], [d, 0.0]] for n, d in (("fc1", 8), ("fc2", 2), ("fc3", 1))}
   policy = CrossbarPolicy(mode=mode, curves=curves if mode == "sensitivity" else None)
   refused_by_prune, refused_by_check = set(), set()
   for reduction in (0.01, 0.05, 0.07, 0.3, 0.77, 0.772, 0.773, 0.8, 0.95):
     try:
       if prune_epochs:
-        prune_crossbar(model, pipe.spec, "column", CrossbarPolynomialDecay(reduction, 0, 8),
+        prune_crossbar(model, pipe.context.spec, "column", CrossbarPolynomialDecay(reduction, 0, 8),
                        policy=policy, seed=0)
       else:
-        one_shot.one_shot_masks(model, pipe.spec, policy, reduction, "column")
+        one_shot.one_shot_masks(model, pipe.context.spec, policy, reduction, "column")
     except ValueError:
       refused_by_prune.add(reduction)
-    pipe.config.crossbar.reduction = reduction
+    config = dataclasses.replace(pipe.config, allocation=dataclasses.replace(
+        pipe.config.allocation, reduction=reduction))
     try:
-      pipe._check_budgets(model)
+      preparation.check_budgets(config, model)
     except ConfigError as e:
       refused_by_check.add(reduction)
-      assert str(e).startswith(f"config.crossbar.reduction={reduction}: too "), str(e)
+      assert str(e).startswith(f"config.allocation.reduction={reduction}: too "), str(e)
       assert "\n" not in str(e)
   assert refused_by_check == refused_by_prune == expected
 
@@ -505,19 +508,19 @@ def test_budget_check_agrees_with_the_prune_phase(tmp_path, mode, prune_epochs, 
 def test_budget_message_names_the_valid_side(tmp_path):
   path = _mlp_file(tmp_path)
   config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
-                       crossbar__spec="16x16", crossbar__reduction=0.01)
-  with pytest.raises(ConfigError, match=r"^config\.crossbar\.reduction=0\.01: too low for this "
+                       chip__spec="16x16", allocation__reduction=0.01)
+  with pytest.raises(ConfigError, match=r"^config\.allocation\.reduction=0\.01: too low for this "
                      r"model .*valid: reduction >= 0\.063\. Details: prune_crossbar: no layer "
                      r"would lose a crossbar"):
     pipeline.Pipeline(config).prepare()
   assert not (tmp_path / "run" / "checkpoints").exists()
   config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
-                       crossbar__spec="16x16", crossbar__leave_dense="fc9")
-  with pytest.raises(ConfigError, match=r"^config\.crossbar\.leave_dense='fc9': .*matches no "
+                       chip__spec="16x16", allocation__leave_dense="fc9")
+  with pytest.raises(ConfigError, match=r"^config\.allocation\.leave_dense='fc9': .*matches no "
                      r"mapped layer"):
     pipeline.Pipeline(config).prepare()
   config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
-                       crossbar__spec="16x16", crossbar__reduction=0.7)
+                       chip__spec="16x16", allocation__reduction=0.7)
   pipeline.Pipeline(config).prepare()  # feasible: passes and claims the workdir
   assert (tmp_path / "run" / "config.json").is_file()
 
@@ -548,11 +551,12 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, tty, verbose, ex
     seen["verbose"] = kwargs["verbose"]
     return model, {}
 
-  monkeypatch.setattr(pipeline.training, "fit_epochs", fit_epochs)
+  monkeypatch.setattr(run_context.training, "fit_epochs", fit_epochs)
   monkeypatch.setattr(sys, "stdout", _Stream(tty))
   pipe = pipeline.Pipeline(load_config(TINY, workdir=str(tmp_path), train__verbose=verbose))
-  pipe.data = ((np.zeros((4, 8, 8, 1)), np.zeros(4)), (np.zeros((2, 8, 8, 1)), np.zeros(2)))
-  pipe._fit(None, "baseline", 1, lambda e: 1e-3, [])
+  pipe.context.data = RunData(train=(np.zeros((4, 8, 8, 1)), np.zeros(4)), validation=None,
+                              test=(np.zeros((2, 8, 8, 1)), np.zeros(2)))
+  pipe.context.fit(None, "baseline", 1, lambda e: 1e-3, [])
   assert seen["verbose"] == expected
 
 
@@ -564,12 +568,14 @@ def test_a_log_file_gets_one_line_per_epoch(tmp_path, monkeypatch):
   pipe = pipeline.Pipeline(load_config(TINY, workdir=str(tmp_path), train__verbose=1,
                                        train__batch_size=4))
   rng = np.random.default_rng(0)
-  pipe.data = ((rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)),
-               (rng.normal(size=(8, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 8)))
+  pipe.context.data = RunData(
+      train=(rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)),
+      validation=None,
+      test=(rng.normal(size=(8, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 8)))
   model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), tf_keras.layers.Flatten(),
                                tf_keras.layers.Dense(10)])
-  pipe._compile(model, 1e-2)
-  pipe._fit(model, "baseline", 2, lambda e: 1e-2, [])
+  pipe.context.compile(model, 1e-2)
+  pipe.context.fit(model, "baseline", 2, lambda e: 1e-2, [])
   out = "".join(stream.parts)
   assert "Epoch 1/2" in out and "Epoch 2/2" in out and "16/16 - " in out, out
   assert "\r" not in out and "\b" not in out, repr(out[:500])
@@ -577,19 +583,19 @@ def test_a_log_file_gets_one_line_per_epoch(tmp_path, monkeypatch):
 
 def test_phases_turned_off_say_skipped(tmp_path):
   lines: list[str] = []
-  config = load_config(TINY, workdir=str(tmp_path), crossbar__reorder=False,
+  config = load_config(TINY, workdir=str(tmp_path), allocation__reorder=False,
                        export__enabled=False, hardware__enabled=False)
   pipe = pipeline.Pipeline(config, log=lines.append)
-  pipe.reorder()
-  pipe.export()
-  pipe.hardware()
-  assert lines == ["[reorder] skipped (crossbar.reorder=False)",
+  for name in ("reorder", "export", "hardware"):
+    pipe.do(name)
+  assert lines == ["[reorder] skipped (allocation.reorder=False)",
                    "[export] skipped (export.enabled=False)",
                    "[hardware] skipped (hardware.enabled=False)"]
   phases = json.loads((tmp_path / "state.json").read_text())["phases"]
   assert phases["reorder"]["applied"] is False and phases["export"]["enabled"] is False
   assert phases["hardware"]["enabled"] is False  # recorded: a rerun skips them silently
-  pipe.reorder(), pipe.export(), pipe.hardware()
+  for name in ("reorder", "export", "hardware"):
+    pipe.do(name)
   assert len(lines) == 3
 
 

@@ -5,15 +5,17 @@ import pytest
 from _configs import load_config
 
 from xbar_tfmot.app import configuration, pipeline
-from xbar_tfmot.app.configuration import ConfigError
+from xbar_tfmot.app.configuration import RENAMED, ConfigError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.spec import parse_spec
 
 
 def tiny(workdir, **crossbar):
   return load_config(workdir=str(workdir), train__verbose=0, train__baseline_epochs=2,
                      report__plots=False, export__enabled=False,
-                     **{f"crossbar__{k}": v for k, v in crossbar.items()})
+                     **{RENAMED[f"crossbar.{k}"].replace(".", "__"): v
+                        for k, v in crossbar.items()})
 
 
 @pytest.mark.parametrize("mode, score", [("global_score", "magnitude"),
@@ -24,9 +26,9 @@ def test_allocation_modes_meet_the_global_budget(tmp_path, mode, score):
   config = tiny(tmp_path, mode=mode, score=score, validation_images=256)
   metrics = pipeline.run(config, log=lines.append)
   rows = metrics["layers"]
-  spec = pipeline.parse_spec(config.crossbar.spec)
+  spec = parse_spec(config.chip.spec)
   geometries = [LayerGeometry(r["name"], r["type"], tuple(r["kernel_shape"]), spec) for r in rows]
-  plan = CrossbarPolicy(mode="global").plan(geometries, config.crossbar.reduction)
+  plan = CrossbarPolicy(mode="global").plan(geometries, config.allocation.reduction)
   assert sum(r["pruned"] for r in rows) == sum(
       g.dense_crossbars if plan[g.name] is None else plan[g.name] for g in geometries)
   assert rows[0]["pruned"] == rows[0]["dense"]  # the first conv stays dense
@@ -37,29 +39,30 @@ def test_allocation_modes_meet_the_global_budget(tmp_path, mode, score):
 
 
 @pytest.mark.parametrize("fields, match", [
-    ({"mode": "global_score", "prune_epochs": 0}, "train.prune_epochs >= 1"),
+    ({"mode": "global_score", "prune_epochs": 0}, "schedule.prune_epochs >= 1"),
     ({"mode": "sensitivity", "validation_images": 100000}, "validation_images=100000"),
-    ({"mode": "best"}, "config.crossbar.mode='best'"),
+    ({"mode": "best"}, "config.allocation.mode='best'"),
 ])
 def test_allocation_config_errors(tmp_path, fields, match):
   config = tiny(tmp_path)
   for key, value in fields.items():
-    (config.train if key == "prune_epochs" else config.crossbar)[key] = value
+    (config.schedule if key == "prune_epochs" else config.allocation)[key] = value
   with pytest.raises(ConfigError, match=match):
     pipeline.Pipeline(config).prepare()
 
 
 def test_the_energy_score_config_still_works_and_warns(tmp_path):
-  """`crossbar.score="energy"` (the former name of "magnitude") passes the checks with a
-  DeprecationWarning naming the new value, and a run saved with it resumes under "magnitude"."""
+  """`allocation.score="energy"` (the former name of "magnitude") passes the checks with a
+  FutureWarning (a config is read by end users) naming the new value, and a run saved with it
+  resumes under "magnitude"."""
   config = tiny(tmp_path, mode="global_score", score="energy")
-  with pytest.warns(DeprecationWarning, match="'magnitude'"):
-    configuration.check(config)
-  assert configuration.defaults().crossbar.score == "magnitude"
+  with pytest.warns(FutureWarning, match="'magnitude'"):
+    configuration.parse(config)
+  assert configuration.defaults().allocation.score == "magnitude"
   old = configuration.flatten(config)
-  new = {**old, "crossbar.score": "magnitude"}
+  new = {**old, "allocation.score": "magnitude"}
   assert configuration.differences(old, new) == []
-  assert configuration.differences(old, {**new, "crossbar.score": "saliency"}) == ["crossbar.score"]
+  assert configuration.differences(old, {**new, "allocation.score": "saliency"}) == ["allocation.score"]
 
 
 def test_distillation_trains_the_pruned_model_against_the_dense_one(tmp_path):
@@ -71,7 +74,7 @@ def test_distillation_trains_the_pruned_model_against_the_dense_one(tmp_path):
              for l in lines)
   state = (tmp_path / "checkpoints" / "prune" / "progress.json").read_text()
   assert "distillation_accuracy" in state  # the pruned model was compiled for distillation
-  resumed = pipeline.Pipeline(config)._load(tmp_path / "checkpoints" / "prune" / "model.keras")
+  resumed = pipeline.Pipeline(config).context.load(tmp_path / "checkpoints" / "prune" / "model.keras")
   assert type(resumed.loss).__name__ == "DistillationLoss"  # a resumed run keeps training so
   assert resumed.loss.weight == 0.5 and resumed.loss.temperature == 3.0
   assert metrics["accuracy"]["pruned"] > 0.6

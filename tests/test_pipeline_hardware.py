@@ -25,7 +25,7 @@ def test_hardware_phase_reports_dense_and_pruned_and_the_sweep(tmp_path):
                 sweep_instances=2, sweep_variations="0,0.1", sweep_adc_bits="3")
   config.report.plots = True
   # A hardware phase killed after measuring the dense ADC-3 chip: the resume reads that cell.
-  adc3 = hardware_sweep.conditions(configuration.hardware_spec(config), adc_bits=(3,))[0]
+  adc3 = hardware_sweep.conditions(configuration.parse(config).hardware.hardware_spec, adc_bits=(3,))[0]
   (tmp_path / "checkpoints").mkdir(parents=True)
   (tmp_path / "checkpoints" / "hardware_sweep.json").write_text(
       json.dumps({"dense": {adc3.key: [0.123]}}))

@@ -23,8 +23,8 @@ MAIN = pathlib.Path(__file__).with_name("_multi_worker_main.py")
 # Digits (512 training images), BatchNorm statistics re-estimated before each evaluation (two
 # short epochs leave the moving averages unsettled), no reorder search: minutes, not tens.
 FIELDS = ("data__train_size=512", "data__test_size=256", "train__baseline_epochs=2",
-          "train__prune_epochs=1", "train__finetune_epochs=0",
-          "train__bn_recalibration_images=256", "crossbar__reorder=false",
+          "schedule__prune_epochs=1", "schedule__finetune_epochs=0",
+          "train__bn_recalibration_images=256", "allocation__reorder=false",
           "train__worker_timeout=60")
 WORKER_TIMEOUT = 60
 HEALTH_CHECK = 30 * 2 + 3 * 10  # TF's check interval (30 s), twice, plus three 10 s tries
@@ -108,7 +108,7 @@ def test_rerun_resumes_and_matches_the_single_device_run(runs):
   single = json.loads(single_out.strip().splitlines()[-1])
   multi = json.loads(out.strip().splitlines()[-1])
   assert multi["crossbars"] == single["crossbars"]
-  assert multi["reduction"] == single["reduction"] > 0.5  # crossbar.reduction is 0.6
+  assert multi["reduction"] == single["reduction"] > 0.5  # allocation.reduction is 0.6
   # Two workers see 8 images each per step: BatchNorm's batch statistics and the order of the
   # gradient sums differ from one device's batch of 16. Measured on 256 test images (one image
   # = 0.004): dense 0.922 on both; pruned without fine-tuning 0.699 single vs 0.660 two

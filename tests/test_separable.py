@@ -266,7 +266,7 @@ def test_xception_maps_every_separable_pointwise_kernel(flavour):
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_one_shot_masks_cut_the_pointwise_kernel_to_its_budget(flavour):
-  """`xbar-prune`'s one-shot path (`train.prune_epochs=0`) projects and zeroes the pointwise
+  """`xbar-prune`'s one-shot path (`schedule.prune_epochs=0`) projects and zeroes the pointwise
   kernel, leaving the depthwise kernel whole."""
   from xbar_tfmot.pruning import one_shot
   model = model_of(flavour)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xbar_tfmot.app import datasets, pipeline
+from xbar_tfmot.app import datasets, pipeline, preparation
 from xbar_tfmot.app.configuration import ConfigError, defaults
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def config_for(tmp_path, name, path, **fields):
   c.workdir = str(tmp_path / "run")
   c.data.name, c.data.path = name, str(path)
   c.model.name, c.model.width = "vgg8", 0.125
-  c.crossbar.spec = "72x4,mapping=direct,kin=8,kout=4"
+  c.chip.spec = "72x4,mapping=direct,kin=8,kout=4"
   for key, value in fields.items():
     section, field = key.split("__")
     c[section][field] = value
@@ -108,7 +108,7 @@ def test_pipeline_takes_shape_and_classes_from_the_users_data(tmp_path):
            y_test=np.arange(5))
   run = pipeline.Pipeline(config_for(tmp_path, "npz", tmp_path / "d.npz"))
   run.prepare()
-  model = run._fresh_model
+  model = run.context.fresh_model
   assert tuple(model.input_shape[1:]) == (16, 16, 2) and model.output_shape[-1] == 5
 
 
@@ -119,16 +119,16 @@ def test_sorted_user_data_gives_mixed_subset_and_validation_split(tmp_path):
   np.savez(tmp_path / "s.npz", x_train=x / 60, y_train=np.repeat(np.arange(3), 20),
            x_test=x[:3] / 60, y_test=np.arange(3))
   config = config_for(tmp_path, "npz", tmp_path / "s.npz", data__train_size=40,
-                      crossbar__mode="sensitivity", crossbar__validation_images=10)
+                      allocation__mode="sensitivity", allocation__validation_images=10)
   run = pipeline.Pipeline(config)
-  (x_fit, y_fit), _ = run._load_data()
-  x_val, y_val = run.validation
+  data = preparation.load_data(run.config)
+  (x_fit, y_fit), (x_val, y_val) = data.train, data.validation
   assert len(y_fit) == 30 and len(y_val) == 10
   assert len(set(y_fit.tolist())) == 3 and len(set(y_val.tolist())) > 1
   seen = np.concatenate([x_fit, x_val])[:, 0, 0, 0]
   assert len(set(np.round(seen * 60).astype(int).tolist())) == 40  # 40 distinct images
   again = pipeline.Pipeline(config)
-  np.testing.assert_array_equal(again._load_data()[0][1], y_fit)  # the same for the seed
+  np.testing.assert_array_equal(preparation.load_data(again.config).train[1], y_fit)  # the same for the seed
 
 
 @pytest.mark.parametrize("name, path, match", [

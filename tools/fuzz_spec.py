@@ -5,7 +5,7 @@ huge, negative, fractional and non-ASCII numbers, separators) go through `parse_
 either gives a spec that round-trips through its string form or raises `ValueError`. The
 same documents as preset JSON files (mutated, truncated, non-objects, non-UTF-8) go through
 `parse_spec(path)`. Configs: one to three fields of the defaults set to values of any type
-(numbers out of range, strings, lists, None, NaN, huge) go through `configuration.check`;
+(numbers out of range, strings, lists, None, NaN, huge) go through `configuration.parse`;
 each passes or raises `ConfigError` naming a `config.` field. Anything else is a failure.
 The suite runs a few hundred (tests/test_fuzz_spec.py); the full run, quoted in
 docs/reliability.md:
@@ -136,7 +136,7 @@ def random_value(rng: random.Random, default: Any) -> Any:
 def fuzz_configs(cases: int, seed: int = 0) -> dict[str, Any]:
   import ml_collections
 
-  from xbar_tfmot.app.configuration import ConfigError, check, defaults, flatten
+  from xbar_tfmot.app.configuration import ConfigError, defaults, flatten, parse
   rng = random.Random(seed)
   fields = flatten(defaults())
   failures, accepted = [], 0
@@ -152,7 +152,7 @@ def fuzz_configs(cases: int, seed: int = 0) -> dict[str, Any]:
       node[leaf] = value
       changed[path] = value
     try:
-      check(config)
+      parse(config)
       accepted += 1
     except ConfigError as e:
       if "config." not in str(e):

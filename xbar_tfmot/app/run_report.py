@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from xbar_tfmot.app import configuration, plots
+from xbar_tfmot.app import plots
 from xbar_tfmot.core.mapping import CrossbarMapping
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection
@@ -72,7 +72,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
   """Writes the report folder; returns the metrics (also `metrics.json`). `mapping`: the
   pruned model's, when the caller has built it (else built here)."""
   folder.mkdir(parents=True, exist_ok=True)
-  granularity = config.crossbar.granularity
+  granularity = config.chip.granularity
   rows = layer_rows(dense_model, pruned_model, spec, granularity)
   if mapping is None:
     mapping = build_mapping(pruned_model, spec, granularity)
@@ -105,7 +105,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
       "hardware": phases.get("hardware", {}),
       "layer_by_layer": phases.get("prune", {}).get("layer_by_layer"),
       "seconds": {name: phases[name].get("seconds") for name in phases},
-      "config": configuration.flatten(config),
+      "config": config.flat(),
   }
   images = []
   if plots_enabled:
@@ -123,9 +123,9 @@ def _weighted_kept(rows: list[dict]) -> float:
 
 
 def _plots(folder, config, spec, pruned_model, rows, phases) -> list[tuple[str, str]]:
-  title = f"{config.name}: {config.model.name} on {spec}, {config.crossbar.granularity} grain"
+  title = f"{config.name}: {config.model.name} on {spec}, {config.chip.granularity} grain"
   plots.crossbars_per_layer(rows, folder / "crossbars_per_layer.png", title)
-  plots.occupancy(occupancy_maps(pruned_model, spec, config.crossbar.granularity),
+  plots.occupancy(occupancy_maps(pruned_model, spec, config.chip.granularity),
                   folder / "occupancy.png", f"{title}: surviving units (dark)")
   images = [("Crossbars per layer", "crossbars_per_layer.png"),
             ("Crossbar occupancy", "occupancy.png")]

@@ -1,0 +1,169 @@
+"""The prune phase of `xbar-prune`: joint LGD pruning with fine-tuning, one-shot projection, or
+the layer-by-layer procedure (`schedule.*`), to the budget of `allocation.*`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from xbar_tfmot.app import training
+from xbar_tfmot.app.run_context import RunContext
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.schedules import CrossbarPolynomialDecay, ramp_steps
+from xbar_tfmot.pruning import one_shot
+
+
+def prune(run: RunContext) -> dict[str, Any]:
+  """Reads the prune input (`checkpoints/reordered.keras`, else `baseline.keras`), prunes it by
+  `schedule.procedure` (training checkpoints in `checkpoints/prune/`) and writes the stripped
+  model to `checkpoints/pruned.keras`."""
+  c = run.config
+  model = run.load(run.prune_input())
+  result: dict[str, Any] = {}
+  if c.schedule.procedure == "layer_by_layer":
+    stripped, outcomes = _layer_by_layer(run, model)
+    result = {"history": {}, "layer_by_layer": outcomes,
+              "validation_images": len(run.data.validation[1])}
+  elif c.schedule.prune_epochs == 0:
+    run.log(f"[prune] one-shot exact projection to reduction {c.allocation.reduction}")
+    stripped = model
+    one_shot.apply_masks(stripped, one_shot.one_shot_masks(
+        model, run.spec, policy(run, model), c.allocation.reduction, c.chip.granularity))
+    result = {"history": {}}
+  else:
+    stripped, history = _joint(run, model)
+    result = {"history": history}
+  run.save(run.recalibrated(stripped), run.path("pruned.keras"))
+  if run.data is not None:
+    result["accuracy"] = run.evaluate(stripped)
+  return result
+
+
+def policy(run: RunContext, model=None) -> CrossbarPolicy:
+  """The configured policy; `sensitivity` measures its curves on `model` (the prune input)
+  over the validation images held out of training (`allocation.validation_images`)."""
+  a = run.config.allocation
+  curves = None
+  if a.mode == "sensitivity":
+    from xbar_tfmot.pruning.sensitivity import sensitivity_curves
+    run.compile(model, run.config.train.learning_rate)
+    measured = sensitivity_curves(model, run.spec, run.data.validation, run.config.chip.granularity)
+    run.log(f"[prune] sensitivity curves: {measured['evaluations']} evaluations on "
+            f"{len(run.data.validation[1])} held-out training images, "
+            f"{training.format_seconds(measured['seconds'])}")
+    curves = measured["curves"]
+  return CrossbarPolicy(leave_dense=a.dense_layers, mode=a.mode, score=a.score, curves=curves)
+
+
+def _steps_per_epoch(run: RunContext) -> int:
+  return math.ceil(len(run.data.train[1]) / run.config.train.batch_size)
+
+
+def _joint(run: RunContext, model):
+  """`prune_crossbar` over `schedule.prune_epochs` epochs, then `schedule.finetune_epochs` with
+  the masks frozen: `(stripped model, history)`."""
+  from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
+  from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
+  c, s, t = run.config, run.config.schedule, run.config.train
+  end_step, frequency = ramp_steps(s.prune_epochs, _steps_per_epoch(run), s.ramp,
+                                   s.updates_per_epoch)
+  schedule = CrossbarPolynomialDecay(c.allocation.reduction, begin_step=0, end_step=end_step,
+                                     frequency=frequency)
+  run.log(f"[prune] LGD-{s.projection.upper()} {c.chip.granularity} grain to reduction "
+          f"{c.allocation.reduction} on {run.spec}: budget falls over {end_step} steps, masks "
+          f"every {frequency} steps, {s.prune_epochs} pruning + {s.finetune_epochs} fine-tuning "
+          f"epochs")
+  pruned = prune_crossbar(model, run.spec, granularity=c.chip.granularity, schedule=schedule,
+                          projection=s.projection, regrowth=s.regrowth,
+                          policy=policy(run, model), seed=c.seed, temperature=s.temperature)
+  targets = _teacher_targets(run) if t.distillation_weight else None
+  run.compile(pruned, t.learning_rate, distill=targets is not None)
+  callbacks = [UpdateCrossbarPruning(allocation_data=_saliency_batches(run, targets)),
+               *run.tensorboard("prune")]
+  if c.report.tensorboard:
+    callbacks.append(CrossbarPruningSummaries(str(run.workdir / "logs" / "prune")))
+
+  def on_epoch(epoch: int) -> None:
+    if epoch == s.prune_epochs:
+      run.log(f"[finetune] masks frozen; {s.finetune_epochs} epochs at learning rate "
+              f"{t.finetune_learning_rate}")
+
+  pruned, history = run.fit(
+      pruned, "prune", s.prune_epochs + s.finetune_epochs,
+      lambda e: t.learning_rate if e < s.prune_epochs else t.finetune_learning_rate,
+      callbacks, on_epoch, targets)
+  history["phase_boundary"] = [s.prune_epochs]
+  return strip_crossbar_pruning(pruned), history
+
+
+def _teacher_targets(run: RunContext) -> tuple:
+  """`(train, test)` targets of the dense model for distillation (`train.distillation_*`)."""
+  from xbar_tfmot.pruning.distillation import teacher_targets
+  t = run.config.train
+  teacher = run.load(run.prune_input())  # a copy: the pruned model shares its layers
+  probabilities = (training.outputs_probabilities(teacher) if t.outputs == "auto"
+                   else t.outputs == "probabilities")
+  run.log(f"[prune] distillation from the dense model: weight {t.distillation_weight}, "
+          f"temperature {t.distillation_temperature}")
+  return tuple(teacher_targets(teacher, x, y, from_logits=not probabilities)
+               for x, y in (run.data.train, run.data.test))
+
+
+def _saliency_batches(run: RunContext, targets: tuple | None) -> list | None:
+  """Up to four training batches for `score = "saliency"`, with the labels the compiled loss
+  reads (the teacher's targets under distillation); None for the other scores."""
+  a, batch = run.config.allocation, run.config.train.batch_size
+  if a.mode != "global_score" or a.score != "saliency":
+    return None
+  x, y = run.data.train
+  y = y if targets is None else targets[0]
+  return [(x[i:i + batch], y[i:i + batch]) for i in range(0, min(len(x), 4 * batch), batch)]
+
+
+def _layer_by_layer(run: RunContext, model):
+  """`schedule.procedure = "layer_by_layer"`: `(stripped model, per-layer outcome dicts)`; the
+  stop rules' accuracy is measured on the validation images held out of the training images.
+  After each layer, `checkpoints/prune/layer_by_layer_<k>.keras` and `layer_by_layer.json`
+  (the commit point) let a rerun continue from the next layer."""
+  from xbar_tfmot.pruning.layer_by_layer import (LayerByLayerError, outcome_rows,
+                                                 prune_layer_by_layer)
+  c, s, t, rules = run.config, run.config.schedule, run.config.train, run.config.layer_by_layer
+  x, y = run.data.train
+  xv, yv = run.data.validation
+  run.log(f"[prune] layer by layer, LGD-{s.projection.upper()} {c.chip.granularity} grain on "
+          f"{run.spec}: reduction steps of {rules.reduction_step} up to {rules.max_reduction}, "
+          f"{rules.step_epochs} epochs a step, {s.finetune_epochs} fine-tuning epochs a layer; "
+          f"a step may lose {rules.max_accuracy_drop} accuracy on {len(yv)} held-out training "
+          f"images")
+
+  def train(m, epochs: int, *, callbacks, seed: int, finetune: bool) -> None:
+    run.compile(m, t.finetune_learning_rate if finetune else t.learning_rate)
+    training.fit_seeded(m, x, y, run.keras, epochs, t.batch_size, seed, callbacks)
+
+  folder = run.path("prune")
+  progress_file = folder / "layer_by_layer.json"
+  resume = training.read_json(progress_file) if progress_file.exists() else None
+  if resume is not None:
+    saved = folder / str(resume.pop("model", ""))
+    if not saved.is_file():
+      raise LayerByLayerError(f"{progress_file} names no saved model ({saved.name!r} is "
+                              f"missing); delete it to start the layer-by-layer phase over.")
+    model = run.load(saved)
+
+  def checkpoint(m, progress: dict[str, Any]) -> None:
+    folder.mkdir(exist_ok=True)
+    name = f"layer_by_layer_{len(progress['outcomes'])}.keras"
+    run.save(m, folder / name)
+    training.write_json(progress_file, {**progress, "model": name})
+    for old in folder.glob("layer_by_layer_*.keras"):
+      if old.name != name:
+        old.unlink()
+
+  pruned, outcomes = prune_layer_by_layer(
+      model, run.spec, granularity=c.chip.granularity, rules=rules.rules, train=train,
+      validate=lambda m: training.accuracy(m, xv, yv, batch_size=512),
+      steps_per_epoch=_steps_per_epoch(run), step_epochs=rules.step_epochs,
+      finetune_epochs=s.finetune_epochs, leave_dense=c.allocation.dense_layers, ramp=s.ramp,
+      updates_per_epoch=s.updates_per_epoch, projection=s.projection, regrowth=s.regrowth,
+      temperature=s.temperature, seed=c.seed, log=run.log, checkpoint=checkpoint, resume=resume)
+  return pruned, outcome_rows(outcomes)
