@@ -1,6 +1,6 @@
 """tools/bench_quality.py: a --quick run on real Fashion-MNIST writes the expected cells, the
 LGD-RPP cells respect their crossbar budget, the layer-by-layer cell its stop rules, a rerun
-resumes (skips finished cells), and
+resumes (skips finished cells), runs sharing an --out write results.json under its lock, and
 `--dataset cifar10` without a local copy fails naming the missing path."""
 
 import json
@@ -190,3 +190,37 @@ def test_distilled_rows_are_planned_after_every_allocation_row(tmp_path):
   methods = [c[2] for c in cells]
   assert methods[-4:] == ["alloc-best-distill"] * 4
   assert set(methods[:-4]) == set(tool.ALLOCATION)
+
+
+def test_results_file_is_written_under_the_lock_and_keeps_other_runs_cells(tmp_path):
+  """Runs on other (network, seed) pairs may share an --out: a write waits for the lock file
+  (`FileLock`, the project's one lock) while another live process holds it, and merges the
+  cells another run wrote since, never dropping them."""
+  import socket
+  import subprocess
+  import sys
+
+  from xbar_tfmot.app.workdir_lock import WorkdirBusy
+  tool = load_tool("bench_quality")
+  setting = tool.settings(tool.parse_args(["--out", str(tmp_path)]))
+  ours, theirs = tool.Results(tmp_path, setting), tool.Results(tmp_path, setting)
+  ours.add_cell(_cell("alloc-global", 0, 0.8, 0.8))
+  theirs.add_cell(_cell("alloc-global", 1, 0.8, 0.8))
+  ours.add_cell(_cell("alloc-energy", 0, 0.8, 0.8))
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert [c["key"] for c in on_disk["cells"]] == [f"vgg8:0.5|{s}|{m}|0.85" for s, m in (
+      (0, "alloc-global"), (0, "alloc-energy"), (1, "alloc-global"))]
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    (tmp_path / "results.lock").write_text(json.dumps({"pid": holder.pid,
+                                                       "host": socket.gethostname()}))
+    ours.lock.wait = 0.2
+    with pytest.raises(WorkdirBusy, match=f"results.lock is held by process {holder.pid}"):
+      ours.add_cell(_cell("alloc-saliency", 0, 0.8, 0.8))
+    assert json.loads((tmp_path / "results.json").read_text()) == on_disk
+  finally:
+    holder.kill()
+    holder.wait()
+  ours.save()  # the holder is gone: its lock is stale and taken over
+  assert len(json.loads((tmp_path / "results.json").read_text())["cells"]) == 4
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

@@ -161,6 +161,7 @@ TOOLS_MAY_IMPORT_APP = {
     "zoo": "the model builders",
     "training": "compile, fit, accuracy and the run folder's JSON and model I/O",
     "plots": "the figures the report draws, drawn alike for a benchmark",
+    "workdir_lock": "the project's one lock (`FileLock`), for a results file runs share",
 }
 # A tool whose subject is an application module may import it too.
 TOOL_SUBJECTS = {"fuzz_spec.py": {"configuration"}}

@@ -1,17 +1,20 @@
 """One xbar-prune per workdir: a second run refuses at once naming the holder; a stale lock
-(its process gone, or the file broken by a crash) is taken over."""
+(its process gone, or the file broken by a crash) is taken over. The same lock with a wait
+(`FileLock`) serialises the runs that share a file."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from xbar_tfmot.app import pipeline
 from xbar_tfmot.app.configuration import defaults
-from xbar_tfmot.app.workdir_lock import LOCK_NAME, WorkdirBusy, WorkdirLock
+from xbar_tfmot.app.workdir_lock import LOCK_NAME, FileLock, WorkdirBusy, WorkdirLock
 
 
 @pytest.fixture
@@ -201,3 +204,23 @@ def test_gives_up_after_three_attempts_when_others_keep_taking_it(tmp_path, monk
     WorkdirLock(tmp_path).acquire()
   assert len(attempts) == 3
   assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_a_file_lock_with_a_wait_takes_the_lock_once_its_live_holder_lets_go(tmp_path,
+                                                                            live_process):
+  """`FileLock(path, wait=...)`, the lock runs sharing a file take (tools/bench_quality.py):
+  it waits while a live process holds the lock, takes it when that one lets go, and names the
+  holder when the wait runs out."""
+  path = tmp_path / "results.lock"
+  path.write_text(json.dumps({"pid": live_process, "host": socket.gethostname()}))
+  start = time.monotonic()
+  with pytest.raises(WorkdirBusy, match=f"results.lock is held by process {live_process}"):
+    FileLock(path, wait=0.3).acquire()
+  assert time.monotonic() - start >= 0.3
+  assert json.loads(path.read_text())["pid"] == live_process
+  threading.Timer(0.3, path.unlink).start()  # the holder lets go
+  start = time.monotonic()
+  with FileLock(path, wait=30):
+    assert time.monotonic() - start >= 0.3
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+  assert sorted(p.name for p in tmp_path.iterdir()) == []

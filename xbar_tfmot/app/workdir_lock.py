@@ -1,10 +1,15 @@
-"""One `xbar-prune` per workdir: a lock file naming the process that holds it.
+"""The project's one lock: a lock file naming the process that holds it.
 
-`workdir/lock.json` holds the pid, host and start time of the run that owns the folder. A
-second run on the same workdir refuses at once, naming that process. A lock whose process is
-gone (same host, pid no longer alive or this very process; or a file left unreadable by a
-crash) is stale and is taken over, so a killed run can always be resumed. Another host's
-lock is never taken over: its message says which file to delete once that run is gone.
+`FileLock(path)` writes the pid, host and start time of its holder to `path` atomically (a hard
+link: never half a file). A lock whose process is gone (same host, pid no longer alive or this
+very process; or a file left unreadable by a crash) is stale and is taken over, so a killed
+process never blocks the next. Another host's lock is never taken over: its message says which
+file to delete once that process is gone. While a live process holds it, `acquire` refuses at
+once, or with `wait` retries until it is free.
+
+`WorkdirLock(workdir)` is `workdir/lock.json`, held by `xbar-prune` for its whole run: a second
+run on the same workdir refuses at once, naming the first. A benchmark whose runs share one
+results file (`tools/bench_quality.py`) holds a `FileLock` with a wait around each read and write.
 """
 
 from __future__ import annotations
@@ -20,17 +25,19 @@ from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.export.exporter import process_alive
 
 LOCK_NAME = "lock.json"
+POLL_SECONDS = 0.05  # between two looks at a lock held by a live process, while waiting
 
 
 class WorkdirBusy(XbarError, RuntimeError):
-  """Another live run holds the workdir."""
+  """Another live process holds the lock (the workdir's, or another `FileLock`)."""
 
 
-class WorkdirLock:
-  """`with WorkdirLock(workdir):` holds the workdir for this process."""
+class FileLock:
+  """`with FileLock(path, wait=60):` holds the lock file `path` for this process."""
 
-  def __init__(self, workdir: str | os.PathLike):
-    self.path = pathlib.Path(workdir) / LOCK_NAME
+  def __init__(self, path: str | os.PathLike, wait: float = 0.0):
+    self.path = pathlib.Path(path)
+    self.wait = wait  # seconds `acquire` retries while a live process holds the lock
     self.owner = {"pid": os.getpid(), "host": socket.gethostname()}
     self._text: str | None = None  # what this process wrote, once it holds the lock
 
@@ -39,14 +46,24 @@ class WorkdirLock:
     text = self._read()
     return None if text is None else _owner(text)
 
+  def busy_message(self, held: dict) -> str:
+    """Why `acquire` gives up while the live process `held` keeps the lock."""
+    return (f"{self.path} is held by process {held['pid']} on host {held.get('host')} (started "
+            f"{held.get('started', '?')}); if that process is gone (another host's lock is never "
+            f"taken over), delete {self.path} and rerun.")
+
   def acquire(self) -> None:
-    """Takes the lock, or raises `WorkdirBusy` naming the live run that holds it."""
+    """Takes the lock, or raises `WorkdirBusy` naming the live process that holds it once
+    `wait` seconds have passed."""
     self.path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({**self.owner, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    tmp = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}")
+    tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+    deadline = time.monotonic() + self.wait
     try:
-      for _ in range(3):
-        tmp.write_text(text, encoding="utf-8")
+      tmp.write_text(text, encoding="utf-8")
+      attempts = 0
+      while attempts < 3:  # a lock gone or taken over since it was seen: try again
+        attempts += 1
         try:
           os.link(tmp, self.path)  # atomic: fails if a lock exists, never leaves half a file
           self._text = text
@@ -57,13 +74,13 @@ class WorkdirLock:
         if seen is None:
           continue
         held = _owner(seen)
-        if self._live(held):
-          raise WorkdirBusy(
-              f"{self.path.parent} is in use by xbar-prune process {held['pid']} on host "
-              f"{held.get('host')} (started {held.get('started', '?')}); wait for it to finish, "
-              f"stop it, or give another config.workdir. If that process is gone (another "
-              f"host's lock is never taken over), delete {self.path} and rerun.")
-        self._take_over(seen)
+        if not self._live(held):
+          self._take_over(seen)
+        elif time.monotonic() < deadline:
+          time.sleep(POLL_SECONDS)
+          attempts = 0
+        else:
+          raise WorkdirBusy(self.busy_message(held))
     finally:
       tmp.unlink(missing_ok=True)
     raise WorkdirBusy(f"{self.path}: could not take the lock; other runs are starting in "
@@ -92,7 +109,7 @@ class WorkdirLock:
     """Removes the lock file judged stale from its text `stale`. It is first renamed aside
     (only one of several runs taking over at once gets it); a live lock put there since the
     judgement is put back instead."""
-    aside = self.path.with_name(f".{LOCK_NAME}.stale.{os.getpid()}")
+    aside = self.path.with_name(f".{self.path.name}.stale.{os.getpid()}")
     try:
       os.replace(self.path, aside)
     except FileNotFoundError:
@@ -114,12 +131,25 @@ class WorkdirLock:
       self.path.unlink()
     self._text = None
 
-  def __enter__(self) -> "WorkdirLock":
+  def __enter__(self) -> "FileLock":
     self.acquire()
     return self
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+class WorkdirLock(FileLock):
+  """`with WorkdirLock(workdir):` holds the workdir for this process; refuses at once if held."""
+
+  def __init__(self, workdir: str | os.PathLike):
+    super().__init__(pathlib.Path(workdir) / LOCK_NAME)
+
+  def busy_message(self, held: dict) -> str:
+    return (f"{self.path.parent} is in use by xbar-prune process {held['pid']} on host "
+            f"{held.get('host')} (started {held.get('started', '?')}); wait for it to finish, "
+            f"stop it, or give another config.workdir. If that process is gone (another "
+            f"host's lock is never taken over), delete {self.path} and rerun.")
 
 
 def _owner(text: str) -> dict:

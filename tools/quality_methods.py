@@ -1,0 +1,396 @@
+"""The quality benchmark's methods: `METHOD_TABLE`, name -> label, plot style, family, run.
+
+Every method starts from the dense baseline of a `quality_bench.Bench` and gets the same
+number of post-baseline epochs; the procedures are the library's (`import xbar_tfmot as xt`):
+
+  rpp-crossbar         LGD-RPP (`prune_crossbar`), crossbar grain (regrowth reset)
+  rpp-crossbar-st      LGD-RPP, crossbar grain, regrowth straight_through
+  rpp-column           LGD-RPP, column grain (output recombination)
+  rpp-column-reorder   `reorder_model` (materialised), then LGD-RPP column grain
+  topk-crossbar        exact top-k projection at every update (no RPP sampling), crossbar grain
+  oneshot-crossbar     `one_shot_masks` of the trained dense kernels at crossbar grain, then
+                       fine-tuning with the mask fixed
+  tfmot-unstructured   TFMOT `prune_low_magnitude` (gradual) at the per-layer number of
+                       non-zero weights the crossbar-grain budget keeps; crossbars counted by us
+  group-lasso          sum over crossbar blocks of the block's L2 norm added to the loss for the
+                       first half of the epochs, then the strongest blocks kept to the budget and
+                       the second half fine-tunes with the mask fixed
+
+Issue 13 (`--methods allocation`): LGD-RPP column grain on the baseline reordered once per
+target (shared by the rows), differing only in how the crossbars are split among layers
+(`CrossbarPolicy.mode`):
+
+  alloc-per-layer      per_layer, at the per-layer reduction that makes the whole model hold no
+                       more crossbars than the global modes (`equal_count_reduction`)
+  alloc-global         global: the model-wide budget spread in proportion to dense counts
+  alloc-energy         global_score, score magnitude (re-split at every mask update; the row
+                       keeps the score's former name, energy)
+  alloc-saliency       global_score, score saliency (|w dL/dw| on 4 training batches)
+  alloc-sensitivity    sensitivity: curves measured on the validation split, then a knapsack
+  alloc-best-distill   the row above with the best mean validation accuracy at that (network,
+                       target), trained against the dense model's logits (DistillationLoss)
+  <row>-kd             each allocation row with distillation
+  layer-by-layer       (by name; not in the group, it trains about 4x longer than a row) the
+                       paper's procedure (`prune_layer_by_layer`): one layer at a time, its
+                       reduction climbing a 3-step grid up to the target until the validation
+                       accuracy falls 2 points below the start (or Tc = 1), each layer then
+                       fine-tuned one epoch; it lands on its own crossbar count
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+from quality_bench import Bench
+
+
+class Method(NamedTuple):
+  """One compared method: its label in the table, plot style, family and how to run it.
+
+  `run(bench, reduction)` returns `(stripped model, extra fields of the result cell)`.
+  """
+
+  label: str
+  style: str
+  family: str  # lgd, baseline, allocation, distilled, kd or procedure
+  run: Callable[[Bench, float], tuple[Any, dict]]
+
+
+def run_lgd(b: Bench, reduction: float, granularity: str, projection: str, regrowth: str,
+            reorder: bool) -> tuple[Any, dict]:
+  """LGD (`prune_crossbar`) with every pruned layer at `reduction`, optionally reordered first."""
+  model, extra = b.copy(b.dense()[0]), {}
+  names = b.pruned_names(model)
+  if reorder:
+    start = time.perf_counter()
+    model, res = b.xt.reorder_model(model, b.spec, {n: reduction for n in names}, granularity,
+                                    materialize=True, seed=b.seed)
+    extra.update(reorder_seconds=time.perf_counter() - start, reorder_skipped=res.skipped)
+  pruned = prune_and_fit(b, model, b.policy(model), reduction, granularity, projection, regrowth)
+  wrapped = sorted(l.layer.name for l in pruned.layers if type(l).__name__ == "CrossbarPrune")
+  if wrapped != sorted(names):
+    raise RuntimeError(f"prune_crossbar wrapped {wrapped}; the benchmark prunes {sorted(names)}")
+  return b.xt.strip_crossbar_pruning(pruned), extra
+
+
+def prune_and_fit(b: Bench, model, policy, reduction: float, granularity: str = "column",
+                  projection: str = "rpp", regrowth: str = "reset", y=None, distillation=None,
+                  allocation_data=None) -> Any:
+  """`prune_crossbar` under `policy`, its budget falling over `--prune-fraction` of the
+  method's epochs, trained those epochs (against `y`, with `distillation` when given)."""
+  xt = b.xt
+  pruned = xt.prune_crossbar(
+      model, spec=b.spec, granularity=granularity, projection=projection, regrowth=regrowth,
+      seed=b.seed, temperature=b.args.temperature, policy=policy,
+      schedule=xt.CrossbarPolynomialDecay(final_reduction=reduction, begin_step=0,
+                                          end_step=b.end_step, frequency=b.args.frequency))
+  b.compile(pruned, b.args.finetune_lr, b.args.epochs, distillation)
+  b.fit(pruned, b.args.epochs, [xt.UpdateCrossbarPruning(allocation_data=allocation_data)], y)
+  return pruned
+
+
+def reordered(b: Bench, reduction: float) -> tuple[Any, float, dict[str, str]]:
+  """The dense baseline reordered for column grain at `reduction` in every pruned layer
+  (`reorder_model`, materialised; once per reduction, shared by the allocation rows so that
+  they differ only in the allocation): `(model, seconds, skipped layers)`."""
+  def compute():
+    base = b.dense()[0]
+    start = time.perf_counter()
+    model, res = b.xt.reorder_model(b.copy(base), b.spec,
+                                    {n: reduction for n in b.pruned_names(base)}, "column",
+                                    materialize=True, seed=b.seed)
+    return model, time.perf_counter() - start, res.skipped
+  return b.remember(("reordered", reduction), compute)
+
+
+def equal_count_reduction(b: Bench, model, reduction: float) -> float:
+  """The per-layer reduction at which the whole model holds no more crossbars than the
+  model-wide budget `max(1, round((1 - reduction) * D))` of the global modes (`D`: every
+  mapped layer): per-layer mode then competes at the same chip size. Bisection on the plan."""
+  target = b.xt.crossbar_budget(b.counts(model)["dense"], reduction)
+  policy = b.policy(model)
+  low, high = reduction, 0.999
+  if b.model_budget(model, policy, low) <= target:
+    return low
+  for _ in range(40):
+    mid = (low + high) / 2
+    low, high = (mid, high) if b.model_budget(model, policy, mid) > target else (low, mid)
+  return high
+
+
+def allocation_policy(b: Bench, model, reduction: float, mode: str,
+                      score: str) -> tuple[Any, float, dict]:
+  """`(CrossbarPolicy, schedule reduction, extra fields)` of an allocation row."""
+  if mode == "per_layer":
+    r = equal_count_reduction(b, model, reduction)
+    return b.policy(model), r, {"per_layer_reduction": r}
+  if mode != "sensitivity":
+    return b.policy(model, mode=mode, score=score), reduction, {}
+
+  def curves():
+    b.compile(model, b.args.finetune_lr, b.args.epochs)  # the curves read the compiled loss
+    m = b.xt.sensitivity_curves(model, b.spec, (b.x_val, b.y_val), "column")
+    b.log(f"{b.tag}: sensitivity curves at {reduction:g}: {m['evaluations']} evaluations on "
+          f"{len(b.y_val)} validation images, {m['seconds']:.0f} s")
+    return m
+  m = b.remember(("curves", reduction), curves)
+  return (b.policy(model, mode="sensitivity", curves=m["curves"]), reduction,
+          {"curves_evaluations": m["evaluations"], "curves_seconds": m["seconds"],
+           "curves": m["curves"]})
+
+
+def run_allocation(b: Bench, reduction: float, mode: str, score: str,
+                   distill: bool = False) -> tuple[Any, dict]:
+  """LGD-RPP column grain on the reordered baseline, with `CrossbarPolicy(mode, score)`;
+  `distill`: trained against the dense model's logits (`teacher_targets`, `DistillationLoss`)."""
+  source, reorder_seconds, skipped = reordered(b, reduction)
+  model = b.copy(source)
+  policy, r, extra = allocation_policy(b, model, reduction, mode, score)
+  extra.update(mode=mode, score=score if mode == "global_score" else None,
+               reorder_seconds=reorder_seconds, reorder_skipped=skipped,
+               budget=b.model_budget(model, policy, r))
+  y, distillation, batch = b.y, None, b.args.batch
+  if distill:
+    y = b.xt.teacher_targets(b.dense()[0], b.x, b.y, batch_size=1000)
+    distillation = (b.args.distill_temperature, b.args.distill_weight)
+    extra.update(distill_weight=b.args.distill_weight,
+                 distill_temperature=b.args.distill_temperature)
+  saliency = None
+  if mode == "global_score" and score == "saliency":  # 4 training batches, as xbar-prune
+    saliency = [(b.x[i:i + batch], y[i:i + batch])
+                for i in range(0, min(len(b.x), 4 * batch), batch)]
+  pruned = prune_and_fit(b, model, policy, r, y=y, distillation=distillation,
+                         allocation_data=saliency)
+  return b.xt.strip_crossbar_pruning(pruned), extra
+
+
+def run_best_distilled(b: Bench, reduction: float) -> tuple[Any, dict]:
+  """The allocation row with the best mean validation accuracy at this (network, reduction),
+  over the seeds finished so far, run again with distillation from the dense model."""
+  if b.choose is None:
+    raise RuntimeError("alloc-best-distill needs Bench(choose=...) to read the results")
+  best, by = b.choose(reduction)
+  mode, score = ALLOC_MODES[best]
+  b.log(f"{b.tag}: best allocation at {reduction:g} on validation: {best} "
+        f"({', '.join(f'{m} {v:.4f}' for m, v in by.items())})")
+  model, extra = run_allocation(b, reduction, mode, score, distill=True)
+  return model, {**extra, "chosen": best, "validation_means": by}
+
+
+# layer-by-layer's stop rules: the library defaults but for the grid, which climbs to the target
+# in LBL_GRID_STEPS steps (the default 0.1 grid would train up to 9 epochs a layer)
+LBL_MAX_ACCURACY_DROP, LBL_CROSSBAR_THRESHOLD, LBL_GRID_STEPS = 0.02, 1, 3
+
+
+def run_layer_by_layer(b: Bench, reduction: float) -> tuple[Any, dict]:
+  """The paper's procedure (`prune_layer_by_layer`) on the reordered baseline, column grain:
+  each pruned layer in turn, up to `reduction` unless the validation accuracy (BatchNorm
+  re-estimated) falls more than `LBL_MAX_ACCURACY_DROP` below the start."""
+  source, reorder_seconds, skipped = reordered(b, reduction)
+  rules = b.xt.StopRules(max_accuracy_drop=LBL_MAX_ACCURACY_DROP, max_reduction=reduction,
+                         crossbar_threshold=LBL_CROSSBAR_THRESHOLD,
+                         step=reduction / LBL_GRID_STEPS)
+  epochs = []
+
+  def train(model, n: int, *, callbacks, seed: int, finetune: bool) -> None:
+    b.compile(model, b.args.finetune_lr, n)
+    b.training.fit_seeded(model, b.x, b.y, b.keras, n, b.args.batch, seed, callbacks)
+    epochs.append(n)
+
+  def validate(model) -> float:
+    b.recalibrate(model)
+    return b.val_accuracy(model)
+
+  model, outcomes = b.xt.prune_layer_by_layer(
+      b.copy(source), b.spec, granularity="column", rules=rules, train=train,
+      validate=validate, steps_per_epoch=b.steps_per_epoch,
+      leave_dense=b.policy(source).leave_dense, ramp=b.args.prune_fraction,
+      updates_per_epoch=max(1, b.steps_per_epoch // b.args.frequency),
+      temperature=b.args.temperature, seed=b.seed, log=b.log)
+  return model, {"reorder_seconds": reorder_seconds, "reorder_skipped": skipped,
+                 "epochs_trained": sum(epochs), "outcomes": [o.to_dict() for o in outcomes],
+                 "rules": {"max_accuracy_drop": rules.max_accuracy_drop,
+                           "max_reduction": rules.max_reduction,
+                           "crossbar_threshold": rules.crossbar_threshold, "step": rules.step}}
+
+
+def crossbar_masks(b: Bench, model, reduction: float) -> dict[str, np.ndarray]:
+  """`one_shot_masks`: each pruned kernel's exact crossbar-grain projection at its budget."""
+  return b.xt.one_shot_masks(model, b.spec, b.policy(model), reduction, "crossbar")
+
+
+def finetune_masked(b: Bench, model, masks: dict[str, np.ndarray], epochs: int) -> Any:
+  """`epochs` of fine-tuning with `masks` held fixed, then applied (exact zeros to count)."""
+  from xbar_tfmot.pruning.callbacks import fixed_masks
+  b.compile(model, b.args.finetune_lr, epochs)
+  b.fit(model, epochs, fixed_masks(model, masks))
+  b.xt.apply_masks(model, masks)
+  return model
+
+
+def run_oneshot(b: Bench, reduction: float) -> tuple[Any, dict]:
+  model = b.copy(b.dense()[0])
+  return finetune_masked(b, model, crossbar_masks(b, model, reduction), b.args.epochs), {}
+
+
+def gl_epochs(args) -> tuple[int, int]:
+  """(regularised epochs, fine-tuning epochs) of group lasso: half and half of `--epochs`."""
+  reg = int(math.ceil(args.epochs / 2))
+  return reg, args.epochs - reg
+
+
+def group_lasso_model(b: Bench) -> tuple[Any, float]:
+  """The dense baseline trained `gl_epochs[0]` epochs with the block group-lasso term, cached
+  under `--out`, and the seconds that took: `(model without the term, seconds)`."""
+  import tensorflow as tf
+  reg = gl_epochs(b.args)[0]
+  path = b.cache / f"{b.tag}_grouplasso_l{b.args.gl_lambda:g}_e{reg}.weights.h5"
+  model = b.copy(b.dense()[0])
+  if path.exists():
+    b.compile(model, b.args.finetune_lr, reg)
+    model.load_weights(str(path))
+    return b.copy(model), 0.0
+  pruned = set(b.pruned_names(model))
+  geoms = [(model.get_layer(g.name).kernel, g) for g in b.geometries(model) if g.name in pruned]
+  lam = b.args.gl_lambda
+  model.add_loss(lambda: lam * tf.add_n([tf.reduce_sum(tf.sqrt(g.block_energy(k) + 1e-12))
+                                         for k, g in geoms]))
+  b.compile(model, b.args.finetune_lr, reg)
+  start = time.perf_counter()
+  b.fit(model, reg)
+  seconds = time.perf_counter() - start
+  model.save_weights(str(path))
+  b.log(f"{b.tag}: group-lasso phase {seconds:.0f} s")
+  return b.copy(model), seconds  # the copy has no penalty, for the fine-tuning phase
+
+
+def run_group_lasso(b: Bench, reduction: float) -> tuple[Any, dict]:
+  trained, reg_seconds = b.remember("group-lasso", lambda: group_lasso_model(b))
+  model = b.copy(trained)
+  masks = crossbar_masks(b, model, reduction)
+  kernels = {n: model.get_layer(n).kernel.numpy() for n in masks}
+  kept = {n: float(np.sum(np.square(kernels[n] * m)) / max(1e-30, np.sum(np.square(kernels[n]))))
+          for n, m in masks.items()}
+  model = finetune_masked(b, model, masks, gl_epochs(b.args)[1])
+  return model, {"regularised_seconds": reg_seconds, "kept_energy_at_threshold": kept,
+                 "gl_lambda": b.args.gl_lambda, "gl_epochs": list(gl_epochs(b.args))}
+
+
+def run_tfmot(b: Bench, reduction: float) -> tuple[Any, dict]:
+  """TFMOT's `prune_low_magnitude` at the non-zero weights of the crossbar-grain budget."""
+  import tensorflow_model_optimization as tfmot
+  model = b.copy(b.dense()[0])
+  masks = crossbar_masks(b, model, reduction)
+  sparsity = {n: float(1.0 - m.mean()) for n, m in masks.items()}
+  sk = tfmot.sparsity.keras
+
+  def wrap(layer):
+    if sparsity.get(layer.name, 0) > 0:
+      schedule = sk.PolynomialDecay(0.0, sparsity[layer.name], 0, b.end_step,
+                                    frequency=b.args.frequency)
+      return sk.prune_low_magnitude(layer, pruning_schedule=schedule)
+    return layer
+
+  pruned = b.keras.models.clone_model(model, clone_function=wrap)
+  for layer in pruned.layers:  # the wrappers add mask variables after the layer's own
+    inner = b.introspection.unwrap(layer)
+    for w, v in zip(inner.weights, model.get_layer(inner.name).weights):
+      w.assign(v)
+  b.compile(pruned, b.args.finetune_lr, b.args.epochs)
+  b.fit(pruned, b.args.epochs, [sk.UpdatePruningStep()])
+  return sk.strip_pruning(pruned), {"target_sparsity": sparsity}
+
+
+def _lgd(granularity: str, projection: str, regrowth: str, reorder: bool):
+  return lambda b, r: run_lgd(b, r, granularity, projection, regrowth, reorder)
+
+
+def _alloc(mode: str, score: str = "magnitude", distill: bool = False):
+  return lambda b, r: run_allocation(b, r, mode, score, distill)
+
+
+# Order: table rows, plot legend and run order within a cell group.
+METHOD_TABLE: dict[str, Method] = {
+    "rpp-crossbar": Method("1. LGD-RPP crossbar grain", "o-", "lgd",
+                           _lgd("crossbar", "rpp", "reset", False)),
+    "rpp-crossbar-st": Method("LGD-RPP crossbar grain, regrowth straight_through", "o:", "lgd",
+                              _lgd("crossbar", "rpp", "straight_through", False)),
+    "rpp-column": Method("2. LGD-RPP column grain", "s-", "lgd",
+                         _lgd("column", "rpp", "reset", False)),
+    "rpp-column-reorder": Method("3. LGD-RPP column grain + reorder", "D-", "lgd",
+                                 _lgd("column", "rpp", "reset", True)),
+    "topk-crossbar": Method("4. LGD top-k (no RPP), crossbar grain", "^--", "lgd",
+                            _lgd("crossbar", "topk", "reset", False)),
+    "oneshot-crossbar": Method("5. one-shot block magnitude + fine-tune", "v--", "baseline",
+                               run_oneshot),
+    "tfmot-unstructured": Method("6. TFMOT prune_low_magnitude (unstructured)", "x--",
+                                 "baseline", run_tfmot),
+    "group-lasso": Method("7. group lasso on blocks + threshold + fine-tune", "P--", "baseline",
+                          run_group_lasso),
+    "alloc-per-layer": Method("A1. per-layer (same reduction in every pruned layer)", "s-",
+                              "allocation", _alloc("per_layer")),
+    "alloc-global": Method("A2. global proportional", "o-", "allocation", _alloc("global")),
+    "alloc-energy": Method("A3. global_score energy", "^-", "allocation",
+                           _alloc("global_score", "magnitude")),
+    "alloc-saliency": Method("A4. global_score saliency", "v-", "allocation",
+                             _alloc("global_score", "saliency")),
+    "alloc-sensitivity": Method("A5. sensitivity (curves on the validation split)", "D-",
+                                "allocation", _alloc("sensitivity")),
+    "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",
+                                 "distilled", run_best_distilled),
+    "layer-by-layer": Method("A7. layer-by-layer (the paper's procedure)", "h-", "procedure",
+                             run_layer_by_layer),
+}
+# Each allocation row again with distillation (`<row>-kd`): A6 is the one validation picks; a
+# fixed `-kd` row runs before the pick is known (the reading uses it as A6 when it is the pick).
+ALLOC_MODES = {"alloc-per-layer": ("per_layer", "magnitude"),
+               "alloc-global": ("global", "magnitude"),
+               "alloc-energy": ("global_score", "magnitude"),
+               "alloc-saliency": ("global_score", "saliency"),
+               "alloc-sensitivity": ("sensitivity", "magnitude")}
+for _m, (_mode, _score) in ALLOC_MODES.items():
+  _number, _text = METHOD_TABLE[_m].label.split(". ", 1)
+  METHOD_TABLE[f"{_m}-kd"] = Method(f"{_number}-kd. {_text}, + distillation",
+                                    METHOD_TABLE[_m].style.replace("-", ":"), "kd",
+                                    _alloc(_mode, _score, True))
+METHODS = tuple(METHOD_TABLE)
+METHOD_LABELS = {m: spec.label for m, spec in METHOD_TABLE.items()}
+
+
+def family(name: str) -> tuple[str, ...]:
+  """The methods of one family, in table order."""
+  return tuple(m for m, spec in METHOD_TABLE.items() if spec.family == name)
+
+
+LGD_METHODS, BASELINES, ALLOCATION = family("lgd"), family("baseline"), family("allocation")
+DISTILLED, KD, PROCEDURE = family("distilled"), family("kd"), family("procedure")
+ISSUE8 = LGD_METHODS + BASELINES
+# Method groups `--methods` accepts besides single names.
+METHOD_GROUPS = {"issue8": ISSUE8, "allocation": ALLOCATION + DISTILLED}
+
+
+def run_method(b: Bench, method: str, reduction: float) -> tuple[Any, dict]:
+  if method not in METHOD_TABLE:
+    raise ValueError(f"--methods: {method!r} is unknown; valid: {', '.join(METHODS)}")
+  return METHOD_TABLE[method].run(b, reduction)
+
+
+def run_cell(b: Bench, method: str, reduction: float) -> dict:
+  """Runs `method` at `reduction` and measures it: the result cell's fields but its key."""
+  dense_model, record = b.dense()
+  start = time.perf_counter()
+  model, extra = run_method(b, method, reduction)
+  seconds = time.perf_counter() - start
+  counts = b.counts(model)
+  budget = extra.pop("budget", None) or b.model_budget(dense_model, b.policy(dense_model),
+                                                        reduction)
+  return {"network": f"{b.network[0]}:{b.network[1]:g}", "seed": b.seed, "method": method,
+          "reduction": reduction, "accuracy": b.accuracy(model),
+          "val_accuracy": b.val_accuracy(model), "counted": "model", "counts": counts,
+          "counts_pruned": b.counts(model, record["pruned_layers"]),
+          "layers": b.layer_counts(model), "budget": budget,
+          "reduction_measured": 1 - counts["packed"] / counts["dense"], "seconds": seconds,
+          **extra}
