@@ -10,7 +10,8 @@ from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models.analog_model import output_positions
 from xbar_tfmot.models.model_mapping import build_mapping
 
-HW = HardwareSpec(name="hand", input_bits=8, dac_bits=2, array_rows=4, array_cols=4,
+HW = HardwareSpec(name="hand", input_bits=8, dac_bits=2, bit_serial=True, array_rows=4,
+                  array_cols=4,
                   array_energy_pj=10.0, array_area_mm2=0.5, adc_energy_pj=2.0, adc_area_mm2=0.1,
                   dac_energy_pj=0.25, dac_area_mm2=0.01, cycle_ns=50.0)
 
@@ -110,18 +111,37 @@ def test_skipped_idle_columns_count_every_physical_column_of_a_used_weight():
   used = sum(bool(np.any(kernel[g:g + 4, o])) for g in range(0, 10, 4) for o in range(3))
   assert used == 4
   mvms = 4  # one position x 8 input bits / 2 per cycle
-  skip = estimate_cost(mapping, HW.replace(skip_idle_columns=True), {"fc": 1}).layers[0]
+  hw = HW.replace(differential_read="polarity")  # each column digitised
+  skip = estimate_cost(mapping, hw.replace(skip_idle_columns=True), {"fc": 1}).layers[0]
   assert skip.pruned.crossbars == 2 and skip.dense.crossbars == 3
   assert skip.pruned.conversions == used * 4 * mvms == 64
   assert skip.pruned.energy_adc_pj == pytest.approx(64 * 2.0)
   assert skip.dense.conversions == 3 * 3 * 4 * mvms == 144  # 3 groups x 3 outputs x 4 columns
-  every = estimate_cost(mapping, HW, {"fc": 1}).layers[0]  # every column of every crossbar
+  every = estimate_cost(mapping, hw, {"fc": 1}).layers[0]  # every column of every crossbar
   assert every.pruned.conversions == 2 * 16 * mvms and every.dense.conversions == 3 * 16 * mvms
   assert every.pruned.energy_adc_pj == pytest.approx(2 * 16 * mvms * 2.0)
   # 4 rows and 16 columns: DACs drive rows; the 4x16 crossbar is 4x the preset's 4x4 array
   assert every.pruned.energy_dac_pj == pytest.approx(2 * 4 * mvms * 0.25)
   assert every.pruned.energy_array_pj == pytest.approx(2 * mvms * 10.0 * 4)
   assert every.pruned.area_mm2 == pytest.approx(2 * (0.5 * 4 + 0.1 + 4 * 0.01))
+  # pairs read in the array: one conversion per pair, half of each count, nothing else changes
+  pairs = estimate_cost(mapping, HW.replace(differential_read="array"), {"fc": 1}).layers[0]
+  assert pairs.pruned.conversions == 2 * 8 * mvms and pairs.dense.conversions == 3 * 8 * mvms
+  assert pairs.pruned.energy_array_pj == every.pruned.energy_array_pj
+  paired_skip = HW.replace(differential_read="array", skip_idle_columns=True)
+  assert estimate_cost(mapping, paired_skip, {"fc": 1}).layers[0].pruned.conversions == 32
+
+
+def test_one_multi_bit_analog_input_is_one_cycle():
+  """The same chip with `bit_serial=false`: one 8-bit analog input per MVM, so one cycle of
+  the array, the DACs and one conversion per column, and a quarter of the latency."""
+  model, mapping = one_dense()
+  serial = estimate_cost(mapping, HW, {"fc": 1}).layers[0]
+  analog = estimate_cost(mapping, HW.replace(bit_serial=False), {"fc": 1}).layers[0]
+  assert (serial.mvms, analog.mvms) == (4, 1)
+  assert analog.pruned.conversions * 4 == serial.pruned.conversions == 2 * 4 * 4
+  assert analog.pruned.energy_pj == pytest.approx(serial.pruned.energy_pj / 4)
+  assert analog.pruned.latency_ns == pytest.approx(50.0)
 
 
 def test_latency_rounds_the_positions_up_over_the_replicas():

@@ -53,7 +53,7 @@ import numpy as np
 
 SETTING_KEYS = ("width", "train_size", "test_size", "dense_epochs", "epochs", "batch", "lr",
                 "finetune_lr", "prune_fraction", "frequency", "spec", "reductions", "seed",
-                "bn_recalibration", "calibration", "instances", "presets")
+                "bn_recalibration", "calibration", "instances", "presets", "set")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "first also sets the TFMOT model's non-zero count")
   p.add_argument("--presets", default="isaac_32nm,puma_256x256",
                  help="hardware presets for the cost table; the first also for accuracy")
+  p.add_argument("--set", default="", help="overrides of every preset, e.g. "
+                 "'bit_serial=false,adc_bits=6' (values read as JSON)")
   p.add_argument("--instances", type=int, default=10, help="chip instances (seeds 0..n-1)")
   p.add_argument("--variations", default="0,0.02,0.05,0.1", help="variation sweep (of g_max)")
   p.add_argument("--adc-bits", default="4,6,8", help="ADC sweep (no variation)")
@@ -92,8 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--quick", action="store_true",
                  help="tiny setting for tests: 300 training / 100 test images, vgg8 width 0.125, "
                       "1 + 1 epochs, reduction 0.72, 2 instances, variation 0,0.05, ADC 4,8, "
-                      "no stuck-at sweep, --speed on 100 images in 2 rounds (explicit options "
-                      "still win)")
+                      "no stuck-at sweep, multi-bit analog inputs (--set bit_serial=false: a "
+                      "bit-serial chip simulates 16 cycles), --speed on 100 images in 2 rounds "
+                      "(explicit options still win)")
   p.add_argument("--render-only", action="store_true", help="only rewrite the md and png")
   p.add_argument("--cpu", action="store_true", help="hide GPUs (CUDA_VISIBLE_DEVICES='')")
   argv = sys.argv[1:] if argv is None else argv
@@ -104,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "--epochs": 1, "--reductions": "0.72", "--presets": "isaac_32nm",
              "--instances": 2, "--variations": "0,0.05", "--adc-bits": "4,8", "--stuck": "",
              "--frequency": 2, "--bn-recalibration": 300, "--calibration": 64, "--rounds": 2,
-             "--speed-images": 100}
+             "--speed-images": 100, "--set": "bit_serial=false"}
     for flag, value in quick.items():
       if flag not in given:
         setattr(args, flag[2:].replace("-", "_"), value)
@@ -120,6 +123,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   if not args.reduction_list or not all(0 < r < 1 for r in args.reduction_list):
     p.error(f"--reductions={args.reductions!r}: valid: numbers 0 < r < 1")
   args.preset_list = [s for s in args.presets.split(",") if s]
+  try:
+    args.overrides = {k.strip(): json.loads(v) for k, _, v in
+                      (item.partition("=") for item in args.set.split(",") if item.strip())}
+    for name in args.preset_list:
+      chip(args, name)
+  except (ValueError, TypeError) as e:
+    p.error(f"--set={args.set!r}: {e}; valid: field=value pairs of HardwareSpec, e.g. "
+            f"'bit_serial=false'")
   for flag, value, low in (("--train-size", args.train_size, 1), ("--test-size", args.test_size, 0),
                            ("--dense-epochs", args.dense_epochs, 1), ("--epochs", args.epochs, 1),
                            ("--instances", args.instances, 1), ("--rounds", args.rounds, 1),
@@ -127,6 +138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if value < low:
       p.error(f"{flag}={value}: valid: an integer >= {low}")
   return args
+
+
+def chip(args, name: str):
+  """The hardware preset `name` with the `--set` overrides."""
+  import dataclasses
+
+  import xbar_tfmot as xt
+  return dataclasses.replace(xt.HardwareSpec.preset(name), **args.overrides)
 
 
 def settings(args) -> dict[str, Any]:
@@ -280,8 +299,9 @@ class Bench:
     return self.xt.build_mapping(model, self.spec, "column")
 
 
-def model_record(b: Bench, model, presets: list[str]) -> dict[str, Any]:
-  """Float accuracy, crossbars, non-zero weights and cost per preset of one model."""
+def model_record(b: Bench, model, args) -> dict[str, Any]:
+  """Float accuracy, crossbars, non-zero weights and cost per preset (with `--set`) of one
+  model."""
   import xbar_tfmot as xt
   mapping = b.mapping(model)
   report = b.xt.crossbar_report(model, b.spec)
@@ -291,8 +311,8 @@ def model_record(b: Bench, model, presets: list[str]) -> dict[str, Any]:
       "dense_crossbars": int(sum(r.counts.dense for r in report.mapped)),
       "nonzero_weights": int(sum(r.counts.nonzero_weights for r in report.mapped)),
       "weights": int(sum(np.asarray(r.geometry.kernel_shape).prod() for r in report.mapped)),
-      "cost": {p: xt.hardware_cost_summary(model, mapping, xt.HardwareSpec.preset(p))
-               for p in presets},
+      "cost": {p: xt.hardware_cost_summary(model, mapping, chip(args, p))
+               for p in args.preset_list},
   }
 
 
@@ -307,7 +327,7 @@ def sweep_rows(data: dict, args, label: str) -> list[dict]:
   import xbar_tfmot as xt
   cells = data["cells"].get(label, {})
   rows = []
-  nominal = xt.HardwareSpec.preset(args.preset_list[0])
+  nominal = chip(args, args.preset_list[0])
   for c in xt.sweep_conditions(nominal, args.variation_list, args.adc_list, args.stuck_list):
     accs = cells.get(c.key)
     if accs is not None:
@@ -392,22 +412,21 @@ def measure_speed(b: Bench, data: dict, args, log) -> dict[str, Any]:
   """Interleaved rounds of the crossbar-explicit model and one analog chip instance."""
   import tensorflow as tf
 
-  from xbar_tfmot.core.hardware import HardwareSpec
   path = b.cache / f"{args.speed_model}.weights.h5"
   if not path.exists():
     raise SystemExit(f"--speed-model {args.speed_model!r}: no cached model in {b.cache}; run "
                      f"the benchmark without --speed first (valid: {', '.join(labels(args))}).")
   model = b.model(args.speed_model)
   mapping = b.mapping(model)
-  hw = HardwareSpec.preset(args.preset_list[0])
+  hw = chip(args, args.preset_list[0])
   start = time.perf_counter()
-  chip = b.xt.analog_model(model, mapping, hw, 0, b.x[:args.calibration])
+  analog = b.xt.analog_model(model, mapping, hw, 0, b.x[:args.calibration])
   build = time.perf_counter() - start
   explicit = b.xt.crossbar_model(model, mapping)
   batch = 500
   x = b.x_test_all[:args.speed_images] if args.speed_images else b.x_test_all
   runs = {name: tf.function(lambda t, m=m: m(t, training=False))
-          for name, m in (("explicit", explicit), ("analog", chip))}
+          for name, m in (("explicit", explicit), ("analog", analog))}
 
   def timed(name: str) -> float:
     start = time.perf_counter()
@@ -484,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{record['ratio_min']:.2f}-{record['ratio_max']:.2f}x)")
     return results.data
   results.data["command"] = command
-  hw = xt.HardwareSpec.preset(args.preset_list[0])
+  hw = chip(args, args.preset_list[0])
   results.data["hardware"] = hw.to_dict()
   log(f"tf {tf.__version__}, python {platform.python_version()}; out {out}; models "
       f"{', '.join(labels(args))}; {len(b.y)} training, {len(b.y_test)} test images")
@@ -492,7 +511,7 @@ def main(argv: list[str] | None = None) -> dict:
   for label in labels(args):  # train everything first
     models[label] = b.model(label)
     if label not in results.data["models"]:
-      results.data["models"][label] = model_record(b, models[label], args.preset_list)
+      results.data["models"][label] = model_record(b, models[label], args)
       results.save()
     rec = results.data["models"][label]
     log(f"{label}: float {rec['float_accuracy']:.4f}, crossbars {rec['crossbars']}/"

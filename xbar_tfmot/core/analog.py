@@ -9,10 +9,12 @@ Weights `W` of shape `(n, rows, kout)` (the packed crossbars of one layer, as
    side subtracts the inputs' sum (`w = 2v - 1`);
 3. quantise and slice: the stored magnitude is rounded to an integer `m` of `weight_bits` bits,
    written in base `2**cell_bits` over `q = ceil(weight_bits / cell_bits)` cells, cell `k`
-   holding digit `d_k` as `g = d_k / (2**cell_bits - 1)`; the shift-add weight of cell `k` is
-   `2**(k*cell_bits) * (2**cell_bits - 1) / (2**weight_bits - 1)`, so that the weighted cells
-   add up to `m / (2**weight_bits - 1)`.
+   holding digit `d_k` as `g = g_min + (1 - g_min) * d_k / (2**cell_bits - 1)`; the shift-add
+   weight of cell `k` is `2**(k*cell_bits) * (2**cell_bits - 1) / (2**weight_bits - 1)`, so
+   that the weighted cells add up to `m / (2**weight_bits - 1)`.
 
+The digital side undoes the finite `g_min`: a line's current `I = sum x g` becomes
+`(I - g_min * sum x) / (1 - g_min)`; a pair read in the array (`I+ - I-`) needs no correction.
 The conductance tensor is `(n, rows, kout, P, q)`, `P` = 2 (differential) or 1; `coef`
 `(P, q)` holds the signed shift-add weights. Non-idealities are drawn statelessly from a seed.
 """
@@ -20,6 +22,7 @@ The conductance tensor is `(n, rows, kout, P, q)`, `P` = 2 (differential) or 1; 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -36,13 +39,36 @@ class Encoded:
   coef: np.ndarray  # (P, q) signed shift-add weights
   offset: bool  # single-column offset encoding: subtract the inputs' sum
   scale: np.ndarray  # () or (n, 1, 1): weight units per unit of w
+  g_min: float = 0.0  # the off state over g_max
 
   def effective(self, conductances) -> tf.Tensor:
     """`(n, rows, kout)` weights the (possibly perturbed) conductances represent."""
-    w = crossbar_matmul.contract_last(conductances, tf.constant(self.coef, conductances.dtype), 2)
+    g = tf.convert_to_tensor(conductances, tf.float32) - self.g_min
+    w = crossbar_matmul.contract_last(g, tf.constant(self.coef), 2) / (1.0 - self.g_min)
     if self.offset:
       w = w - 1.0
     return w * tf.constant(self.scale, w.dtype)
+
+  def lines(self, conductances, pairs: bool) -> tf.Tensor:
+    """`(n, rows, kout, L, q)`: what each converted line reads; a pair read in the array is
+    one line of `g+ - g-` (L = 1), else every column is its own line (L = P)."""
+    g = tf.convert_to_tensor(conductances, tf.float32)
+    return g[..., :1, :] - g[..., 1:, :] if pairs else g
+
+  def line_coef(self, pairs: bool) -> np.ndarray:
+    """`(L, q)` shift-add weights of the lines."""
+    return self.coef[:1] if pairs else self.coef
+
+  def input_sum_coef(self, pairs: bool) -> float:
+    """What the digital side subtracts per unit of the inputs' sum (before `scale`): the
+    lines' `g_min` currents and the offset encoding's `-1`."""
+    g_min = 0.0 if pairs else self.g_min
+    return g_min * float(self.line_coef(pairs).sum()) / (1.0 - self.g_min) + float(self.offset)
+
+  def noise_gain(self) -> float:
+    """Standard deviation of a weight (before `scale`) per unit of independent cell noise:
+    `sqrt(sum coef**2) / (1 - g_min)`; a pair read in the array gives the same."""
+    return float(np.sqrt(np.sum(self.coef.astype(np.float64) ** 2))) / (1.0 - self.g_min)
 
 
 def encode(weights, hw: HardwareSpec, weight_bits: int, cell_bits: int,
@@ -72,13 +98,18 @@ def encode(weights, hw: HardwareSpec, weight_bits: int, cell_bits: int,
   else:
     g = stored[..., None]
     slices = np.ones(1)
+  g = hw.g_min + (1.0 - hw.g_min) * g
   coef = polarity[:, None] * slices[None, :]
   return Encoded(g.astype(np.float32), coef.astype(np.float32), not differential,
-                 scale.astype(np.float32))
+                 scale.astype(np.float32), hw.g_min)
 
 
 def program(conductances: tf.Tensor, hw: HardwareSpec, seed) -> tf.Tensor:
-  """Programming variation, then stuck-at faults; stateless in `seed` (a shape-(2,) int)."""
+  """Programming variation (clipped at 0: a conductance is not negative), then stuck-at faults
+  (on: g_max, off: g_min); stateless in `seed` (a shape-(2,) int).
+
+  The clip biases a cell at target `g` by `s * (phi(g/s) - (g/s) * Phi(-g/s))` (`s` its
+  standard deviation; see `clip_bias`): 0.40 s at g = 0, 0.083 s at g = s, 0.0085 s at 2 s."""
   g = tf.convert_to_tensor(conductances, tf.float32)
   seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
   if hw.variation > 0:
@@ -94,22 +125,38 @@ def program(conductances: tf.Tensor, hw: HardwareSpec, seed) -> tf.Tensor:
     u = tf.random.stateless_uniform(tf.shape(g), seed=seed + tf.constant([0, 1], tf.int32))
     g = tf.where(u < hw.stuck_on_rate, tf.ones_like(g), g)
     g = tf.where((u >= hw.stuck_on_rate) & (u < hw.stuck_on_rate + hw.stuck_off_rate),
-                 tf.zeros_like(g), g)
+                 tf.fill(tf.shape(g), hw.g_min), g)
   return g
 
 
-def read(conductances: tf.Tensor, sigma: float, seed) -> tf.Tensor:
-  """One read of the array: Gaussian noise of `sigma` (over g_max) on every cell."""
-  if sigma <= 0:
-    return conductances
-  noise = tf.random.stateless_normal(tf.shape(conductances), seed=seed)
-  return tf.maximum(conductances + sigma * noise, 0.0)
+def clip_bias(g, sigma: float) -> np.ndarray:
+  """Mean shift `E[max(g + sigma N, 0)] - g` of a cell at target `g` (Gaussian clipped at 0)."""
+  a = np.asarray(g, np.float64) / sigma
+  tail = 0.5 * np.vectorize(math.erfc)(a / math.sqrt(2.0))  # P(N < -a)
+  return sigma * (np.exp(-a * a / 2) / math.sqrt(2 * math.pi) - a * tail)
 
 
-def quantize(x: tf.Tensor, low: float, high: float, bits: int) -> tf.Tensor:
-  """Uniform quantiser with `2**bits` levels from `low` to `high`, clipping outside."""
+def per_image_normal(key: int, start, shape, stream: int = 0) -> tf.Tensor:
+  """`(B, *shape)` standard normals, image `i` of the batch drawn from `(key, start + i,
+  stream)` alone: the same numbers whatever the batch it comes in (Philox counters: each
+  image owns a block of counters, one per 4 normals)."""
+  shape = tf.cast(tf.convert_to_tensor(shape), tf.int64)
+  batch, per_image = shape[0], tf.reduce_prod(shape[1:])
+  block = (per_image + 3) // 4  # counters per image; one counter gives 4 normals
+  counter = tf.stack([tf.cast(tf.cast(start, tf.int64) * block, tf.uint64),
+                      tf.constant(stream, tf.uint64)])
+  flat = tf.raw_ops.StatelessRandomNormalV2(
+      shape=tf.stack([batch * block * 4]), key=tf.constant([key], tf.uint64), counter=counter,
+      alg=1, dtype=tf.float32)
+  return tf.reshape(tf.reshape(flat, tf.stack([batch, block * 4]))[:, :per_image], shape)
+
+
+def quantize(x: tf.Tensor, low, high, bits: int) -> tf.Tensor:
+  """Uniform quantiser with `2**bits` levels from `low` to `high` (scalars or arrays that
+  broadcast against `x`), clipping outside."""
   levels = 2 ** bits - 1
-  step = (high - low) / levels if high > low else 1.0
+  low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+  step = np.where(high > low, (high - low) / levels, 1.0).astype(np.float32)
   code = tf.clip_by_value(tf.round((x - low) / step), 0.0, float(levels))
   return low + code * step
 
@@ -149,6 +196,18 @@ def input_slices(x: tf.Tensor, low: float, high: float, bits: int, dac_bits: int
     digit = tf.math.floormod(tf.math.floordiv(code, float(base ** j)), float(base))
     out.append(sign * digit * step)
   return tf.stack(out)
+
+
+def percentile_ranges(values: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+  """Per group `(low, high)` of `(samples, *groups)` values: the `100 - p` and `p` percentiles
+  over the samples (at most 200,000 of them, drawn without replacement)."""
+  v = np.asarray(values, np.float64)
+  if v.shape[0] > 200_000:
+    v = v[np.random.default_rng(0).choice(v.shape[0], 200_000, replace=False)]
+  if not v.shape[0]:
+    return np.zeros(v.shape[1:]), np.ones(v.shape[1:])
+  low, high = np.percentile(v, [100.0 - percentile, percentile], axis=0)
+  return low, high
 
 
 def percentile_range(values: np.ndarray, percentile: float) -> tuple[float, float]:

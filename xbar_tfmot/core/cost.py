@@ -5,13 +5,15 @@ layer unpruned (all `G_in * G_out` crossbars, every column used), side by side:
 
 - crossbars `N` (one copy) and `N * replicas` on the chip;
 - matrix-vector operations per inference `M = P * C`: `P` output positions (from the model:
-  the layer's output height x width, 1 for a Dense on a vector), `C = ceil(input_bits /
-  dac_bits)` input cycles; every crossbar of the layer is activated `M` times;
+  the layer's output height x width, 1 for a Dense on a vector), `C` input cycles
+  (`HardwareSpec.input_cycles`: `ceil(input_bits / dac_bits)` when bit-serial, else 1, the
+  dataflow the analog model simulates); every crossbar of the layer is activated `M` times;
 - energy per inference: array `N * M * e_array * s`, ADC `conversions * M * e_adc`, DAC
   `N * rows * M * e_dac`, where `s = rows*cols / (array_rows*array_cols)` scales the preset's
-  array to the mapping's crossbar and `conversions` is, per activation, every physical column
-  of every crossbar (`N * cols`), or only the used ones (`used logical columns * columns per
-  weight`) when the hardware skips idle columns;
+  array to the mapping's crossbar and `conversions` is, per activation, every converted line
+  of every crossbar (`N * cols`, halved where differential pairs are read as one current), or
+  only the used ones (`used logical columns * lines per weight`) when the hardware skips idle
+  columns (`HardwareSpec.converted_columns`);
 - area: `N * replicas * (a_array * s + adcs_per_crossbar * a_adc + rows * a_dac)`;
 - latency: `ceil(P / replicas) * C * cycle_ns` per layer (replicas share the output
   positions), layers one after the other (no inter-layer pipelining).
@@ -118,6 +120,7 @@ def estimate_cost(mapping: CrossbarMapping, hw: HardwareSpec,
   hw.cells(spec)  # the weights' layout must agree with the mapping
   scale = spec.rows * spec.cols / (hw.array_rows * hw.array_cols)
   cycles = hw.input_cycles
+  lines = hw.converted_columns(spec)
   out = []
   for i, layer in enumerate(mapping.data["layers"]):
     name = layer["name"]
@@ -129,18 +132,20 @@ def estimate_cost(mapping: CrossbarMapping, hw: HardwareSpec,
       raise HardwareError(f"positions[{name!r}]={p!r} is invalid; valid: an integer >= 1.")
     geometry = mapping.geometry(name)
     used = sum(len(x["columns"]) for x in layer["crossbars"])
-    pruned = _cost(hw, spec, scale, cycles, p, geometry.replicas, len(layer["crossbars"]), used)
-    dense = _cost(hw, spec, scale, cycles, p, geometry.replicas, geometry.dense_crossbars,
-                  geometry.g_in * geometry.cout)
+    pruned = _cost(hw, spec, scale, cycles, lines, p, geometry.replicas,
+                   len(layer["crossbars"]), used)
+    dense = _cost(hw, spec, scale, cycles, lines, p, geometry.replicas,
+                  geometry.dense_crossbars, geometry.g_in * geometry.cout)
     out.append(LayerCost(name, p, p * cycles, pruned, dense))
   return CostReport(hw, tuple(out))
 
 
-def _cost(hw: HardwareSpec, spec, scale: float, cycles: int, positions: int, replicas: int,
-          crossbars: int, used_columns: int) -> Cost:
+def _cost(hw: HardwareSpec, spec, scale: float, cycles: int, lines: tuple[int, int],
+          positions: int, replicas: int, crossbars: int, used_columns: int) -> Cost:
   mvms = positions * cycles
-  per_activation = (used_columns * spec.columns_per_weight if hw.skip_idle_columns
-                    else crossbars * spec.cols)
+  per_crossbar, per_weight = lines
+  per_activation = (used_columns * per_weight if hw.skip_idle_columns
+                    else crossbars * per_crossbar)
   return Cost(
       crossbars=crossbars * replicas,
       activations=crossbars * mvms,

@@ -27,6 +27,8 @@ from xbar_tfmot.core.spec import PRESETS_DIR, CrossbarSpec
 
 VARIATION_MODELS = ("absolute", "proportional", "lognormal")
 WEIGHT_SCALES = ("layer", "crossbar")
+DIFFERENTIAL_READS = ("array", "polarity")
+ADC_RANGES = ("layer", "slice", "column")
 PRESET_SUFFIX = ".chip.json"  # in the one presets folder, `PRESETS_DIR` (core/spec.py)
 MAX_BITS = 16
 
@@ -46,19 +48,27 @@ class HardwareSpec:
       shift-add) or `crossbar` (one scale per crossbar; needs a digital multiply per crossbar).
     quantize_weights: round weights to `2**weight_bits - 1` levels (sign-magnitude) and slice
       them into cells; false keeps float conductances (the ideal case).
-  Device non-idealities (conductances normalised to g_max = 1, g_min = 0):
+  Device non-idealities (conductances normalised to g_max = 1):
+    on_off_ratio: g_max / g_min (None: g_min = 0); a cell at digit 0, and a stuck-off cell,
+      conducts g_min = 1 / on_off_ratio. Default 10, NeuroSim's and CrossSim's.
     variation: programming error, standard deviation; `absolute` to g_max, `proportional` to
-      the target conductance, or `lognormal` (g * exp(N(0, variation))).
-    stuck_on_rate, stuck_off_rate: fraction of cells stuck at g_max / at 0.
-    read_noise: per-inference Gaussian noise on every cell, standard deviation over g_max.
-  Periphery:
-    input_bits: activation precision (None: float inputs); inputs are quantised over a range
-      calibrated on data.
-    dac_bits: bits applied per input cycle; `ceil(input_bits / dac_bits)` cycles per MVM.
-    bit_serial: simulate those cycles one by one (each cycle's partial sums digitised) instead
-      of one analog input of `input_bits`.
-    adc_bits: per-column ADC resolution (None: ideal); range calibrated per layer as the
-      `adc_percentile` / `100 - adc_percentile` percentiles of the partial sums.
+      the target conductance, or `lognormal` (g * exp(N(0, variation))); clipped at 0.
+    stuck_on_rate, stuck_off_rate: fraction of cells stuck at g_max / at g_min.
+    read_noise: Gaussian noise on every cell, standard deviation over g_max, drawn afresh for
+      every matrix-vector product (each image, output position and input cycle).
+  Periphery (the dataflow, which the simulation and the cost model both follow):
+    input_bits: activation precision (None: float inputs, one ideal analog cycle); inputs are
+      quantised over a range calibrated on data.
+    bit_serial: true: inputs enter in `ceil(input_bits / dac_bits)` cycles of `dac_bits`, every
+      cycle's column currents digitised (ISAAC); false: one analog input of `input_bits`, one
+      conversion per column.
+    dac_bits: bits applied per input cycle when bit-serial.
+    differential_read: `array` (the pair's currents are subtracted on the bit lines, one
+      conversion per pair) or `polarity` (each column digitised, subtracted digitally).
+    adc_bits: ADC resolution (None: ideal).
+    adc_ranges: ADC ranges calibrated on the programmed chip per `layer` (one range), per
+      `slice` (input cycle, polarity digitised apart, weight slice) or per `column` (per slice
+      and physical column); each the `100 - adc_percentile` / `adc_percentile` percentiles.
   Costs (per component; a crossbar of another size scales the array linearly in cells):
     array_rows, array_cols, array_energy_pj (one array, one input cycle), array_area_mm2,
     adc_energy_pj (one conversion), adc_area_mm2, adcs_per_crossbar,
@@ -74,6 +84,7 @@ class HardwareSpec:
   differential: bool | None = None
   weight_scale: str = "layer"
   quantize_weights: bool = True
+  on_off_ratio: float | None = 10.0
   variation: float = 0.0
   variation_model: str = "absolute"
   stuck_on_rate: float = 0.0
@@ -82,7 +93,9 @@ class HardwareSpec:
   input_bits: int | None = None
   dac_bits: int = 1
   bit_serial: bool = False
+  differential_read: str = "array"
   adc_bits: int | None = None
+  adc_ranges: str = "slice"
   adc_percentile: float = 99.99
   array_rows: int = 128
   array_cols: int = 128
@@ -118,9 +131,16 @@ class HardwareSpec:
     if self.weight_scale not in WEIGHT_SCALES:
       raise HardwareError(f"HardwareSpec.weight_scale={self.weight_scale!r} is unknown; valid: "
                           f"{', '.join(WEIGHT_SCALES)}.")
-    if self.variation_model not in VARIATION_MODELS:
-      raise HardwareError(f"HardwareSpec.variation_model={self.variation_model!r} is unknown; "
-                          f"valid: {', '.join(VARIATION_MODELS)}.")
+    for name, valid in (("variation_model", VARIATION_MODELS),
+                        ("differential_read", DIFFERENTIAL_READS), ("adc_ranges", ADC_RANGES)):
+      if getattr(self, name) not in valid:
+        raise HardwareError(f"HardwareSpec.{name}={getattr(self, name)!r} is unknown; valid: "
+                            f"{', '.join(valid)}.")
+    if self.on_off_ratio is not None:
+      _check_number("on_off_ratio", self.on_off_ratio, 1.0, math.inf)
+      if self.on_off_ratio <= 1 or math.isinf(self.on_off_ratio):
+        raise HardwareError(f"HardwareSpec.on_off_ratio={self.on_off_ratio!r} is invalid; "
+                            f"valid: a finite number > 1, or null for g_min = 0.")
     for name in ("variation", "read_noise", "array_energy_pj", "array_area_mm2",
                  "adc_energy_pj", "adc_area_mm2", "dac_energy_pj", "dac_area_mm2"):
       _check_number(name, getattr(self, name), 0.0, math.inf)
@@ -138,14 +158,33 @@ class HardwareSpec:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise HardwareError(f"HardwareSpec.{name}={value!r} is invalid; valid: an integer >= 1.")
-    if self.bit_serial and self.input_bits is None:
-      raise HardwareError("HardwareSpec.bit_serial=true needs input_bits (the bits sent in "
-                          "dac_bits slices); set input_bits or bit_serial=false.")
+
+  @property
+  def serial(self) -> bool:
+    """Inputs enter in `dac_bits` slices (bit-serial with quantised inputs; float inputs are
+    one ideal analog cycle whatever `bit_serial` says)."""
+    return self.bit_serial and self.input_bits is not None
 
   @property
   def input_cycles(self) -> int:
-    """Input cycles of one matrix-vector operation: `ceil(input_bits / dac_bits)` (1 if float)."""
-    return 1 if self.input_bits is None else -(-self.input_bits // self.dac_bits)
+    """Input cycles of one matrix-vector operation: `ceil(input_bits / dac_bits)` when
+    bit-serial, else 1 (one multi-bit analog input, or float inputs)."""
+    return -(-self.input_bits // self.dac_bits) if self.serial else 1
+
+  @property
+  def g_min(self) -> float:
+    """The off-state conductance over g_max: `1 / on_off_ratio` (0 when the ratio is null)."""
+    return 0.0 if self.on_off_ratio is None else 1.0 / self.on_off_ratio
+
+  def reads_pairs(self, spec: CrossbarSpec) -> bool:
+    """True when a differential pair is read as one current (`differential_read=array`)."""
+    return bool(self.cells(spec)[2]) and self.differential_read == "array"
+
+  def converted_columns(self, spec: CrossbarSpec) -> tuple[int, int]:
+    """ADC conversions per input cycle: `(per crossbar, per used weight)`; a pair read in the
+    array is one conversion, a column digitised on its own is one."""
+    per_pair = 2 if self.reads_pairs(spec) else 1
+    return spec.cols // per_pair, spec.columns_per_weight // per_pair
 
   @property
   def ideal(self) -> bool:

@@ -7,20 +7,25 @@ slices of `cell_bits`, differential pairs or offset columns), programmed once pe
 instance with variation and stuck-at faults drawn statelessly from `(seed, layer index)`.
 For an input it
 
-1. quantises the layer input to `input_bits` over a calibrated range (DAC; bit-serial in
-   `dac_bits` slices if `hw.bit_serial`);
-2. gathers each crossbar's input rows and computes, per crossbar, the partial sum of every
-   physical column (one batched matmul), with read noise per call if `hw.read_noise`;
-3. digitises each crossbar column's partial sum separately with an `adc_bits` ADC whose range
-   is the layer's calibrated percentile range: this is where the mapping matters;
-4. shift-adds the slices digitally, subtracts the offset of single-column encodings, rescales,
-   and scatter-adds every column into its output channel across the crossbars of the layer;
-   then bias and activation, digital and exact.
+1. quantises the layer input to `input_bits` over a calibrated range (DAC), one multi-bit
+   analog input, or, when the chip is bit-serial (`hw.serial`), `dac_bits` slices applied in
+   `hw.input_cycles` cycles: the dataflow the cost model charges;
+2. gathers each crossbar's input rows and computes, per crossbar and cycle, the current of
+   every converted line (one batched matmul): each column, or each differential pair's
+   `I+ - I-` when the pair is read in the array (`hw.differential_read`), with read noise
+   drawn per image, position and cycle if `hw.read_noise`;
+3. digitises each line with an `adc_bits` ADC whose range was calibrated on the programmed
+   chip per layer, per slice or per column (`hw.adc_ranges`): this is where the mapping
+   matters;
+4. shift-adds the slices digitally, removes the `g_min` current and the offset of
+   single-column encodings, rescales, and scatter-adds every column into its output channel
+   across the crossbars of the layer; then bias and activation, digital and exact.
 
 Without ADC and bit-serial inputs the columns combine linearly, so the layer folds the
 (perturbed) conductances back into effective weights and costs one matmul like the
-crossbar-explicit model. Ranges are calibrated on the float model's layer inputs for a
-calibration batch. Keras 3 models need the TensorFlow backend.
+crossbar-explicit model (read noise then enters as the output noise it amounts to). Ranges
+are calibrated on the float model's layer inputs for a calibration batch. Keras 3 models need
+the TensorFlow backend.
 """
 
 from __future__ import annotations
@@ -50,75 +55,131 @@ class AnalogCore:
   """The Keras-free state and maths of one analog layer (conductances, ranges, forward)."""
 
   def __init__(self, hw: HardwareSpec, encoded: analog.Encoded, columns: np.ndarray, seed: int,
-               index: int):
+               index: int, cols: int | None = None):
     self.hw = hw
     self.encoded = encoded
-    self.columns = columns
+    self.columns = np.asarray(columns)
+    n, _, k, p, q = encoded.conductances.shape
     self.seed = (int(seed), 2 * int(index))
-    self.read_seed = (int(seed), 2 * int(index) + 1)
+    self.read_key = int(np.random.SeedSequence((int(seed), 2 * int(index) + 1))
+                        .generate_state(1, np.uint64)[0])
+    self.pairs = p == 2 and hw.differential_read == "array"
     self.conductances = analog.program(encoded.conductances, hw, self.seed)
-    self.fast = hw.adc_bits is None and not hw.bit_serial
+    self.lines = encoded.lines(self.conductances, self.pairs)  # (n, rows, kout, L, q)
+    self.coef = encoded.line_coef(self.pairs)
+    self.sum_coef = encoded.input_sum_coef(self.pairs)
+    self.fast = hw.adc_bits is None and not hw.serial
     self.weights = encoded.effective(self.conductances) if self.fast else None
     self.input_range: tuple[float, float] | None = None
-    self.adc_range: tuple[float, float] | None = None
+    self.adc_low: np.ndarray | None = None  # (cycles, ...) ranges, broadcast on the lines
+    self.adc_high: np.ndarray | None = None
+    per_pair = 2 if self.pairs else 1
+    if hw.skip_idle_columns:
+      self.converted = int((self.columns >= 0).sum()) * p * q // per_pair
+    else:  # every physical column, idle ones and those no weight slot reaches included
+      self.converted = n * ((k * p * q if cols is None else int(cols)) // per_pair)
 
-  def column_sums(self, inputs: tf.Tensor, conductances: tf.Tensor) -> tf.Tensor:
-    """`(..., n, kout, P, q)` partial sums of every physical column."""
-    n, r, k, p, q = self.encoded.conductances.shape
-    sums = crossbar_matmul.per_crossbar(inputs, tf.reshape(conductances, (n, r, k * p * q)))
-    return tf.reshape(sums, tf.concat([tf.shape(sums)[:-1], [k, p, q]], 0))
+  def line_sums(self, inputs: tf.Tensor) -> tf.Tensor:
+    """`(..., n, kout, L, q)` noise-free currents of every converted line."""
+    n, r, k, l, q = self.lines.shape
+    sums = crossbar_matmul.per_crossbar(inputs, tf.reshape(self.lines, (n, r, k * l * q)))
+    return tf.reshape(sums, tf.concat([tf.shape(sums)[:-1], [k, l, q]], 0))
 
   def combine(self, sums: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
-    """Digital shift-add of slices and polarities, offset, scale: `(..., n, kout)`."""
-    out = crossbar_matmul.contract_last(sums, tf.constant(self.encoded.coef), 2)
-    if self.encoded.offset:
-      out = out - tf.reduce_sum(inputs, axis=-1, keepdims=True)
+    """Digital shift-add of slices and polarities, g_min and offset, scale: `(..., n, kout)`."""
+    out = crossbar_matmul.contract_last(sums, tf.constant(self.coef), 2)
+    out = out / (1.0 - self.encoded.g_min)
+    if self.sum_coef:
+      out = out - self.sum_coef * tf.reduce_sum(inputs, axis=-1, keepdims=True)
     scale = self.encoded.scale
     return out * tf.constant(scale[..., 0] if scale.ndim else scale)
 
-  def adc(self, sums: tf.Tensor) -> tf.Tensor:
+  def adc(self, sums: tf.Tensor, cycle: int = 0) -> tf.Tensor:
     if self.hw.adc_bits is None:
       return sums
-    return analog.quantize(sums, *self.adc_range, self.hw.adc_bits)
+    return analog.quantize(sums, self.adc_low[cycle], self.adc_high[cycle], self.hw.adc_bits)
 
-  def forward(self, inputs: tf.Tensor, counter=None) -> tf.Tensor:
-    """`(..., n, rows)` crossbar inputs (already DAC-quantised unless bit-serial) -> `(..., n, kout)`."""
-    g = self.conductances
+  def _read_noise(self, inputs: tf.Tensor, like: tf.Tensor, start, stream: int) -> tf.Tensor:
+    """Read noise of one matrix-vector product per image, position and cycle, as the column
+    currents see it: fresh cell noise `s N` on every read adds `s sqrt(sum x**2) N` to a
+    line (`sqrt(2)` that for a pair read in the array)."""
+    norm = tf.sqrt(tf.reduce_sum(tf.square(inputs), axis=-1))
+    extra = like.shape.rank - norm.shape.rank
+    norm = tf.reshape(norm, tf.concat([tf.shape(norm), [1] * extra], 0))
+    return norm * analog.per_image_normal(self.read_key, start, tf.shape(like), stream)
+
+  def convert(self, inputs: tf.Tensor, cycle: int, start=None, conversions=None) -> tf.Tensor:
+    """One input cycle: the lines' currents, read noise, the ADC; counts the conversions."""
+    sums = self.line_sums(inputs)
     if self.hw.read_noise > 0:
-      seed = tf.random.experimental.stateless_fold_in(tf.constant(self.read_seed, tf.int32),
-                                                      counter)
-      g = analog.read(g, self.hw.read_noise, seed)
+      sigma = self.hw.read_noise * (np.sqrt(2.0) if self.pairs else 1.0)
+      sums = sums + sigma * self._read_noise(inputs, sums, start, cycle + 1)
+    if conversions is not None:
+      n, _, k, l, q = self.lines.shape
+      mvms = tf.size(sums, out_type=tf.int64) // (n * k * l * q)
+      conversions.assign_add(mvms * self.converted)
+    return self.adc(sums, cycle)
+
+  def forward(self, inputs: tf.Tensor, start=None, conversions=None) -> tf.Tensor:
+    """`(batch, ..., n, rows)` crossbar inputs (already DAC-quantised unless bit-serial) ->
+    `(batch, ..., n, kout)`; `start` numbers the batch's first image (read noise is drawn per
+    image from it), `conversions` (a variable) counts the ADC conversions simulated."""
+    hw = self.hw
     if self.fast:
-      w = self.weights if self.hw.read_noise == 0 else self.encoded.effective(g)
-      return crossbar_matmul.per_crossbar(inputs, w)
-    if not self.hw.bit_serial:
-      return self.combine(self.adc(self.column_sums(inputs, g)), inputs)
-    slices = analog.input_slices(inputs, *self.input_range, self.hw.input_bits, self.hw.dac_bits)
+      out = crossbar_matmul.per_crossbar(inputs, self.weights)
+      if hw.read_noise > 0:
+        scale = self.encoded.scale
+        gain = hw.read_noise * self.encoded.noise_gain() * (scale[..., 0] if scale.ndim else scale)
+        out = out + tf.constant(gain, tf.float32) * self._read_noise(inputs, out, start, 0)
+      return out
+    if not hw.serial:
+      return self.combine(self.convert(inputs, 0, start, conversions), inputs)
+    slices = analog.input_slices(inputs, *self.input_range, hw.input_bits, hw.dac_bits)
     out = 0.0
     for j in range(slices.shape[0]):
-      out = out + (2 ** (j * self.hw.dac_bits)) * self.combine(
-          self.adc(self.column_sums(slices[j], g)), slices[j])
+      out = out + (2 ** (j * hw.dac_bits)) * self.combine(
+          self.convert(slices[j], j, start, conversions), slices[j])
     return out
 
   def uncalibrated(self) -> bool:
     """True while a range the hardware needs (DAC or ADC) has not been calibrated."""
     return ((self.hw.input_bits is not None and self.input_range is None)
-            or (self.hw.adc_bits is not None and self.adc_range is None))
+            or (self.hw.adc_bits is not None and self.adc_low is None))
 
   def calibrate_inputs(self, x: np.ndarray) -> None:
     self.input_range = analog.input_range(_sample(x), self.hw.adc_percentile)
 
   def calibrate_adc(self, inputs: np.ndarray) -> None:
-    """ADC range from the noise-free partial sums of the used columns for sampled inputs."""
+    """ADC ranges from the noise-free currents of the programmed chip (variation and faults
+    included, read noise not) for sampled crossbar inputs, per `hw.adc_ranges`: one range for
+    the layer's used columns, one per (input cycle, line polarity, weight slice) over the used
+    columns, or one per cycle, slice and physical column."""
     n, r = inputs.shape[-2:]
     rows = _sample(inputs.reshape(-1, n, r), CALIBRATION_ROWS)
     x = tf.constant(rows, tf.float32)
-    g = tf.constant(self.encoded.conductances)
-    if self.hw.bit_serial:
-      x = analog.input_slices(x, *self.input_range, self.hw.input_bits, self.hw.dac_bits)
-    sums = self.column_sums(x, g).numpy()
+    cycles = (analog.input_slices(x, *self.input_range, self.hw.input_bits, self.hw.dac_bits)
+              if self.hw.serial else x[None])
     used = self.columns >= 0  # (n, kout)
-    self.adc_range = analog.percentile_range(sums[..., used, :, :], self.hw.adc_percentile)
+    mode, p = self.hw.adc_ranges, self.hw.adc_percentile
+    lows, highs, pooled = [], [], []
+    for j in range(cycles.shape[0]):
+      sums = self.line_sums(cycles[j]).numpy()  # (rows, n, kout, L, q)
+      if mode == "column":
+        low, high = analog.percentile_ranges(sums, p)
+      else:
+        on_used = sums[:, used]  # (rows, used, L, q)
+        if mode == "layer":
+          pooled.append(_sample(on_used.reshape(-1), 2_000_000 // cycles.shape[0]))
+          continue
+        low, high = analog.percentile_ranges(on_used.reshape(-1, *on_used.shape[2:]), p)
+      lows.append(low)
+      highs.append(high)
+    if mode == "layer":
+      low, high = analog.percentile_range(np.concatenate(pooled), p)
+      lows = [np.full((1, 1), low)] * cycles.shape[0]
+      highs = [np.full((1, 1), high)] * cycles.shape[0]
+    self.adc_low = np.stack(lows).astype(np.float32)
+    self.adc_high = np.stack(highs).astype(np.float32)
 
 
 def _sample(x, limit: int = 1_000_000) -> np.ndarray:
@@ -148,14 +209,18 @@ def layer_class(flavour: str):
       self.bias_value = None if bias is None else np.asarray(bias, np.float32)
 
     def build(self, input_shape):
-      self.counter = self.add_weight(name="reads", shape=(), dtype="int32", trainable=False,
-                                     initializer="zeros")
+      # images seen so far (read noise is drawn per image from its number) and the ADC
+      # conversions simulated (compared with the cost model's count in the tests)
+      self.images = self.add_weight(name="images", shape=(), dtype="int32", trainable=False,
+                                    initializer="zeros")
+      self.conversions = self.add_weight(name="conversions", shape=(), dtype="int64",
+                                         trainable=False, initializer="zeros")
       super().build(input_shape)
 
     def crossbar_inputs(self, inputs):
       x = tf.convert_to_tensor(inputs, tf.float32)
       hw = self.core.hw
-      if hw.input_bits is not None and not hw.bit_serial:
+      if hw.input_bits is not None and not hw.serial:
         x = analog.quantize_inputs(x, *self.core.input_range, hw.input_bits)
       return gather_inputs(x, self.kind, self.kernel_shape, self.crossbar_rows, self.conv)
 
@@ -166,10 +231,11 @@ def layer_class(flavour: str):
         shape = list(self.compute_output_shape(tuple(inputs.shape)))
         shape[0] = tf.shape(inputs)[0]
         return tf.zeros(tf.stack(shape), inputs.dtype)
-      counter = None
+      start = None
       if self.core.hw.read_noise > 0:
-        counter = self.counter.assign_add(1)
-      partial = self.core.forward(self.crossbar_inputs(inputs), counter)
+        batch = tf.shape(inputs)[0]
+        start = self.images.assign_add(batch) - batch
+      partial = self.core.forward(self.crossbar_inputs(inputs), start, self.conversions)
       out = scatter_columns(partial, self.core.columns, self.kernel_shape[-1])
       if self.bias_value is not None:
         out = out + self.bias_value
@@ -197,7 +263,7 @@ def _analog_layer(layer: Any, mapping: mapping_lib.CrossbarMapping, hw: Hardware
   weight_bits, cell_bits, differential = hw.cells(mapping.spec)
   encoded = analog.encode(pack.crossbar_weights(introspection.effective_kernel(layer)), hw,
                           weight_bits, cell_bits, differential)
-  core = AnalogCore(hw, encoded, pack.columns, seed, index)
+  core = AnalogCore(hw, encoded, pack.columns, seed, index, mapping.spec.cols)
   bias = np.asarray(inner.bias) if getattr(inner, "use_bias", False) else None
   cls = layer_class(introspection.flavour(inner))
   return cls(core, kind, pack.geometry.kernel_shape, pack.crossbar_rows(), conv,
@@ -214,10 +280,11 @@ def analog_model(model: Any, mapping: mapping_lib.CrossbarMapping, hw: HardwareS
     hw: the `HardwareSpec`; its weight_bits/cell_bits/differential must agree with the
       mapping's spec where set.
     seed: the chip instance: programming variation and faults are drawn from it (stateless),
-      read noise from it and a per-layer call counter.
+      read noise from it and the number of each image a layer has seen, so that an image
+      gets the same noise in any batch.
     calibration: a batch of model inputs, required when `hw.input_bits` or `hw.adc_bits` is
       set: the DAC and ADC ranges are the `hw.adc_percentile` percentiles of the float
-      model's layer inputs and noise-free partial sums on it.
+      model's layer inputs and of the programmed chip's noise-free line currents on them.
   """
   if not isinstance(hw, HardwareSpec):
     raise HardwareError(f"hw must be a HardwareSpec, got {type(hw).__name__}.")
@@ -256,7 +323,7 @@ def _calibrate(model, copy, cls, calibration, K) -> None:
     core = layer.core
     core.calibrate_inputs(x)
     if core.hw.adc_bits is not None:
-      if core.hw.input_bits is not None and not core.hw.bit_serial:
+      if core.hw.input_bits is not None and not core.hw.serial:
         x = analog.quantize_inputs(tf.constant(x), *core.input_range, core.hw.input_bits)
       rows = gather_inputs(x, layer.kind, layer.kernel_shape, layer.crossbar_rows, layer.conv)
       core.calibrate_adc(np.asarray(rows))
