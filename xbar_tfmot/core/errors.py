@@ -48,6 +48,9 @@ Library (`import xbar_tfmot as xt`):
   names the step, and nothing was left at the target.
 - `VerificationError` (`ValueError`, export/verification.py): an export folder whose artefacts
   cannot be compared (their signatures do not fit the model).
+- `QuantizationError` (`ValueError`, export/int8.py): an argument of the int8 export
+  (`representative_data`, `quantized_model`) is invalid or missing, or TFMOT's
+  quantisation-aware training cannot be applied to the model (`quantize_aware`).
 
 Application (`xbar-prune`, `xbar_tfmot.app`):
 

@@ -14,6 +14,10 @@ Folder layout:
                  `{"output_0": ..., "output_1": ...}` (`model.outputs` order) for several.
   model.tflite   converted from that SavedModel; the mapping JSON in the flatbuffer's
                  `metadata` list under the name `xbar_tfmot.crossbar_mapping`.
+  model_int8.tflite  int8 weights and activations (float inputs and outputs), the same
+                 metadata; post-training quantised from the SavedModel on `representative_data`,
+                 or converted from a `quantize_aware` model; format `tflite_int8`, opt-in. It is
+                 refused unless every weight the mapping drops is 0 in it (`int8.check_zeros`).
   model.keras    the stripped Keras model (the weights `xbar-verify` rebuilds crossbars from).
   neurosim/      `network.csv` (NeuroSim's layer table) and `crossbars.csv` (the mapping's
                  per-layer crossbar counts and utilisation); format `neurosim`, opt-in.
@@ -41,7 +45,7 @@ from xbar_tfmot.models import introspection
 from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.models.report import crossbar_report
 
-FORMATS = ("saved_model", "tflite", "json", "neurosim")
+FORMATS = ("saved_model", "tflite", "json", "neurosim", "tflite_int8")
 METADATA_NAME = "xbar_tfmot.crossbar_mapping"
 SIGNATURE = "crossbar_mapping"
 
@@ -62,7 +66,8 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
            permutations: Mapping[str, Any] | None = None, sparse_tflite: bool = False,
            overwrite: bool = False,
            custom_objects: Mapping[str, Any] | None = None,
-           mapping: CrossbarMapping | None = None) -> ExportResult:
+           mapping: CrossbarMapping | None = None, representative_data: Any = None,
+           quantized_model: Any = None) -> ExportResult:
   """Strips pruning wrappers and writes the export folder (see the module docstring).
 
   Args:
@@ -70,7 +75,8 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
     directory: the export folder; it must not exist unless `overwrite`.
     spec: the crossbar the mapping is for.
     granularity: `crossbar` or `column` (packed columns, output recombination).
-    formats: any of `saved_model`, `tflite`, `json`, `neurosim` (`tflite` needs `saved_model`).
+    formats: any of `saved_model`, `tflite`, `json`, `neurosim`, `tflite_int8` (the TFLite
+      formats need `saved_model`).
     permutations: mapping-only input permutations (`ReorderResult.permutations`).
     sparse_tflite: let the TFLite converter encode the zeros sparsely.
     overwrite: replace an existing export folder.
@@ -79,18 +85,26 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
       fails the export, naming the class.
     mapping: the mapping already built for this model, spec, granularity and permutations
       (`build_mapping`), so that a caller that needs it too builds it once; None: built here.
+    representative_data: for `tflite_int8` by post-training quantisation, training images
+      `(N, *input shape)` (a sequence of arrays, one per input, for several inputs) the
+      activation ranges are calibrated on; a few hundred suffice.
+    quantized_model: for `tflite_int8` from quantisation-aware training, the fine-tuned
+      `quantize_aware(model)`; the int8 file is converted from it, the other files from `model`.
   """
   formats = tuple(formats)
   bad = sorted(set(formats) - set(FORMATS))
   if bad or not formats:
     raise ValueError(f"export formats {bad or formats}: valid: a non-empty subset of {FORMATS}.")
-  if "tflite" in formats and "saved_model" not in formats:
-    raise ValueError("export format 'tflite' is converted from the SavedModel; add 'saved_model'.")
+  for name in ("tflite", "tflite_int8"):
+    if name in formats and "saved_model" not in formats:
+      raise ValueError(f"export format {name!r} is converted from the SavedModel; add "
+                       f"'saved_model'.")
   target = pathlib.Path(directory)
   if target.exists() and not overwrite:
     raise FileExistsError(f"export folder {str(target)!r} exists; pass overwrite=True to replace it.")
   target.parent.mkdir(parents=True, exist_ok=True)
 
+  samples = _int8_arguments(model, formats, representative_data, quantized_model)
   stripped = _strip(model)
   input_dtypes(stripped)
   if mapping is None:
@@ -115,6 +129,9 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
       with _step("tflite"):
         flat = _convert_tflite(tmp / "saved_model", sparse_tflite)
         (tmp / "model.tflite").write_bytes(add_tflite_metadata(flat, mapping.to_json()))
+    if "tflite_int8" in formats:
+      with _step("tflite_int8"):
+        _write_int8(stripped, tmp, mapping, samples, quantized_model)
     if "neurosim" in formats:
       with _step("neurosim"):
         from xbar_tfmot.export import neurosim
@@ -126,6 +143,59 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return ExportResult(target, mapping, tuple(sorted(p.name for p in target.iterdir())))
+
+
+def _int8_arguments(model: Any, formats: tuple[str, ...], representative_data: Any,
+                    quantized_model: Any) -> list[dict[str, np.ndarray]] | None:
+  """The checked calibration samples of `tflite_int8` (None when converted from
+  `quantized_model`); the int8 arguments without that format, or neither, are refused."""
+  from xbar_tfmot.export import int8
+  if int8.is_quantize_aware(model):
+    raise int8.QuantizationError(
+        f"model {model.name!r} holds quantisation wrappers; valid: the float model as model and "
+        f"its quantize_aware version as quantized_model.")
+  given = [n for n, v in (("representative_data", representative_data),
+                          ("quantized_model", quantized_model)) if v is not None]
+  if "tflite_int8" not in formats:
+    if given:
+      raise int8.QuantizationError(f"{given[0]} is used by the format 'tflite_int8' only; add it "
+                                   f"to formats or leave {given[0]} out.")
+    return None
+  if quantized_model is not None:
+    if not int8.is_quantize_aware(quantized_model):
+      raise int8.QuantizationError(
+          f"quantized_model {getattr(quantized_model, 'name', quantized_model)!r} holds no "
+          f"quantisation wrappers; valid: the result of quantize_aware(model), fine-tuned.")
+    if len(quantized_model.inputs) != len(model.inputs) or len(
+        quantized_model.outputs) != len(model.outputs):
+      raise int8.QuantizationError("quantized_model has other inputs or outputs than model; "
+                                   "valid: quantize_aware(model) of this model.")
+    return None
+  if representative_data is None:
+    raise int8.QuantizationError(
+        "export format 'tflite_int8' needs representative_data (training images, e.g. "
+        "x_train[:500]) to calibrate post-training quantisation, or quantized_model (a "
+        "fine-tuned quantize_aware(model)).")
+  return int8.representative_samples(model, representative_data)
+
+
+def _write_int8(model: Any, tmp: pathlib.Path, mapping: CrossbarMapping,
+                samples: list[dict[str, np.ndarray]] | None, quantized_model: Any) -> None:
+  """Writes `model_int8.tflite`, refused unless it keeps every zero the mapping says."""
+  from xbar_tfmot.export import int8
+  source = tmp / "saved_model"
+  if quantized_model is not None:
+    source = tmp / ".quantized_saved_model"
+    _write_saved_model(quantized_model, source, tmp / "mapping.json")
+  flat = int8.convert(source, samples)
+  if quantized_model is not None:
+    shutil.rmtree(source)
+  check = int8.check_zeros(flat, mapping, model)
+  if not check.ok:
+    more = len(check.violations) - 3
+    raise RuntimeError(f"{int8.FILE} fails its check (int8 weights, every pruned zero kept): "
+                       + "; ".join(check.violations[:3]) + (f"; {more} more" if more > 0 else ""))
+  (tmp / int8.FILE).write_bytes(add_tflite_metadata(flat, mapping.to_json()))
 
 
 def _strip(model: Any) -> Any:

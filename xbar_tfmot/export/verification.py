@@ -6,6 +6,11 @@ tf_keras (`model_io.load_model`), and the crossbar-explicit model is built in it
 The crossbar-explicit model is rebuilt from the mapping and the exported Keras weights; its
 construction validates the mapping against those weights, so a non-zero weight in a crossbar
 the mapping dropped fails with the path of the mapping field.
+
+An int8 file (`model_int8.tflite`) is checked crossbar by crossbar against the mapping and
+`model.keras` (`int8.check_zeros`: a pruned weight that is not exactly 0 fails, naming layer
+and crossbar); its outputs are shown beside the others but not judged, as quantisation moves
+them: its accuracy is measured on real data with `tflite_accuracy`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import tensorflow as tf
 
 from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.mapping import CrossbarMapping, MappingError
+from xbar_tfmot.export import int8
 from xbar_tfmot.export.exporter import (input_dtypes, input_names, keras_io_names,
                                         output_names, read_mapping)
 
@@ -34,10 +40,14 @@ class Verification:
   differences: dict[str, tuple[float, float]]
   tolerance: float
   tflite_runtime: str | None = None  # "litert" or "tensorflow" (the fallback), if TFLite ran
+  int8: int8.Int8Check | None = None  # the zeros of model_int8.tflite, if there is one
+  # name -> (max absolute, max relative) difference of the int8 file, shown, not judged
+  int8_differences: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
   @property
   def ok(self) -> bool:
-    return all(rel <= self.tolerance for _, rel in self.differences.values())
+    return (all(rel <= self.tolerance for _, rel in self.differences.values())
+            and (self.int8 is None or self.int8.ok))
 
   def format(self) -> str:
     totals = self.mapping.totals
@@ -49,6 +59,11 @@ class Verification:
     for name, (abs_diff, rel_diff) in self.differences.items():
       verdict = "ok" if rel_diff <= self.tolerance else "MISMATCH"
       lines.append(f"{name:>16s} vs keras: max abs {abs_diff:.3g}, max rel {rel_diff:.3g}  {verdict}")
+    for name, (abs_diff, rel_diff) in self.int8_differences.items():
+      lines.append(f"{name:>16s} vs keras: max abs {abs_diff:.3g}, max rel {rel_diff:.3g}  "
+                   f"(quantised, not judged)")
+    if self.int8 is not None:
+      lines.append(self.int8.format())
     return "\n".join(lines)
 
 
@@ -79,17 +94,49 @@ def _check_names(artefact: str, kind: str, found, expected: list[str]) -> None:
                             f"this model.keras or was written by an older xbar_tfmot.")
 
 
-def _tflite_outputs(path: pathlib.Path, x: dict[str, np.ndarray],
-                    outputs: list[str]) -> tuple[dict[str, np.ndarray], str]:
-  """Per signature output, the TFLite results of one sample at a time; inputs and outputs are
-  matched by their signature names, never by tensor position."""
+def _tflite_outputs(path: pathlib.Path, x: dict[str, np.ndarray], outputs: list[str],
+                   batch_size: int = 1) -> tuple[dict[str, np.ndarray], str]:
+  """Per signature output, the TFLite results of `batch_size` samples at a time; inputs and
+  outputs are matched by their signature names, never by tensor position."""
   interpreter, runtime = tflite_interpreter(path)
   runner = interpreter.get_signature_runner("serving_default")
-  _check_names("model.tflite", "inputs", runner.get_input_details(), list(x))
-  _check_names("model.tflite", "outputs", runner.get_output_details(), outputs)
+  _check_names(path.name, "inputs", runner.get_input_details(), list(x))
+  _check_names(path.name, "outputs", runner.get_output_details(), outputs)
   samples = len(next(iter(x.values())))
-  results = [runner(**{k: v[i:i + 1] for k, v in x.items()}) for i in range(samples)]
+  results = [runner(**{k: v[i:i + batch_size] for k, v in x.items()})
+             for i in range(0, samples, batch_size)]
   return {k: np.concatenate([r[k] for r in results]) for k in outputs}, runtime
+
+
+def tflite_accuracy(path: str | pathlib.Path, x: Any, y: Any, batch_size: int = 64) -> float:
+  """Top-1 accuracy of an exported TFLite file (float or int8) on `(x, y)`, run by the TFLite
+  interpreter through its serving signature.
+
+  `x`: the images `(N, *input shape)`, or a sequence of arrays, one per input; `y`: N integer
+  labels or one-hot rows. The file must have one output (the class scores)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"TFLite file {str(path)!r} does not exist.")
+  interpreter, _ = tflite_interpreter(path)
+  details = interpreter.get_signature_runner("serving_default").get_input_details()
+  names = sorted(details, key=lambda n: (len(n), n))  # input_0, input_1, ..., input_10
+  arrays = [x] if len(names) == 1 and not isinstance(x, (list, tuple)) else list(x)
+  if len(arrays) != len(names):
+    raise VerificationError(f"x: {len(arrays)} arrays for {path.name}'s {len(names)} inputs "
+                            f"{names}; valid: one array per input, in model.inputs order.")
+  feed = {n: np.asarray(a).astype(details[n]["dtype"]) for n, a in zip(names, arrays)}
+  labels = np.asarray(y)
+  labels = labels.argmax(-1) if labels.ndim == 2 else labels.reshape(-1)
+  if len(labels) != len(feed[names[0]]) or len(labels) == 0:
+    raise VerificationError(f"y: {len(labels)} labels for {len(feed[names[0]])} images; valid: "
+                            f"one label per image, at least one.")
+  runner = interpreter.get_signature_runner("serving_default")
+  outputs = list(runner.get_output_details())
+  if len(outputs) != 1:
+    raise VerificationError(f"{path.name} has the outputs {sorted(outputs)}; valid for "
+                            f"tflite_accuracy: one output of class scores.")
+  scores = _tflite_outputs(path, feed, outputs, batch_size)[0][outputs[0]]
+  return float(np.mean(scores.reshape(len(labels), -1).argmax(-1) == labels))
 
 
 def _saved_model_outputs(path: pathlib.Path, x: dict[str, np.ndarray],
@@ -159,10 +206,21 @@ def verify(directory: str, samples: int = 8, tolerance: float = 1e-4, seed: int 
   if (root / "model.tflite").exists():
     outputs["tflite"], runtime = _tflite_outputs(root / "model.tflite", x, keys)
     _same_mapping(mapping, root / "model.tflite")
+  int8_check, int8_outputs = None, {}
+  if (root / int8.FILE).exists():
+    _same_mapping(mapping, root / int8.FILE)
+    int8_check = int8.check_zeros((root / int8.FILE).read_bytes(), mapping, model)
+    try:
+      int8_outputs, runtime = _tflite_outputs(root / int8.FILE, x, keys)
+    except (RuntimeError, ValueError) as err:  # the interpreter refuses a malformed file
+      int8_check = dataclasses.replace(int8_check, violations=(
+          *int8_check.violations, f"{int8.FILE} does not run: {str(err)[:300]}"))
   labels = dict(zip(keys, keras_io_names(model)[1]))
   differences = {}
   for artefact, results in outputs.items():
     for key in keys:
       name = artefact if len(keys) == 1 else f"{artefact}:{labels[key]}"
       differences[name] = _difference(reference[key], results[key])
-  return Verification(mapping, differences, tolerance, runtime)
+  int8_differences = {("tflite_int8" if len(keys) == 1 else f"tflite_int8:{labels[key]}"):
+                      _difference(reference[key], int8_outputs[key]) for key in int8_outputs}
+  return Verification(mapping, differences, tolerance, runtime, int8_check, int8_differences)
