@@ -1,4 +1,4 @@
-"""Model zoo: VGG- and ResNet-style CNNs parameterised by input shape, classes and width.
+"""Model zoo: the benchmark's networks, parameterised by input shape, classes and width.
 
 Every builder takes `flavour` (`tf_keras` or `keras3`) so the same network can be pruned on
 either Keras path. Layer names are stable (`conv1`, `fc1`, `stage2_block1_conv2`, ...) so
@@ -12,6 +12,21 @@ configs and policies can address them. Widths scale the channel counts (rounded,
   shortcut that changes shape is a 1x1 conv with BatchNorm (option B), so it maps too.
 - `resnet18`: four stages of two basic blocks (64..512); inputs of 64 pixels and more get the
   ImageNet stem (7x7 stride 2 and a max-pool), smaller ones a 3x3 stride-1 stem.
+- `mlp`: the image flattened, then Dense 300-100-classes (`fc1`..`fc3`, ReLU); LeCun's
+  784-300-100-10 on Fashion-MNIST at width 1.
+- `lenet5`: LeNet-5-like (ReLU and max-pools rather than tanh and subsampling): `conv1` 6 5x5
+  (same padding, so 28x28 inputs keep the 28x28 map of LeNet's padded 32x32), a 2x2 pool,
+  `conv2` 16 5x5 (valid; same once the map is under 5 pixels), a pool, Dense 120-84-classes.
+- `mobilenet`: MobileNet-v1-like for small images: a 3x3 stem `conv1` (c, BN, ReLU), seven
+  depthwise-separable blocks (`blockN_dw` a 3x3 DepthwiseConv2D, BN, ReLU; `blockN_pw` a 1x1
+  Conv2D, BN, ReLU) of 2c, 4c/2, 4c, 8c/2, 8c, 16c/2, 16c channels (/2: the depthwise conv has
+  stride 2), global average pooling and `fc`; c = 32 at width 1. The depthwise convs stay
+  digital (not a vector-matrix product); the stem, the pointwise convs and `fc` are mapped.
+- `conv1d`: a 1-D CNN that reads an (H, W, C) input as a sequence of H steps of W*C features
+  (`Reshape` named `sequence`; Fashion-MNIST row by row: 28 steps of 28 pixels, "sequential
+  Fashion-MNIST"; the digits: 8 steps of 8): `conv1`..`conv4` 3-tap Conv1D (c, c, 2c, 2c; BN,
+  ReLU, a 2-step max-pool after each pair while the sequence is 2 steps or more), global
+  average pooling, `fc1` (2c, ReLU) and `fc2`; c = 64 at width 1.
 """
 
 from __future__ import annotations
@@ -100,8 +115,75 @@ def resnet18(K, inp, classes: int, width: float):
   return _resnet(K, x, [_width(c, width) for c in (64, 128, 256, 512)], 2, classes)
 
 
+def mlp(K, inp, classes: int, width: float):
+  L = K.layers
+  x = L.Flatten(name="flatten")(inp)
+  for i, units in enumerate((300, 100), start=1):
+    x = L.Dense(_width(units, width), activation="relu", name=f"fc{i}")(x)
+  return L.Dense(classes, name="fc3")(x)
+
+
+def lenet5(K, inp, classes: int, width: float):
+  L = K.layers
+  size = min(inp.shape[1], inp.shape[2])
+  x = L.Conv2D(_width(6, width), 5, padding="same", activation="relu", name="conv1")(inp)
+  if size >= 2:
+    x = L.MaxPooling2D(2, name="pool1")(x)
+    size //= 2
+  padding = "valid" if size >= 5 else "same"
+  x = L.Conv2D(_width(16, width), 5, padding=padding, activation="relu", name="conv2")(x)
+  size = size - 4 if padding == "valid" else size
+  if size >= 2:
+    x = L.MaxPooling2D(2, name="pool2")(x)
+  x = L.Flatten(name="flatten")(x)
+  for i, units in enumerate((120, 84), start=1):
+    x = L.Dense(_width(units, width), activation="relu", name=f"fc{i}")(x)
+  return L.Dense(classes, name="fc3")(x)
+
+
+# MobileNet-like blocks for small images: (pointwise channels in units of the stem's, stride).
+MOBILENET_BLOCKS = ((2, 1), (4, 2), (4, 1), (8, 2), (8, 1), (16, 2), (16, 1))
+
+
+def _separable_block(L, x, filters: int, strides: int, name: str):
+  """DepthwiseConv2D 3x3 (digital), BN, ReLU, then the 1x1 pointwise Conv2D (mapped), BN, ReLU."""
+  x = L.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw")(x)
+  x = L.BatchNormalization(name=f"{name}_dw_bn")(x)
+  x = L.ReLU(name=f"{name}_dw_relu")(x)
+  x = L.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
+  x = L.BatchNormalization(name=f"{name}_pw_bn")(x)
+  return L.ReLU(name=f"{name}_pw_relu")(x)
+
+
+def mobilenet(K, inp, classes: int, width: float):
+  L = K.layers
+  x = _conv_bn_relu(L, inp, _width(32, width), "conv1")
+  for b, (multiple, strides) in enumerate(MOBILENET_BLOCKS, start=1):
+    x = _separable_block(L, x, _width(32 * multiple, width), strides, f"block{b}")
+  x = L.GlobalAveragePooling2D(name="gap")(x)
+  return L.Dense(classes, name="fc")(x)
+
+
+def conv1d(K, inp, classes: int, width: float):
+  L = K.layers
+  steps, features = int(inp.shape[1]), int(inp.shape[2]) * int(inp.shape[3])
+  x = L.Reshape((steps, features), name="sequence")(inp)
+  c = _width(64, width)
+  for n, filters in enumerate((c, c, 2 * c, 2 * c), start=1):
+    x = L.Conv1D(filters, 3, padding="same", use_bias=False, name=f"conv{n}")(x)
+    x = L.BatchNormalization(name=f"conv{n}_bn")(x)
+    x = L.ReLU(name=f"conv{n}_relu")(x)
+    if n % 2 == 0 and steps >= 2:
+      x = L.MaxPooling1D(2, name=f"pool{n // 2}")(x)
+      steps //= 2
+  x = L.GlobalAveragePooling1D(name="gap")(x)
+  x = L.Dense(2 * c, activation="relu", name="fc1")(x)
+  return L.Dense(classes, name="fc2")(x)
+
+
 BUILDERS: dict[str, Callable[..., Any]] = {
-    "vgg8": vgg8, "vgg16": vgg16, "resnet20": resnet20, "resnet18": resnet18}
+    "vgg8": vgg8, "vgg16": vgg16, "resnet20": resnet20, "resnet18": resnet18, "mlp": mlp,
+    "lenet5": lenet5, "mobilenet": mobilenet, "conv1d": conv1d}
 
 
 def build_model(name: str, input_shape: Sequence[int], classes: int, width: float = 1.0,
