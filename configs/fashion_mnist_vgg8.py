@@ -1,5 +1,6 @@
 """Default: Fashion-MNIST, a small VGG8-style CNN, semi-folded crossbars, column grain + reorder,
-85% fewer crossbars allocated network-wide by weight magnitude (docs/bench_quality.md).
+85% fewer crossbars, allocated by the candidate policy that scores best one-shot on 512
+training images held out of training (allocation.mode="validated", docs/design.md).
 
 Runs end to end in a few minutes on 2 CPU cores: `xbar-prune --config configs/fashion_mnist_vgg8.py`.
 """
@@ -17,8 +18,7 @@ def get_config():
   c.chip.spec = "semi_folded_k16x4"
   c.chip.granularity = "column"
   c.allocation.reduction = 0.85
-  c.allocation.mode = "global_score"  # one model-wide budget, column chunks ranked by magnitude
-  c.allocation.score = "magnitude"
+  c.allocation.mode = "validated"  # per_layer, global_score x 4 scores, sensitivity: one wins
   c.allocation.reorder = True
   c.train.bn_recalibration_images = 5000  # BatchNorm statistics re-estimated before evaluating
   c.train.baseline_epochs = 3

@@ -14,8 +14,8 @@ import pytest
 
 import xbar_tfmot as xt
 from xbar_tfmot.core.geometry import LayerGeometry
-from xbar_tfmot.core.policy import (CrossbarPolicy, allocate_by_curves, allocate_by_score,
-                                    unit_scores)
+from xbar_tfmot.core.policy import (NORMALISATION, SCORES, CrossbarPolicy, allocate_by_curves,
+                                    allocate_by_score, unit_scores)
 from xbar_tfmot.core.projection import crossbar_budget, project
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models.introspection import keras_module
@@ -51,6 +51,33 @@ def test_allocate_by_score_normalises_per_layer():
   assert allocate_by_score([np.full(10, 100.0), np.array([1.0] + [1e-6] * 9)], 11) == [10, 1]
   with pytest.raises(ValueError, match="total=1 is invalid"):
     allocate_by_score(scores, 1)
+
+
+@pytest.mark.parametrize("normalisation, expected", [
+    ("layer", [2, 2]),  # fc2's units hold half their layer each, fc1's a quarter: fc2 first
+    ("mean", [3, 1]),   # every unit is its layer's average: a tie, the earlier layer wins
+    ("none", [2, 2]),   # fc2's 5 beats fc1's 4, then fc1's 4
+])
+def test_allocate_by_score_normalisations_by_hand(normalisation, expected):
+  """fc1: four units of 4, fc2: two units of 5, four crossbars: each layer keeps one, and the
+  other two places go by the normalised scores, as computed by hand beside each case."""
+  scores = [np.full(4, 4.0), np.full(2, 5.0)]
+  assert allocate_by_score(scores, 4, normalisation) == expected
+  with pytest.raises(ValueError, match="normalisation='sum' is unknown"):
+    allocate_by_score(scores, 4, "sum")
+
+
+def test_the_size_free_scores_keep_what_a_large_layer_needs():
+  """The size bias on a planted pair: fc1 (20 units) carries the signal in 5 of its units,
+  fc2 (2 units) is flat. Per layer, each fc1 unit is worth at most 1/5 against fc2's 1/2, so
+  `magnitude` keeps fc2 whole and fc1 gets 4 of its 5 strong units at a total of 6; per mean
+  unit (`relative_magnitude`) a strong fc1 unit is worth 4 against fc2's 1: fc1 keeps all 5."""
+  fc1 = np.array([1.0] * 5 + [0.0] * 15)
+  fc2 = np.ones(2)
+  by_layer = allocate_by_score([fc1, fc2], 6, NORMALISATION["magnitude"])
+  by_mean = allocate_by_score([fc1, fc2], 6, NORMALISATION["relative_magnitude"])
+  assert by_layer == [4, 2] and by_mean == [5, 1]
+  assert NORMALISATION["fisher"] == "none" and set(NORMALISATION) == set(SCORES)
 
 
 @pytest.mark.parametrize("granularity", ["crossbar", "column"])
@@ -179,6 +206,33 @@ def whole_model_count(model, granularity):
   return used, sum(c.dense for c in counts.values())
 
 
+def test_fisher_magnitudes_are_weight_times_root_mean_squared_gradient():
+  """`score='fisher'` ranks a unit by the sum over its weights of `w^2 * mean(g^2)` over the
+  batches (OBD with the empirical Fisher diagonal): the magnitude is `|w| * sqrt(mean g^2)`,
+  checked against gradients taken here, batch by batch."""
+  import tensorflow as tf
+
+  from xbar_tfmot.pruning import allocation
+  keras = keras_module("keras3")
+  pruned = xt.prune_crossbar(pm.cnn(flavour="keras3"), spec=pm.SPEC, seed=0,
+                             policy=CrossbarPolicy(mode="global_score", score="fisher"))
+  pm.compile_model(pruned)
+  (group,) = allocation.shared_groups(xt.crossbar_wrappers(pruned))
+  batches = [(X[:32], Y[:32]), (X[32:64], Y[32:64]), (X[64:96], Y[64:96])]
+  got = allocation.magnitudes(pruned, group, "fisher", iter(batches))  # a generator too
+  kernels = [w._kernel() for w in group]
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  squares = [np.zeros(tuple(k.shape)) for k in kernels]
+  for x, y in batches:
+    with tf.GradientTape() as tape:
+      value = loss(y, pruned(x, training=False))
+    for acc, g in zip(squares, tape.gradient(value, kernels)):
+      acc += np.asarray(g, np.float64) ** 2
+  for m, k, sq in zip(got, kernels, squares):
+    np.testing.assert_allclose(m, np.abs(np.asarray(k, np.float64)) * np.sqrt(sq / 3),
+                               rtol=1e-4, atol=1e-9)
+
+
 # (flavour, mode, score, granularity, repeat to check determinism). The shared-pool mode runs
 # in both flavours; the static plans (global, sensitivity) in one each, to keep the suite short.
 CASES = [("tf_keras", "global", "energy", "crossbar", False),
@@ -186,7 +240,9 @@ CASES = [("tf_keras", "global", "energy", "crossbar", False),
          ("tf_keras", "global_score", "energy", "column", True),
          ("keras3", "global_score", "energy", "column", False),
          ("tf_keras", "global_score", "saliency", "crossbar", False),
-         ("keras3", "global_score", "saliency", "crossbar", True)]
+         ("keras3", "global_score", "saliency", "crossbar", True),
+         ("tf_keras", "global_score", "fisher", "column", False),
+         ("keras3", "global_score", "relative_magnitude", "column", False)]
 
 
 @pytest.mark.parametrize("flavour,mode,score,granularity,repeat", CASES)

@@ -14,7 +14,7 @@ from xbar_tfmot.core.spec import parse_spec
 def tiny(workdir, **crossbar):
   return load_config(workdir=str(workdir), train__verbose=0, train__baseline_epochs=2,
                      report__plots=False, export__enabled=False,
-                     **{RENAMED[f"crossbar.{k}"].replace(".", "__"): v
+                     **{RENAMED.get(f"crossbar.{k}", f"allocation.{k}").replace(".", "__"): v
                         for k, v in crossbar.items()})
 
 
@@ -85,3 +85,42 @@ def test_distillation_weight_out_of_range_names_the_field(tmp_path):
   config.train.distillation_weight = 1.5
   with pytest.raises(ConfigError, match="config.train.distillation_weight=1.5"):
     pipeline.Pipeline(config).prepare()
+
+
+def test_validated_mode_trains_the_best_candidate_and_never_reads_the_test_set(tmp_path,
+                                                                              monkeypatch):
+  """`allocation.mode="validated"`: every candidate is scored on the validation images carved
+  from the training images (a spy on the selection's accuracy sees only those), the best one
+  is trained, and the report lists them all."""
+  import json
+
+  import numpy as np
+
+  from xbar_tfmot.app import preparation
+  from xbar_tfmot.pruning import selection
+  seen = []
+  real = selection.accuracy
+
+  def spy(model, x, y, batch_size=256):
+    seen.append(x)
+    return real(model, x, y, batch_size)
+
+  monkeypatch.setattr(selection, "accuracy", spy)
+  names = ["per_layer", "global_score:magnitude", "global_score:relative_magnitude"]
+  lines: list[str] = []
+  config = tiny(tmp_path, mode="validated", validation_images=256, candidates=",".join(names))
+  metrics = pipeline.run(config, log=lines.append)
+  allocation = json.loads((tmp_path / "state.json").read_text())["phases"]["prune"]["allocation"]
+  rows = allocation["candidates"]
+  assert [r["name"] for r in rows] == names
+  scores = [r["validation_accuracy"] for r in rows]
+  assert allocation["chosen"] == names[scores.index(max(scores))]
+  chosen = rows[scores.index(max(scores))]
+  assert metrics["crossbars"]["pruned"] == chosen["crossbars"]
+  data = preparation.load_data(configuration.parse(config))
+  assert len(seen) == len(names)
+  assert all(np.array_equal(x, data.validation[0]) for x in seen)
+  assert any(f"* {allocation['chosen']}: validation accuracy" in l for l in lines)
+  report = (tmp_path / "report" / "report.md").read_text()
+  assert "## Allocation chosen on validation" in report
+  assert f"| {allocation['chosen']} (chosen) | {chosen['crossbars']} |" in report

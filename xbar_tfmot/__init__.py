@@ -8,7 +8,8 @@ the application `app` (`xbar-prune`), which the library never imports.
 Every procedure is here, the application only orchestrates them: `prune_crossbar` (LGD-RPP,
 every layer at once), `prune_layer_by_layer` (the paper's procedure, one layer at a time under
 `StopRules`), `one_shot_masks` / `apply_masks` (the exact projection of trained kernels, no
-training) and `sweep_hardware` (accuracy on simulated chips, one non-ideality at a time, over
+training; `one_shot_budgets`), `choose_allocation` (candidate policies cut one-shot and scored
+on validation images) and `sweep_hardware` (accuracy on simulated chips, one non-ideality at a time, over
 `sweep_conditions`; `hardware_cost_summary` for the chip's cost).
 
 Importing this package never imports TFMOT: the tf_keras adapter loads it on first use, so a
@@ -35,7 +36,8 @@ from xbar_tfmot.core.schedules import (CrossbarConstant, CrossbarPolynomialDecay
                                        CrossbarTemperatureDecay)
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.export.exporter import ExportError, export, read_mapping
-from xbar_tfmot.export.verification import verify
+from xbar_tfmot.export.int8 import QuantizationError, quantize_aware
+from xbar_tfmot.export.verification import tflite_accuracy, verify
 from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
 from xbar_tfmot.models.channels import ChannelGraph, ChannelSpace, analyze
 from xbar_tfmot.models.analog_model import analog_accuracy, analog_model, output_positions
@@ -54,7 +56,8 @@ from xbar_tfmot.pruning.distillation import (DistillationLoss, distillation_accu
                                              teacher_targets)
 from xbar_tfmot.pruning.layer_by_layer import (LayerByLayerError, LayerOutcome, StopRules,
                                                prune_layer_by_layer)
-from xbar_tfmot.pruning.one_shot import apply_masks, one_shot_masks
+from xbar_tfmot.pruning.one_shot import apply_masks, one_shot_budgets, one_shot_masks
+from xbar_tfmot.pruning.selection import AllocationChoice, candidate_policy, choose_allocation
 from xbar_tfmot.pruning.sensitivity import sensitivity_curves
 
 try:  # registers the Keras 3 serialisables; Keras 3 is a dependency, but keep the core importable
@@ -66,7 +69,8 @@ __all__ = [
     "CostReport", "HardwareError", "HardwareSpec", "analog_accuracy", "analog_model",
     "estimate_cost", "output_positions", "SweepCondition", "hardware_cost_summary",
     "sweep_conditions", "sweep_hardware", "LayerByLayerError", "LayerOutcome", "StopRules",
-    "prune_layer_by_layer", "apply_masks", "one_shot_masks",
+    "prune_layer_by_layer", "apply_masks", "one_shot_budgets", "one_shot_masks",
+    "AllocationChoice", "candidate_policy", "choose_allocation",
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",
     "CrossbarPolicy", "CrossbarPolynomialDecay", "CrossbarPruningSummaries", "CrossbarReport",
     "CrossbarSpec", "CrossbarTemperatureDecay", "DistillationLoss", "ExportError",
@@ -76,9 +80,9 @@ __all__ = [
     "crossbar_report", "crossbar_wrappers", "distillation_accuracy", "export", "pack_layer",
     "project",
     "project_permuted", "prune_crossbar", "read_mapping", "recalibrate_batchnorm", "reorder_model",
-    "sensitivity_curves", "stateless_seed", "strip_crossbar_pruning", "teacher_targets",
-    "validate_mapping", "verify",
+    "quantize_aware", "sensitivity_curves", "stateless_seed", "strip_crossbar_pruning",
+    "teacher_targets", "tflite_accuracy", "validate_mapping", "verify",
     # the errors (every one an XbarError; the list: xbar_tfmot/core/errors.py)
     "GeometryError", "ModelError", "NotKerasObjectError", "PolicyError", "PruningConfigError",
-    "ScheduleError", "SpecError", "UnknownLayerError",
+    "QuantizationError", "ScheduleError", "SpecError", "UnknownLayerError",
 ]

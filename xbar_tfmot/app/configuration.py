@@ -37,6 +37,7 @@ from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
 from xbar_tfmot.pruning.layer_by_layer import StopRules, invalid_rule
+from xbar_tfmot.pruning.selection import CANDIDATES
 
 EXPORT_FORMATS = ("saved_model", "tflite", "json")
 PROCEDURES = ("joint", "layer_by_layer")
@@ -204,24 +205,32 @@ class Allocation(_Section):
     reduction: the fraction of the mapped layers' crossbars removed (0 < reduction < 1).
     mode: per_layer (each layer loses `reduction`) | global (one budget, split by size) |
       global_score (one budget, chunks ranked model-wide by `score`) | sensitivity
-      (split by accuracy curves measured on held-out training images).
-    score: global_score's ranking: magnitude (sum of squared weights) | saliency
-      (|w dL/dw| on training batches); "energy", magnitude's former name, warns.
+      (split by accuracy curves measured on held-out training images) | validated (each of
+      `candidates` cut one-shot and scored on held-out training images; the best is trained:
+      `xt.choose_allocation`).
+    score: global_score's ranking: magnitude (sum of squared weights over the layer's) |
+      saliency (|w dL/dw| on training batches, over the layer's) | relative_magnitude (sum of
+      squared weights over the layer's mean unit) | fisher (w^2 mean(dL/dw^2) on training
+      batches); "energy", magnitude's former name, warns.
+    candidates: validated: comma-separated `mode[:score]` names (`selection.CANDIDATES`).
     leave_dense: layers kept whole: default (the first convolution) | "" (none) |
       comma-separated layer names.
     validation_images: training images held out for the methods' own choices (sensitivity,
-      layer_by_layer).
+      validated, layer_by_layer).
     reorder: search input-channel orders that keep more weight per crossbar before pruning.
     dense_layers: `leave_dense` as `CrossbarPolicy.leave_dense` reads it (None = default).
+    candidate_names: `candidates` parsed.
   """
   SECTION: ClassVar[str] = "allocation"
   reduction: float = 0.7
-  mode: str = _f("per_layer", **_choice(*MODES))
+  mode: str = _f("per_layer", **_choice(*MODES, "validated"))
   score: str = _f("magnitude", **_choice(*SCORES, *DEPRECATED_SCORES))
   leave_dense: str = "default"
+  candidates: str = ",".join(CANDIDATES)
   validation_images: int = _f(512, **_POSITIVE)
   reorder: bool = True
   dense_layers: tuple[str, ...] | None = _derived()
+  candidate_names: tuple[str, ...] = _derived()
 
   def _parse(self) -> None:
     if not 0.0 < self.reduction < 1.0:
@@ -232,6 +241,11 @@ class Allocation(_Section):
                     f"{DEPRECATED_SCORES[self.score]!r} (the same score).", FutureWarning,
                     stacklevel=4)
       self._set("score", canonical_score(self.score))
+    chosen = tuple(n.strip() for n in self.candidates.split(",") if n.strip())
+    if not chosen or set(chosen) - set(CANDIDATES) or len(set(chosen)) < len(chosen):
+      raise self._error("candidates", f"valid: distinct comma-separated names among "
+                                      f"{', '.join(CANDIDATES)}.")
+    self._set("candidate_names", chosen)
     names = self.leave_dense.strip()
     self._set("dense_layers", None if names == "default" else
               tuple(n.strip() for n in names.split(",") if n.strip()))
@@ -506,9 +520,9 @@ def _check_across(c: RunConfig) -> None:
   if c.allocation.mode == "global_score" and not c.schedule.prune_epochs:
     raise ConfigError("config.allocation.mode='global_score' re-splits the budget at the mask "
                       "updates of training; valid: schedule.prune_epochs >= 1 (or another mode).")
-  if c.allocation.mode == "sensitivity" and no_data:
-    raise ConfigError("config.allocation.mode='sensitivity' measures its curves on held-out "
-                      "training images; valid: a data.name other than none.")
+  if c.allocation.mode in ("sensitivity", "validated") and no_data:
+    raise ConfigError(f"config.allocation.mode={c.allocation.mode!r} measures on held-out "
+                      f"training images; valid: a data.name other than none.")
   if c.schedule.procedure == "layer_by_layer":
     if c.allocation.mode != "per_layer":
       raise ConfigError(f"config.allocation.mode={c.allocation.mode!r}: schedule.procedure="

@@ -38,7 +38,8 @@ def load_data(config: RunConfig) -> RunData | None:
   if c.train_size:
     x, y = x[:c.train_size], y[:c.train_size]
   validation = None
-  if config.allocation.mode == "sensitivity" or config.schedule.procedure == "layer_by_layer":
+  if (config.allocation.mode in ("sensitivity", "validated")
+      or config.schedule.procedure == "layer_by_layer"):
     held = config.allocation.validation_images
     if held >= len(x):
       raise ConfigError(f"config.allocation.validation_images={held}: valid: fewer than the "
@@ -116,18 +117,25 @@ def check_budgets(config: RunConfig, model) -> None:
   curves = None  # sensitivity: the measured curves split the total, they never change it
   if a.mode == "sensitivity":
     curves = {g.name: [[g.dense_crossbars, 0.0]] for g in geometries}
-  policy = CrossbarPolicy(leave_dense=a.dense_layers, mode=a.mode, score=a.score, curves=curves)
+  # validated: its candidates share two kinds of budget, per layer and one model-wide pool;
+  # the run fails here only if neither can be met (a candidate that cannot is skipped).
+  modes = ("per_layer", "global_score") if a.mode == "validated" else (a.mode,)
+  policies = [CrossbarPolicy(leave_dense=a.dense_layers, mode=m, curves=curves,
+                             score=a.score if m == a.mode else "magnitude") for m in modes]
 
   def problem(reduction: float) -> str | None:
     """Why the prune phase would refuse `reduction` (as it computes budgets), or None."""
-    try:
-      if config.schedule.prune_epochs == 0:  # one-shot projection
-        policy.plan(geometries, reduction)
-      else:  # prune_crossbar
-        plan_lib.plan_model(leaves, spec, policy, reduction)
-    except ValueError as e:
-      return str(e)
-    return None
+    why = []
+    for policy in policies:
+      try:
+        if config.schedule.prune_epochs == 0:  # one-shot projection
+          policy.plan(geometries, reduction)
+        else:  # prune_crossbar
+          plan_lib.plan_model(leaves, spec, policy, reduction)
+        return None
+      except ValueError as e:
+        why.append(str(e))
+    return "; ".join(why)
 
   why = problem(a.reduction)
   if why is None:

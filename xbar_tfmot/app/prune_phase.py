@@ -8,9 +8,11 @@ from typing import Any
 
 from xbar_tfmot.app import training
 from xbar_tfmot.app.run_context import RunContext
-from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.policy import GRADIENT_SCORES, CrossbarPolicy
 from xbar_tfmot.core.schedules import CrossbarPolynomialDecay, ramp_steps
 from xbar_tfmot.pruning import one_shot
+
+CALIBRATION_IMAGES = 1024  # training images that re-estimate BatchNorm for each candidate
 
 
 def prune(run: RunContext) -> dict[str, Any]:
@@ -22,46 +24,68 @@ def prune(run: RunContext) -> dict[str, Any]:
   result: dict[str, Any] = {}
   if c.schedule.procedure == "layer_by_layer":
     stripped, outcomes = _layer_by_layer(run, model)
-    result = {"history": {}, "layer_by_layer": outcomes,
-              "validation_images": len(run.data.validation[1])}
+    result.update(history={}, layer_by_layer=outcomes,
+                  validation_images=len(run.data.validation[1]))
   elif c.schedule.prune_epochs == 0:
     run.log(f"[prune] one-shot exact projection to reduction {c.allocation.reduction}")
-    stripped = model
+    stripped, chosen = model, policy(run, model, result)
     one_shot.apply_masks(stripped, one_shot.one_shot_masks(
-        model, run.spec, policy(run, model), c.allocation.reduction, c.chip.granularity))
-    result = {"history": {}}
+        model, run.spec, chosen, c.allocation.reduction, c.chip.granularity,
+        _gradient_batches(run, None, chosen.score)))
+    result["history"] = {}
   else:
-    stripped, history = _joint(run, model)
-    result = {"history": history}
+    stripped, result["history"] = _joint(run, model, policy(run, model, result))
   run.save(run.recalibrated(stripped), run.path("pruned.keras"))
   if run.data is not None:
     result["accuracy"] = run.evaluate(stripped)
   return result
 
 
-def policy(run: RunContext, model=None) -> CrossbarPolicy:
-  """The configured policy; `sensitivity` measures its curves on `model` (the prune input)
-  over the validation images held out of training (`allocation.validation_images`)."""
+def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
+  """The configured policy for `model` (the prune input, compiled); `sensitivity` measures its
+  curves, and `validated` chooses among its candidates (recorded in `result["allocation"]`),
+  on the validation images held out of training (`allocation.validation_images`)."""
   a = run.config.allocation
-  curves = None
-  if a.mode == "sensitivity":
-    from xbar_tfmot.pruning.sensitivity import sensitivity_curves
-    run.compile(model, run.config.train.learning_rate)
-    measured = sensitivity_curves(model, run.spec, run.data.validation, run.config.chip.granularity)
-    run.log(f"[prune] sensitivity curves: {measured['evaluations']} evaluations on "
-            f"{len(run.data.validation[1])} held-out training images, "
-            f"{training.format_seconds(measured['seconds'])}")
-    curves = measured["curves"]
-  return CrossbarPolicy(leave_dense=a.dense_layers, mode=a.mode, score=a.score, curves=curves)
+  run.compile(model, run.config.train.learning_rate)  # the loss the curves and gradients read
+  if a.mode != "validated":
+    curves = _curves(run, model) if a.mode == "sensitivity" else None
+    return CrossbarPolicy(leave_dense=a.dense_layers, mode=a.mode, score=a.score, curves=curves)
+  from xbar_tfmot.pruning.selection import candidate_policy, choose_allocation
+  curves = _curves(run, model) if "sensitivity" in a.candidate_names else None
+  candidates = {n: candidate_policy(n, a.dense_layers, curves) for n in a.candidate_names}
+  images = run.data.train[0][:CALIBRATION_IMAGES]
+  choice = choose_allocation(
+      model, run.spec, candidates, a.reduction, run.config.chip.granularity,
+      run.data.validation, gradient_data=_gradient_batches(run, None, "fisher"),
+      calibration_images=images)
+  run.log(f"[prune] allocation chosen on {len(run.data.validation[1])} held-out training "
+          f"images ({training.format_seconds(choice.seconds)}), each candidate cut one-shot "
+          f"after BatchNorm re-estimation on {len(images)} training images:")
+  for line in choice.table():
+    run.log(f"[prune]   {line}")
+  result["allocation"] = {"chosen": choice.chosen, "seconds": round(choice.seconds, 1),
+                          "candidates": [{k: v for k, v in r.items() if k != "budgets"}
+                                         for r in choice.rows]}
+  return candidates[choice.chosen]
+
+
+def _curves(run: RunContext, model) -> dict:
+  """Sensitivity curves of `model` measured on the validation images."""
+  from xbar_tfmot.pruning.sensitivity import sensitivity_curves
+  measured = sensitivity_curves(model, run.spec, run.data.validation, run.config.chip.granularity)
+  run.log(f"[prune] sensitivity curves: {measured['evaluations']} evaluations on "
+          f"{len(run.data.validation[1])} held-out training images, "
+          f"{training.format_seconds(measured['seconds'])}")
+  return measured["curves"]
 
 
 def _steps_per_epoch(run: RunContext) -> int:
   return math.ceil(len(run.data.train[1]) / run.config.train.batch_size)
 
 
-def _joint(run: RunContext, model):
-  """`prune_crossbar` over `schedule.prune_epochs` epochs, then `schedule.finetune_epochs` with
-  the masks frozen: `(stripped model, history)`."""
+def _joint(run: RunContext, model, chosen: CrossbarPolicy):
+  """`prune_crossbar` with the `chosen` policy over `schedule.prune_epochs` epochs, then
+  `schedule.finetune_epochs` with the masks frozen: `(stripped model, history)`."""
   from xbar_tfmot.pruning.api import prune_crossbar, strip_crossbar_pruning
   from xbar_tfmot.pruning.callbacks import CrossbarPruningSummaries, UpdateCrossbarPruning
   c, s, t = run.config, run.config.schedule, run.config.train
@@ -75,10 +99,12 @@ def _joint(run: RunContext, model):
           f"epochs")
   pruned = prune_crossbar(model, run.spec, granularity=c.chip.granularity, schedule=schedule,
                           projection=s.projection, regrowth=s.regrowth,
-                          policy=policy(run, model), seed=c.seed, temperature=s.temperature)
+                          policy=chosen, seed=c.seed, temperature=s.temperature)
   targets = _teacher_targets(run) if t.distillation_weight else None
   run.compile(pruned, t.learning_rate, distill=targets is not None)
-  callbacks = [UpdateCrossbarPruning(allocation_data=_saliency_batches(run, targets)),
+  allocation_data = (_gradient_batches(run, targets, chosen.score)
+                     if chosen.mode == "global_score" else None)
+  callbacks = [UpdateCrossbarPruning(allocation_data=allocation_data),
                *run.tensorboard("prune")]
   if c.report.tensorboard:
     callbacks.append(CrossbarPruningSummaries(str(run.workdir / "logs" / "prune")))
@@ -109,11 +135,12 @@ def _teacher_targets(run: RunContext) -> tuple:
                for x, y in (run.data.train, run.data.test))
 
 
-def _saliency_batches(run: RunContext, targets: tuple | None) -> list | None:
-  """Up to four training batches for `score = "saliency"`, with the labels the compiled loss
-  reads (the teacher's targets under distillation); None for the other scores."""
-  a, batch = run.config.allocation, run.config.train.batch_size
-  if a.mode != "global_score" or a.score != "saliency":
+def _gradient_batches(run: RunContext, targets: tuple | None, score: str) -> list | None:
+  """Up to four training batches for a gradient `score` (`saliency`, `fisher`), with the
+  labels the compiled loss reads (the teacher's targets under distillation); None for the
+  other scores."""
+  batch = run.config.train.batch_size
+  if score not in GRADIENT_SCORES:
     return None
   x, y = run.data.train
   y = y if targets is None else targets[0]

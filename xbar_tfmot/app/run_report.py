@@ -104,6 +104,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
       "export": phases.get("export", {}),
       "hardware": phases.get("hardware", {}),
       "layer_by_layer": phases.get("prune", {}).get("layer_by_layer"),
+      "allocation": phases.get("prune", {}).get("allocation"),
       "seconds": {name: phases[name].get("seconds") for name in phases},
       "config": config.flat(),
   }
@@ -201,6 +202,18 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
       lines.append(f"| {o['layer']} | {o['before']} | {o['after']} | {o['reduction']:.1%} | "
                    f"{o['steps']} | {o['stop']} | {_fmt(o['accuracy'])} | "
                    f"{_fmt(o['rejected_accuracy'])} |")
+  if m["allocation"]:
+    a = m["allocation"]
+    lines += ["", "## Allocation chosen on validation", "",
+              f"Each candidate cut one-shot from the prune input, BatchNorm re-estimated on "
+              f"training images, scored on the validation images held out of the training "
+              f"images; `{a['chosen']}` was trained.", "",
+              "| candidate | crossbars | validation accuracy |", "|---|---|---|"]
+    for r in a["candidates"]:
+      score = (_fmt(r["validation_accuracy"]) if "validation_accuracy" in r
+               else f"infeasible: {r['infeasible']}")
+      mark = " (chosen)" if r["name"] == a["chosen"] else ""
+      lines.append(f"| {r['name']}{mark} | {r.get('crossbars', '')} | {score} |")
   export = m["export"]
   if export.get("enabled"):
     lines += ["", f"Export: `export/` ({', '.join(export['formats'])})"

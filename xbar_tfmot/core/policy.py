@@ -21,7 +21,14 @@ from xbar_tfmot.core.schedules import _check_reduction
 
 MODES = ("per_layer", "global", "global_score", "sensitivity")
 SHARED_MODES = ("global_score",)  # budgets re-split among layers at every mask update
-SCORES = ("magnitude", "saliency")
+SCORES = ("magnitude", "saliency", "relative_magnitude", "fisher")
+# How `allocate_by_score` makes a score comparable across layers: over the layer's total
+# ("layer": every unit of a layer with N units is worth about 1/N, the size bias), over the
+# layer's mean unit ("mean": about 1 for an average unit of any layer), or not at all ("none":
+# the score is already in loss units).
+NORMALISATION = {"magnitude": "layer", "saliency": "layer", "relative_magnitude": "mean",
+                 "fisher": "none"}
+GRADIENT_SCORES = ("saliency", "fisher")  # need batches (`UpdateCrossbarPruning(allocation_data=)`)
 # Former score names, still accepted: each warns (`DeprecationWarning`) and means its new name.
 DEPRECATED_SCORES = {"energy": "magnitude"}
 CONV_KINDS = ("Conv1D", "Conv2D")
@@ -55,9 +62,14 @@ class CrossbarPolicy:
       loss increase over measured per-layer curves (`curves`, from
       `xbar_tfmot.sensitivity_curves`; `allocate_by_curves`, an exact knapsack).
     score: `global_score` only: `magnitude` (a unit's sum of squared weights over its layer's
-      total) or `saliency` (a unit's sum of `|w * dL/dw|` over a few batches given to
-      `UpdateCrossbarPruning(allocation_data=...)`, over its layer's total). `energy`, the
-      former name of `magnitude`, still works but warns (`DeprecationWarning`).
+      total), `saliency` (a unit's sum of `|w * dL/dw|` over a few batches given to
+      `UpdateCrossbarPruning(allocation_data=...)`, over its layer's total),
+      `relative_magnitude` (a unit's sum of squared weights over its layer's mean unit: no
+      size bias) or `fisher` (OBD with the empirical Fisher diagonal: a unit's sum of
+      `w^2 * mean(dL/dw^2)` over the batches, an estimate of the loss increase of removing it,
+      comparable across layers as it is). The first two are normalised per layer, so every
+      unit of a large layer looks small (`NORMALISATION`). `energy`, the former name of
+      `magnitude`, still works but warns (`DeprecationWarning`).
     curves: `sensitivity` only: `{layer name: [[budget, loss], ...]}`, measured on held-out
       batches after the one-shot projection of that layer alone to each budget.
   """
@@ -271,14 +283,19 @@ def canonical_score(score: str) -> str:
   return DEPRECATED_SCORES.get(score, score)
 
 
-def allocate_by_score(scores: Sequence[np.ndarray], total: int) -> list[int]:
+def allocate_by_score(scores: Sequence[np.ndarray], total: int,
+                      normalisation: str = "layer") -> list[int]:
   """Per-layer crossbar budgets summing to `total`, from one ranking of normalised unit scores.
 
   `scores[l]` are layer `l`'s unit scores (any order, `dense_l` of them). Each score is divided
-  by its layer's sum (a layer with no score counts its units alike), every layer keeps its
-  best unit, and the other `total - L` places go to the best remaining units of all layers;
-  ties go to the earlier layer, then the earlier unit. Deterministic.
+  by its layer's sum (`normalisation="layer"`; a layer with no score counts its units alike),
+  by its layer's mean unit (`"mean"`) or by nothing (`"none"`); every layer keeps its best
+  unit, and the other `total - L` places go to the best remaining units of all layers; ties go
+  to the earlier layer, then the earlier unit. Deterministic.
   """
+  if normalisation not in ("layer", "mean", "none"):
+    raise PolicyError(f"allocate_by_score: normalisation={normalisation!r} is unknown; valid: "
+                      f"layer, mean, none.")
   dense = [len(s) for s in scores]
   if not len(scores) <= total <= sum(dense):
     raise PolicyError(f"allocate_by_score: total={total} is invalid; valid: between "
@@ -286,7 +303,7 @@ def allocate_by_score(scores: Sequence[np.ndarray], total: int) -> list[int]:
   values, layers, ranks = [], [], []
   for index, s in enumerate(scores):
     s = -np.sort(-np.asarray(s, np.float64).ravel())
-    norm = s.sum()
+    norm = {"layer": s.sum(), "mean": s.mean(), "none": 1.0}[normalisation]
     s = s / norm if norm > 0 else np.full_like(s, 1.0 / len(s))
     values.append(s[1:])
     layers.append(np.full(len(s) - 1, index))

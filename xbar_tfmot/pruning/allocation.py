@@ -10,8 +10,9 @@ wrappers' mask update then projects to that budget (RPP or exact). So the budget
 at mask updates, the pool total is met exactly at every update, and everything is a function
 of the weights and the step: deterministic for a seed. Flavour-neutral (both adapters call it).
 
-Scores: `energy` reads the kernels; `saliency` accumulates `|w * dL/dw|` over the batches
-given as `UpdateCrossbarPruning(allocation_data=...)` (the compiled loss, inference mode).
+Scores: `magnitude` and `relative_magnitude` read the kernels; `saliency` accumulates
+`|w * dL/dw|` and `fisher` averages `(dL/dw)^2` (times `w^2`) over the batches given as
+`UpdateCrossbarPruning(allocation_data=...)` (the compiled loss, inference mode).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from xbar_tfmot.core.errors import PruningConfigError
-from xbar_tfmot.core.policy import allocate_by_score, canonical_score, unit_scores
+from xbar_tfmot.core.policy import (GRADIENT_SCORES, NORMALISATION, allocate_by_score,
+                                    canonical_score, unit_scores)
 from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning import plan
 
@@ -50,9 +52,10 @@ def check_fit(model: Any, wrappers: Sequence[Any], data: Any) -> None:
         f"steps_per_execution={steps}, which runs batches the callback never sees; valid: "
         f"compile with steps_per_execution=1.")
   for group in groups:
-    if group[0].allocation.get("score") == "saliency" and data is None:
+    score = group[0].allocation.get("score")
+    if score in GRADIENT_SCORES and data is None:
       raise PruningConfigError(
-          "UpdateCrossbarPruning: CrossbarPolicy(score='saliency') needs a few batches to take "
+          f"UpdateCrossbarPruning: CrossbarPolicy(score={score!r}) needs a few batches to take "
           "gradients on; pass UpdateCrossbarPruning(allocation_data=[(x, y), ...]) (training "
           "or validation images, not the test set).")
 
@@ -103,14 +106,23 @@ def set_budget(wrapper: Any, budget: int) -> None:
 def magnitudes(model: Any, group: Sequence[Any], score: str, data: Any) -> list:
   """Per wrapper, a kernel-shaped array whose squares summed over a unit give its score."""
   kernels = [w._kernel() for w in group]
-  if canonical_score(score) == "magnitude":  # `energy` in models saved before the rename
+  score = canonical_score(score)  # `energy` in models saved before the rename
+  if score not in GRADIENT_SCORES:
     return [_read(k) for k in kernels]
-  loss_fn = introspection.compiled_loss(model, "CrossbarPolicy(score='saliency')")
+  return gradient_magnitudes(model, kernels, score, data)
+
+
+def gradient_magnitudes(model: Any, kernels: Sequence[Any], score: str, data: Any) -> list:
+  """`saliency`: `sqrt(sum |w * g|)`; `fisher`: `|w| * sqrt(mean g^2)`, over the batches of
+  `data` (the compiled loss, inference mode); kernel-shaped, squared and summed per unit."""
+  loss_fn = introspection.compiled_loss(model, f"CrossbarPolicy(score={score!r})")
   total = [np.zeros(tuple(k.shape), np.float64) for k in kernels]
   strategy = getattr(model, "distribute_strategy", None)
   replicated = strategy is not None and strategy.num_replicas_in_sync > 1
+  batches = 0
   for batch in data:
     x, y = batch[0], batch[1]
+    batches += 1
 
     def gradients():
       with tf.GradientTape() as tape:
@@ -124,7 +136,11 @@ def magnitudes(model: Any, group: Sequence[Any], score: str, data: Any) -> list:
       grads = gradients()
     for acc, k, g in zip(total, kernels, grads):
       if g is not None:
-        acc += np.abs(_read(k).astype(np.float64) * np.asarray(g, np.float64))
+        g = np.asarray(g, np.float64)
+        acc += g * g if score == "fisher" else np.abs(_read(k).astype(np.float64) * g)
+  if score == "fisher":
+    return [np.abs(_read(k).astype(np.float64)) * np.sqrt(t / max(batches, 1))
+            for k, t in zip(kernels, total)]
   return [np.sqrt(t) for t in total]
 
 
@@ -142,7 +158,8 @@ def before_batch(model: Any, wrappers: Sequence[Any], data: Any = None) -> dict[
     total = pool_budget(group, step)
     mags = magnitudes(model, group, first.allocation["score"], data)
     scores = [unit_scores(w.geometry, m, w.granularity) for w, m in zip(group, mags)]
-    for w, budget in zip(group, allocate_by_score(scores, total)):
+    normalisation = NORMALISATION[canonical_score(first.allocation["score"])]
+    for w, budget in zip(group, allocate_by_score(scores, total, normalisation)):
       set_budget(w, budget)
       out[w.layer.name] = budget
   return out or None

@@ -185,7 +185,7 @@ class UpdateCrossbarPruning(keras.callbacks.Callback):
   def __init__(self, allocation_data=None):
     super().__init__()
     self._wrappers: list[CrossbarPrune] = []
-    self.allocation_data = allocation_data  # batches for CrossbarPolicy(score="saliency")
+    self.allocation_data = allocation_data  # batches for the gradient scores (GRADIENT_SCORES)
 
   def on_train_begin(self, logs=None):
     self._wrappers = ADAPTER.crossbar_wrappers(self.model)

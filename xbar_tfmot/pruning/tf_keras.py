@@ -214,7 +214,7 @@ class UpdateCrossbarPruning(_tfmot.pruning_callbacks.UpdatePruningStep):
 
   def __init__(self, allocation_data=None):
     super().__init__()
-    self.allocation_data = allocation_data  # batches for CrossbarPolicy(score="saliency")
+    self.allocation_data = allocation_data  # batches for the gradient scores (GRADIENT_SCORES)
 
   def on_train_begin(self, logs=None):
     if not ADAPTER.crossbar_wrappers(self.model):

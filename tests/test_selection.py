@@ -1,0 +1,101 @@
+"""`choose_allocation`: candidates cut one-shot, scored on validation, the best one wins."""
+
+from __future__ import annotations
+
+import _pruning_models as pm
+import numpy as np
+import pytest
+
+import xbar_tfmot as xt
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import project
+from xbar_tfmot.models import introspection
+from xbar_tfmot.pruning import selection
+
+X, Y = pm.digits(600)
+TRAIN, VALIDATION = (X[:400], Y[:400]), (X[400:], Y[400:])
+
+
+@pytest.fixture(scope="module")
+def trained():
+  model = pm.compile_model(pm.cnn(seed=1, flavour="keras3"))
+  model.fit(*TRAIN, epochs=4, batch_size=32, verbose=0)
+  return model
+
+
+def _accuracy_after(model, budgets, granularity="column"):
+  """Validation accuracy of `model` cut to `budgets` by hand (no BatchNorm re-estimation)."""
+  weights = model.get_weights()
+  for layer in introspection.iter_layers(model):
+    if introspection.is_mapped(layer) and budgets.get(layer.name) is not None:
+      kernel = introspection.mapped_kernel(layer)
+      g = introspection.geometry_of(layer, pm.SPEC)
+      kernel.assign(np.asarray(kernel) * np.asarray(project(g, kernel, budgets[layer.name],
+                                                            granularity)))
+  logits = np.asarray(model(VALIDATION[0], training=False))
+  model.set_weights(weights)
+  return float(np.mean(np.argmax(logits, -1) == VALIDATION[1]))
+
+
+def test_the_planted_best_candidate_wins_and_the_model_is_left_as_it_was(trained):
+  """`heavy` cuts every layer to 5%, `light` to 90%: light wins wherever it stands in the
+  order; each row's accuracy equals a cut made here by hand; the weights are restored."""
+  before = [w.copy() for w in trained.get_weights()]
+  candidates = {"heavy": CrossbarPolicy(targets={".*": 0.95}, leave_dense=()),
+                "light": CrossbarPolicy(targets={".*": 0.1}, leave_dense=())}
+  choice = xt.choose_allocation(trained, pm.SPEC, candidates, 0.5, "column", VALIDATION)
+  assert choice.chosen == "light"
+  rows = {r["name"]: r for r in choice.rows}
+  assert rows["light"]["validation_accuracy"] > rows["heavy"]["validation_accuracy"] + 0.2
+  for name, row in rows.items():
+    assert row["validation_accuracy"] == pytest.approx(_accuracy_after(trained, row["budgets"]))
+    assert row["crossbars"] == sum(row["budgets"].values())
+  after = trained.get_weights()
+  assert all(np.array_equal(a, b) for a, b in zip(before, after))
+  reordered = xt.choose_allocation(trained, pm.SPEC, dict(reversed(candidates.items())), 0.5,
+                                   "column", VALIDATION)
+  assert reordered.chosen == "light"
+  assert any(line.startswith("* light:") for line in choice.table())
+
+
+def test_a_tie_goes_to_the_earlier_candidate_and_infeasible_ones_are_recorded(trained):
+  same = CrossbarPolicy(leave_dense=())
+  candidates = {"first": same, "second": same,
+                "impossible": CrossbarPolicy(mode="global_score", leave_dense=("conv1", "conv2"))}
+  choice = xt.choose_allocation(trained, pm.SPEC, candidates, 0.99, "column", VALIDATION)
+  assert choice.chosen == "first"
+  rows = {r["name"]: r for r in choice.rows}
+  assert "infeasible" in rows["impossible"] and "validation_accuracy" not in rows["impossible"]
+  with pytest.raises(ValueError, match="no candidate can meet"):
+    xt.choose_allocation(trained, pm.SPEC, {"impossible": candidates["impossible"]}, 0.99,
+                         "column", VALIDATION)
+  with pytest.raises(ValueError, match="validation split is empty"):
+    xt.choose_allocation(trained, pm.SPEC, {"first": same}, 0.5, "column", (X[:0], Y[:0]))
+
+
+def test_one_shot_budgets_split_a_score_pool_as_the_score_ranks_it(trained):
+  """`global_score` one-shot: the pool is split by `allocate_by_score` over the current
+  kernels' unit scores (its last mask update's split), not uniformly as `plan` does."""
+  from xbar_tfmot.core.policy import NORMALISATION, allocate_by_score, unit_scores
+  policy = CrossbarPolicy(mode="global_score", score="relative_magnitude")
+  budgets = xt.one_shot_budgets(trained, pm.SPEC, policy, 0.7, "column")
+  mapped = [l for l in introspection.iter_layers(trained) if introspection.is_mapped(l)]
+  geometries = [introspection.geometry_of(l, pm.SPEC) for l in mapped]
+  pool = policy.shared_pool(geometries, 0.7)
+  names = [g.name for g in geometries if g.name in pool]
+  scores = [unit_scores(g, np.asarray(introspection.mapped_kernel(l)), "column")
+            for l, g in zip(mapped, geometries) if g.name in pool]
+  want = allocate_by_score(scores, pool[names[0]], NORMALISATION["relative_magnitude"])
+  assert [budgets[n] for n in names] == want
+  assert sum(budgets[n] for n in names) == pool[names[0]]
+  with pytest.raises(ValueError, match="needs batches"):
+    xt.one_shot_budgets(trained, pm.SPEC, CrossbarPolicy(mode="global_score", score="fisher"),
+                        0.7, "column")
+
+
+def test_candidate_names():
+  assert selection.candidate_policy("per_layer").mode == "per_layer"
+  fisher = selection.candidate_policy("global_score:fisher", leave_dense=())
+  assert (fisher.mode, fisher.score, fisher.leave_dense) == ("global_score", "fisher", ())
+  curves = {"conv2": [[1, 1.0], [4, 0.0]]}
+  assert selection.candidate_policy("sensitivity", curves=curves).mode == "sensitivity"

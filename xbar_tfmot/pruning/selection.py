@@ -1,0 +1,112 @@
+"""An allocation chosen on validation: candidate policies cut one-shot, the best one wins.
+
+No allocation wins on every network: per-layer normalised scores cut a large layer to the
+bone whether or not the network can afford it (docs/design.md, "The policy"). So instead of a
+default that won on one benchmark, `choose_allocation` cuts a copy of the trained model to
+each candidate's budgets at once (`one_shot_budgets` and the exact projection), re-estimates
+its BatchNorm statistics on training images, and measures its accuracy on validation images
+carved from the training set; the caller trains the best candidate's policy. The test set is
+never an argument. Our formulation (not the paper's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from xbar_tfmot.core.errors import PolicyError
+from xbar_tfmot.core.policy import CrossbarPolicy
+from xbar_tfmot.core.projection import project
+from xbar_tfmot.core.spec import CrossbarSpec
+from xbar_tfmot.models import introspection
+from xbar_tfmot.pruning.one_shot import apply_masks, one_shot_budgets
+
+# `mode[:score]` names of the candidates; `sensitivity` measures its curves first.
+CANDIDATES = ("per_layer", "global_score:magnitude", "global_score:saliency",
+              "global_score:relative_magnitude", "global_score:fisher", "sensitivity")
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocationChoice:
+  """The candidate that won, and every candidate's row: `name`, `validation_accuracy`,
+  `crossbars` (whole-model, pruned layers and dense ones), `budgets`, or `infeasible` (why)."""
+  chosen: str
+  rows: tuple[dict[str, Any], ...]
+  seconds: float
+
+  def table(self) -> list[str]:
+    """One line a candidate, the chosen one marked."""
+    out = []
+    for r in self.rows:
+      mark = "*" if r["name"] == self.chosen else " "
+      what = (f"validation accuracy {r['validation_accuracy']:.4f}, {r['crossbars']} crossbars"
+              if "validation_accuracy" in r else f"infeasible: {r['infeasible']}")
+      out.append(f"{mark} {r['name']}: {what}")
+    return out
+
+
+def candidate_policy(name: str, leave_dense: Any = None,
+                     curves: Mapping[str, Any] | None = None) -> CrossbarPolicy:
+  """The policy of a candidate name (`per_layer`, `global_score:fisher`, `sensitivity`, ...)."""
+  mode, _, score = name.partition(":")
+  if mode == "sensitivity":
+    return CrossbarPolicy(leave_dense=leave_dense, mode=mode, curves=curves)
+  return CrossbarPolicy(leave_dense=leave_dense, mode=mode, **({"score": score} if score else {}))
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+  """Top-1 accuracy of `model` on `(x, y)` in inference mode (no compile needed)."""
+  if len(y) == 0:
+    raise PolicyError("choose_allocation: the validation split is empty; valid: a few hundred "
+                      "images held out of the training set.")
+  hits = 0
+  for i in range(0, len(y), batch_size):
+    logits = np.asarray(model(x[i:i + batch_size], training=False))
+    hits += int(np.sum(np.argmax(logits, axis=-1) == np.asarray(y[i:i + batch_size]).ravel()))
+  return hits / len(y)
+
+
+def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, CrossbarPolicy],
+                      reduction: float, granularity: str, validation: tuple[np.ndarray, np.ndarray],
+                      gradient_data: Any = None, calibration_images: np.ndarray | None = None,
+                      log: Callable[[str], None] = lambda line: None) -> AllocationChoice:
+  """Scores each candidate policy one-shot on `validation` and returns the best (ties: the
+  earlier candidate). `model` (trained, compiled when a gradient score is a candidate) is left
+  as it was. `gradient_data`: training batches for the gradient scores;
+  `calibration_images`: training images for BatchNorm re-estimation after each cut (None:
+  none). A candidate whose budgets cannot be met is recorded as infeasible."""
+  from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
+  started = time.perf_counter()
+  weights = model.get_weights()
+  mapped = {l.name: l for l in introspection.iter_layers(model) if introspection.is_mapped(l)}
+  geometries = {n: introspection.geometry_of(l, spec) for n, l in mapped.items()}
+  rows = []
+  try:
+    for name, policy in candidates.items():
+      try:
+        budgets = one_shot_budgets(model, spec, policy, reduction, granularity, gradient_data)
+      except ValueError as e:
+        rows.append({"name": name, "infeasible": str(e)})
+        continue
+      apply_masks(model, {n: np.asarray(project(geometries[n], introspection.mapped_kernel(
+          mapped[n]), b, granularity)) for n, b in budgets.items() if b is not None})
+      if calibration_images is not None:
+        recalibrate_batchnorm(model, calibration_images, batch_size=256)
+      row = {"name": name, "validation_accuracy": accuracy(model, *validation),
+             "crossbars": sum(geometries[n].dense_crossbars if b is None else b
+                              for n, b in budgets.items()),
+             "budgets": budgets}
+      rows.append(row)
+      log(f"{name}: validation accuracy {row['validation_accuracy']:.4f}")
+      model.set_weights(weights)
+  finally:
+    model.set_weights(weights)
+  scored = [r for r in rows if "validation_accuracy" in r]
+  if not scored:
+    raise PolicyError(f"choose_allocation: no candidate can meet reduction {reduction}: "
+                      + "; ".join(f"{r['name']}: {r['infeasible']}" for r in rows))
+  best = max(scored, key=lambda r: (r["validation_accuracy"], -scored.index(r)))
+  return AllocationChoice(best["name"], tuple(rows), time.perf_counter() - started)
