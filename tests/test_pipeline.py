@@ -627,3 +627,23 @@ def test_export_and_report_share_one_mapping(straight, tmp_path, monkeypatch):
                                    flavour=config.flavour), log=lambda s: None)
   assert len(built) == 1, built
   assert again["crossbars"] == metrics["crossbars"] and again["export"]["verified"]
+
+
+def test_int8_export_keeps_the_zeros_and_reports_both_accuracies(tmp_path):
+  """`export.formats` with tflite_int8: calibrated on training images, verified against the
+  mapping, and both TFLite files' test accuracy recorded and reported."""
+  config = load_config(TINY, workdir=str(tmp_path), train__verbose=0, train__baseline_epochs=2,
+                       schedule__finetune_epochs=0, allocation__reorder=False,
+                       report__plots=False, export__representative_images=64,
+                       export__formats="saved_model,tflite,tflite_int8,json")
+  metrics = pipeline.run(config, log=lambda line: None)
+  export = metrics["export"]
+  assert export["verified"] is True and (tmp_path / "export" / "model_int8.tflite").is_file()
+  accuracy = export["tflite_accuracy"]
+  assert set(accuracy) == {"model", "model_int8"}
+  assert accuracy["model"] == pytest.approx(metrics["accuracy"]["pruned"], abs=0.01)
+  assert abs(accuracy["model_int8"] - accuracy["model"]) < 0.05
+  assert "`model_int8.tflite`" in (tmp_path / "report" / "report.md").read_text()
+  config.data.name = "none"
+  with pytest.raises(ConfigError, match="tflite_int8 calibrates on training images"):
+    configuration.parse(config)

@@ -39,7 +39,7 @@ from xbar_tfmot.pruning.api import PROJECTIONS, REGROWTHS
 from xbar_tfmot.pruning.layer_by_layer import StopRules, invalid_rule
 from xbar_tfmot.pruning.selection import CANDIDATES
 
-EXPORT_FORMATS = ("saved_model", "tflite", "json")
+EXPORT_FORMATS = ("saved_model", "tflite", "json", "tflite_int8")
 PROCEDURES = ("joint", "layer_by_layer")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # Fields that do not change results: a rerun may change them without starting over.
@@ -413,14 +413,18 @@ class Export(_Section):
 
   Attributes:
     enabled: run the export phase.
-    formats: a comma-separated subset of saved_model, tflite, json.
+    formats: a comma-separated subset of saved_model, tflite, json, tflite_int8 (int8
+      weights and activations by post-training quantisation; its zeros checked against the
+      mapping, its test accuracy reported beside the float file's).
     verify: check the export with `xbar-verify` (a failed check fails the run).
+    representative_images: tflite_int8: training images that calibrate the quantisation.
     kinds: `formats` parsed.
   """
   SECTION: ClassVar[str] = "export"
   enabled: bool = True
   formats: str = "saved_model,tflite,json"
   verify: bool = True
+  representative_images: int = _f(500, **_POSITIVE)
   kinds: tuple[str, ...] = _derived()
 
   def _parse(self) -> None:
@@ -428,8 +432,10 @@ class Export(_Section):
     if set(kinds) - set(EXPORT_FORMATS) or not kinds:
       raise self._error("formats", f"valid: a comma-separated non-empty subset of "
                                    f"{', '.join(EXPORT_FORMATS)}.")
-    if "tflite" in kinds and "saved_model" not in kinds:
-      raise self._error("formats", "tflite is converted from the SavedModel; add saved_model.")
+    for tflite in ("tflite", "tflite_int8"):
+      if tflite in kinds and "saved_model" not in kinds:
+        raise self._error("formats", f"{tflite} is converted from the SavedModel; add "
+                                     f"saved_model.")
     self._set("kinds", kinds)
 
 
@@ -508,6 +514,9 @@ class RunConfig:
 def _check_across(c: RunConfig) -> None:
   """The combinations of fields that cannot run."""
   no_data = c.data.name == "none"
+  if c.export.enabled and "tflite_int8" in c.export.kinds and no_data:
+    raise ConfigError("config.export.formats: tflite_int8 calibrates on training images; "
+                      "valid: a data.name other than none, or no tflite_int8.")
   if c.hardware.enabled and no_data:
     raise ConfigError("config.hardware.enabled: measuring accuracy needs data; valid: a "
                       "data.name other than none.")

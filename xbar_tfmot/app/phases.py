@@ -51,15 +51,25 @@ def reorder(run: RunContext) -> dict[str, Any]:
 
 def export(run: RunContext) -> dict[str, Any]:
   """Exports the pruned model (`checkpoints/pruned.keras`) and its mapping to `export/` in
-  `export.formats`, then checks the export with `xbar-verify` when `export.verify` is set."""
+  `export.formats` (`tflite_int8` calibrated on `export.representative_images` training
+  images, both TFLite files' test accuracy recorded), then checks the export with
+  `xbar-verify` when `export.verify` is set."""
   from xbar_tfmot.export.exporter import export as export_model
   from xbar_tfmot.export.verification import verify
   c, folder = run.config, run.workdir / "export"
   run.log(f"[export] {', '.join(c.export.kinds)} to {folder}")
   model, mapping = run.pruned()
+  int8 = "tflite_int8" in c.export.kinds
   export_model(model, folder, run.spec, c.chip.granularity, c.export.kinds, overwrite=True,
-               custom_objects=run.custom_objects, mapping=mapping)
+               custom_objects=run.custom_objects, mapping=mapping,
+               representative_data=run.data.train[0][:c.export.representative_images]
+               if int8 else None)
   result: dict[str, Any] = {"enabled": True, "formats": list(c.export.kinds)}
+  if int8:  # what quantisation costs, on the test set (reported only)
+    from xbar_tfmot.export.verification import tflite_accuracy
+    result["tflite_accuracy"] = {
+        name: tflite_accuracy(folder / f"{name}.tflite", *run.data.test)
+        for name in ("model", "model_int8") if (folder / f"{name}.tflite").is_file()}
   if c.export.verify:
     check = verify(str(folder), custom_objects=run.custom_objects)
     result.update(verified=check.ok, differences=check.differences)

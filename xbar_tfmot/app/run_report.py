@@ -219,6 +219,9 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
     lines += ["", f"Export: `export/` ({', '.join(export['formats'])})"
               + (f", xbar-verify {'passed' if export.get('verified') else 'FAILED'}"
                  if "verified" in export else "")]
+    if export.get("tflite_accuracy"):
+      lines += ["", "Test accuracy of the TFLite files (TFLite interpreter): " + ", ".join(
+          f"`{name}.tflite` {_fmt(acc)}" for name, acc in export["tflite_accuracy"].items())]
   hw = m["hardware"]
   if hw.get("enabled"):
     lines += ["", f"## On {hw['hardware']['name']} crossbars", "",
