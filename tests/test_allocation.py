@@ -206,33 +206,6 @@ def whole_model_count(model, granularity):
   return used, sum(c.dense for c in counts.values())
 
 
-def test_fisher_magnitudes_are_weight_times_root_mean_squared_gradient():
-  """`score='fisher'` ranks a unit by the sum over its weights of `w^2 * mean(g^2)` over the
-  batches (OBD with the empirical Fisher diagonal): the magnitude is `|w| * sqrt(mean g^2)`,
-  checked against gradients taken here, batch by batch."""
-  import tensorflow as tf
-
-  from xbar_tfmot.pruning import allocation
-  keras = keras_module("keras3")
-  pruned = xt.prune_crossbar(pm.cnn(flavour="keras3"), spec=pm.SPEC, seed=0,
-                             policy=CrossbarPolicy(mode="global_score", score="fisher"))
-  pm.compile_model(pruned)
-  (group,) = allocation.shared_groups(xt.crossbar_wrappers(pruned))
-  batches = [(X[:32], Y[:32]), (X[32:64], Y[32:64]), (X[64:96], Y[64:96])]
-  got = allocation.magnitudes(pruned, group, "fisher", iter(batches))  # a generator too
-  kernels = [w._kernel() for w in group]
-  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-  squares = [np.zeros(tuple(k.shape)) for k in kernels]
-  for x, y in batches:
-    with tf.GradientTape() as tape:
-      value = loss(y, pruned(x, training=False))
-    for acc, g in zip(squares, tape.gradient(value, kernels)):
-      acc += np.asarray(g, np.float64) ** 2
-  for m, k, sq in zip(got, kernels, squares):
-    np.testing.assert_allclose(m, np.abs(np.asarray(k, np.float64)) * np.sqrt(sq / 3),
-                               rtol=1e-4, atol=1e-9)
-
-
 # (flavour, mode, score, granularity, repeat to check determinism). The shared-pool mode runs
 # in both flavours; the static plans (global, sensitivity) in one each, to keep the suite short.
 CASES = [("tf_keras", "global", "energy", "crossbar", False),
@@ -384,30 +357,48 @@ def test_sensitivity_curves_are_losses_of_each_layer_pruned_alone():
   assert result["evaluations"] == 1 + 2 * 2  # the dense model once, two pruned points a layer
 
 
-def test_saliency_magnitudes_are_the_root_of_summed_weight_times_gradient():
-  """`score='saliency'` ranks a unit by the sum over its weights of `|w * dL/dw|` accumulated
-  over the batches (`magnitudes` returns the root, whose squares the unit scores sum)."""
+def _pool_gradients(score: str, batches: list):
+  """A keras3 `global_score` model's pool for `score`: `(model, wrappers, magnitudes over
+  batches, kernels as float64, the gradients of each batch taken here)`."""
   import tensorflow as tf
 
   from xbar_tfmot.pruning import allocation
   keras = keras_module("keras3")
   pruned = xt.prune_crossbar(pm.cnn(flavour="keras3"), spec=pm.SPEC, seed=0,
-                             policy=CrossbarPolicy(mode="global_score", score="saliency"))
+                             policy=CrossbarPolicy(mode="global_score", score=score))
   pm.compile_model(pruned)
   (group,) = allocation.shared_groups(xt.crossbar_wrappers(pruned))
-  batches = [(X[:32], Y[:32]), (X[32:64], Y[32:64])]
-  got = allocation.magnitudes(pruned, group, "saliency", batches)
-  kernels = [w._kernel() for w in group]
+  got = allocation.magnitudes(pruned, group, score, iter(batches))  # a generator too
+  variables = [w._kernel() for w in group]
   loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-  total = [np.zeros(tuple(k.shape)) for k in kernels]
+  grads = []
   for x, y in batches:
     with tf.GradientTape() as tape:
       value = loss(y, pruned(x, training=False))
-    for acc, k, g in zip(total, kernels, tape.gradient(value, kernels)):
-      acc += np.abs(np.asarray(k, np.float64) * np.asarray(g, np.float64))
+    grads.append([np.asarray(g, np.float64) for g in tape.gradient(value, variables)])
   assert len(got) == len(group) >= 2
-  for m, t in zip(got, total):
-    np.testing.assert_allclose(m, np.sqrt(t), rtol=1e-4, atol=1e-7)
+  return pruned, group, got, [np.asarray(k, np.float64) for k in variables], grads
+
+
+def test_saliency_magnitudes_are_the_root_of_summed_weight_times_gradient():
+  """`score='saliency'` ranks a unit by the sum over its weights of `|w * dL/dw|` accumulated
+  over the batches (`magnitudes` returns the root, whose squares the unit scores sum)."""
+  from xbar_tfmot.pruning import allocation
+  batches = [(X[:32], Y[:32]), (X[32:64], Y[32:64])]
+  pruned, group, got, kernels, grads = _pool_gradients("saliency", batches)
+  for i, (m, k) in enumerate(zip(got, kernels)):
+    total = sum(np.abs(k * g[i]) for g in grads)
+    np.testing.assert_allclose(m, np.sqrt(total), rtol=1e-4, atol=1e-7)
   energy = allocation.magnitudes(pruned, group, "energy", None)
   for m, k in zip(energy, kernels):
-    np.testing.assert_array_equal(m, np.asarray(k))
+    np.testing.assert_array_equal(m, k.astype(np.float32))
+
+
+def test_fisher_magnitudes_are_weight_times_root_mean_squared_gradient():
+  """`score='fisher'` ranks a unit by the sum over its weights of `w^2 * mean(g^2)` over the
+  batches (OBD with the empirical Fisher diagonal): the magnitude is `|w| * sqrt(mean g^2)`."""
+  batches = [(X[:32], Y[:32]), (X[32:64], Y[32:64]), (X[64:96], Y[64:96])]
+  _, _, got, kernels, grads = _pool_gradients("fisher", batches)
+  for i, (m, k) in enumerate(zip(got, kernels)):
+    mean_square = sum(g[i] ** 2 for g in grads) / len(grads)
+    np.testing.assert_allclose(m, np.abs(k) * np.sqrt(mean_square), rtol=1e-4, atol=1e-9)
