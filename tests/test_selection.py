@@ -99,3 +99,41 @@ def test_candidate_names():
   assert (fisher.mode, fisher.score, fisher.leave_dense) == ("global_score", "fisher", ())
   curves = {"conv2": [[1, 1.0], [4, 0.0]]}
   assert selection.candidate_policy("sensitivity", curves=curves).mode == "sensitivity"
+
+
+def test_batchnorm_is_re_estimated_on_the_calibration_images_after_each_cut():
+  """With `calibration_images`, each cut is scored after BatchNorm re-estimation on them (in
+  inference mode), and the model's statistics are restored afterwards."""
+  keras = introspection.keras_module("keras3")
+  keras.utils.set_random_seed(3)
+  L = keras.layers
+  inp = keras.Input((8, 8, 1))
+  x = L.Conv2D(16, 3, padding="same", name="conv1")(inp)
+  x = L.ReLU()(L.BatchNormalization(name="bn1")(x))
+  x = L.Conv2D(32, 3, padding="same", name="conv2")(x)
+  x = L.ReLU()(L.BatchNormalization(name="bn2")(x))
+  out = L.Dense(10, name="fc")(L.Flatten()(L.MaxPooling2D()(x)))
+  model = pm.compile_model(keras.Model(inp, out))
+  model.fit(*TRAIN, epochs=3, batch_size=32, verbose=0)
+  before = [w.copy() for w in model.get_weights()]
+  candidates = {"half": CrossbarPolicy(targets={".*": 0.5}, leave_dense=())}
+  choice = xt.choose_allocation(model, pm.SPEC, candidates, 0.5, "column", VALIDATION,
+                                calibration_images=TRAIN[0])
+  assert 0 <= choice.seconds < 600
+  budgets = choice.rows[0]["budgets"]
+  for layer in introspection.iter_layers(model):
+    if introspection.is_mapped(layer):
+      kernel = introspection.mapped_kernel(layer)
+      g = introspection.geometry_of(layer, pm.SPEC)
+      kernel.assign(np.asarray(kernel) * np.asarray(project(g, kernel, budgets[layer.name],
+                                                            "column")))
+  plain = float(np.mean(np.argmax(np.asarray(model(VALIDATION[0], training=False)), -1)
+                        == VALIDATION[1]))
+  xt.recalibrate_batchnorm(model, TRAIN[0], batch_size=256)
+  recalibrated = float(np.mean(np.argmax(np.asarray(model(VALIDATION[0], training=False)), -1)
+                               == VALIDATION[1]))
+  model.set_weights(before)
+  assert choice.rows[0]["validation_accuracy"] == pytest.approx(recalibrated)
+  assert recalibrated != plain  # the re-estimation is what the score saw
+  after = model.get_weights()
+  assert all(np.array_equal(a, b) for a, b in zip(before, after))
