@@ -58,7 +58,7 @@ DATASETS = ("fashion_mnist", "cifar10")
 CIFAR10_DEFAULT = "~/.keras/datasets/cifar-10-batches-py"
 DEFAULT_NETWORKS = {"fashion_mnist": "vgg8:0.5,resnet20:1", "cifar10": "vgg8:1"}
 # Settings that change results: an --out folder holds one setting.
-SETTING_KEYS = ("dataset", "spec", "leave_dense", "train_size", "validation_size", "test_size",
+SETTING_KEYS = ("dataset", "spec", "network_specs", "leave_dense", "train_size", "validation_size", "test_size",
                 "dense_epochs", "epochs", "batch", "lr", "finetune_lr", "prune_fraction",
                 "frequency", "temperature", "gl_lambda", "bn_recalibration", "distill_weight",
                 "distill_temperature")
@@ -82,6 +82,9 @@ FLAGS: tuple[tuple[str, Any, str, Any], ...] = (
     ("--regrowth-reductions", "0.72", "rpp-crossbar-st (the regrowth comparison) runs only at "
      "these reductions ('all': every one)", None),
     ("--spec", "72x16", "CrossbarSpec string, preset name or JSON file", None),
+    ("--network-specs", "", "per-network crossbar specs overriding --spec, e.g. "
+     "'mlp=32x32,lenet5=32x16' (each network at a size that gives it >= ~100 dense crossbars)",
+     None),
     ("--train-size", 10000, "training images (random subset)", AT_LEAST_1),
     ("--validation-size", 2000, "validation images, carved from the training images outside "
      "the training subset: sensitivity curves and the choice of the best allocation read them, "

@@ -69,13 +69,15 @@ class Bench:
     from xbar_tfmot.models import introspection
     self.keras, self.xt, self.introspection, self.training = keras, xt, introspection, training
     self.args, self.network, self.seed, self.log, self.choose = args, network, seed, log, choose
-    self.spec = spec_of(args.spec)
+    specs = dict(item.split("=", 1) for item in args.network_specs.split(",") if item.strip())
+    self.spec = spec_of(specs.get(network[0], args.spec))
     (self.x, self.y), (self.x_val, self.y_val), (self.x_test, self.y_test) = load_data(args, seed)
     self.steps_per_epoch = -(-len(self.y) // args.batch)
     self.end_step = max(1, int(round(self.steps_per_epoch * args.epochs * args.prune_fraction)))
     self.cache = pathlib.Path(args.out) / "cache"
     self.cache.mkdir(parents=True, exist_ok=True)
-    self.tag = f"{args.dataset}_{network[0]}_w{network[1]:g}_s{seed}"
+    self.tag = f"{args.dataset}_{network[0]}_w{network[1]:g}_s{seed}" + (
+        f"_xb{specs[network[0]]}" if network[0] in specs else "")
     self.memo: dict[Any, Any] = {}
 
   def remember(self, key: Any, compute: Callable[[], Any]) -> Any:

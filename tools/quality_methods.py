@@ -158,13 +158,40 @@ def run_allocation(b: Bench, reduction: float, mode: str, score: str,
     distillation = (b.args.distill_temperature, b.args.distill_weight)
     extra.update(distill_weight=b.args.distill_weight,
                  distill_temperature=b.args.distill_temperature)
-  saliency = None
-  if mode == "global_score" and score == "saliency":  # 4 training batches, as xbar-prune
-    saliency = [(b.x[i:i + batch], y[i:i + batch])
-                for i in range(0, min(len(b.x), 4 * batch), batch)]
+  gradients = None
+  if mode == "global_score" and score in ("saliency", "fisher"):  # 4 batches, as xbar-prune
+    gradients = _batches(b, y)
   pruned = prune_and_fit(b, model, policy, r, y=y, distillation=distillation,
-                         allocation_data=saliency)
+                         allocation_data=gradients)
   return b.xt.strip_crossbar_pruning(pruned), extra
+
+
+def _batches(b: Bench, y) -> list:
+  """The first four training batches (the gradient scores' data, as xbar-prune takes them)."""
+  batch = b.args.batch
+  return [(b.x[i:i + batch], y[i:i + batch]) for i in range(0, min(len(b.x), 4 * batch), batch)]
+
+
+def run_validated(b: Bench, reduction: float) -> tuple[Any, dict]:
+  """`allocation.mode="validated"` as xbar-prune runs it: every candidate of
+  `xt.choose_allocation` cut one-shot from the reordered baseline, BatchNorm re-estimated on
+  1,024 training images, scored on the validation split; the winner trained as its row."""
+  from xbar_tfmot.pruning.selection import CANDIDATES
+  source, _, _ = reordered(b, reduction)
+  model = b.copy(source)
+  b.compile(model, b.args.finetune_lr, b.args.epochs)  # the gradients and curves read the loss
+  curves = allocation_policy(b, model, reduction, "sensitivity", "magnitude")[0].curves
+  candidates = {name: b.xt.candidate_policy(name, b.policy(model).leave_dense, curves)
+                for name in CANDIDATES}
+  choice = b.xt.choose_allocation(model, b.spec, candidates, reduction, "column",
+                                  (b.x_val, b.y_val), gradient_data=_batches(b, b.y),
+                                  calibration_images=b.x[:1024])
+  b.log(f"{b.tag}: validated at {reduction:g}: " + "; ".join(choice.table()))
+  mode, _, score = choice.chosen.partition(":")
+  pruned, extra = run_allocation(b, reduction, mode, score or "magnitude")
+  extra.update(chosen=choice.chosen, choice_seconds=choice.seconds,
+               candidates=[{k: v for k, v in r.items() if k != "budgets"} for r in choice.rows])
+  return pruned, extra
 
 
 def run_best_distilled(b: Bench, reduction: float) -> tuple[Any, dict]:
@@ -339,6 +366,12 @@ METHOD_TABLE: dict[str, Method] = {
                              _alloc("global_score", "saliency")),
     "alloc-sensitivity": Method("A5. sensitivity (curves on the validation split)", "D-",
                                 "allocation", _alloc("sensitivity")),
+    "alloc-relative": Method("A8. global_score relative_magnitude (no size bias)", "<-",
+                             "issue28", _alloc("global_score", "relative_magnitude")),
+    "alloc-fisher": Method("A9. global_score fisher (OBD, no size bias)", ">-", "issue28",
+                           _alloc("global_score", "fisher")),
+    "alloc-validated": Method("A10. chosen one-shot on validation (xbar-prune's default)", "*--",
+                              "issue28", run_validated),
     "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",
                                  "distilled", run_best_distilled),
     "layer-by-layer": Method("A7. layer-by-layer (the paper's procedure)", "h-", "procedure",
@@ -369,7 +402,9 @@ LGD_METHODS, BASELINES, ALLOCATION = family("lgd"), family("baseline"), family("
 DISTILLED, KD, PROCEDURE = family("distilled"), family("kd"), family("procedure")
 ISSUE8 = LGD_METHODS + BASELINES
 # Method groups `--methods` accepts besides single names.
-METHOD_GROUPS = {"issue8": ISSUE8, "allocation": ALLOCATION + DISTILLED}
+METHOD_GROUPS = {"issue8": ISSUE8, "allocation": ALLOCATION + DISTILLED,
+                 "issue28": ("alloc-per-layer", "alloc-energy", "alloc-saliency",
+                             "alloc-sensitivity", *family("issue28"))}
 
 
 def run_method(b: Bench, method: str, reduction: float) -> tuple[Any, dict]:

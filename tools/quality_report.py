@@ -149,7 +149,8 @@ def markdown(data: dict, command: str) -> str:
   reductions = sorted({c["reduction"] for c in data["cells"]})
   lines = [
       f"Dataset {s['dataset']}, {s['train_size']} training images, test set "
-      f"{'full' if not s['test_size'] else s['test_size']}; crossbar `{s['spec']}`; dense "
+      f"{'full' if not s['test_size'] else s['test_size']}; crossbar `{s['spec']}`"
+      + (f" (per network: `{s['network_specs']}`)" if s.get("network_specs") else "") + "; dense "
       f"baseline {s['dense_epochs']} epochs (Adam {s['lr']:g}); every method then gets "
       f"{s['epochs']} epochs (Adam {s['finetune_lr']:g}); LGD budgets fall over the first "
       f"{s['prune_fraction']:.0%} of them, masks every {s['frequency']} steps, RPP temperature "

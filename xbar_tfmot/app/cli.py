@@ -30,7 +30,7 @@ def report_main(argv: list[str] | None = None) -> int:
                       help="override the crossbar mapping mode")
   parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
   parser.add_argument("--cost", metavar="HW", help="add energy/area/latency per layer on a "
-                      "hardware preset (isaac_32nm, puma_256x256) or JSON file")
+                      "hardware preset (isaac_32nm, puma_128x128) or JSON file")
   parser.add_argument(CUSTOM_OBJECTS_FLAG, metavar="MODULE[,MODULE]", help=CUSTOM_OBJECTS_HELP)
   parser.add_argument(TF_LOG_FLAG, action="store_true", help=TF_LOG_HELP)
   args = parser.parse_args(argv)
