@@ -80,8 +80,11 @@ def test_a_run_folder_of_the_release_before_resumes():
   new = configuration.parse(load_config(TINY)).flat()
   old = {next((o for o, n in RENAMED.items() if n == k), k): v for k, v in new.items()}
   old["crossbar.score"] = "energy"
+  del old["allocation.candidates"]  # a field added since: it counts at its default
   assert "crossbar.reduction" in old and "allocation.reduction" not in old
   assert configuration.differences(old, new) == []
+  assert configuration.differences(old, {**new, "allocation.candidates": "per_layer"}) == [
+      "allocation.candidates"]
   assert configuration.differences(old, {**new, "allocation.reduction": 0.1}) == [
       "allocation.reduction"]
 
@@ -107,7 +110,16 @@ def test_parsed_values_are_read_not_reparsed():
   parsed = configuration.parse(config)
   assert parsed.hardware.hardware_spec.adc_bits == 6
   assert parsed.hardware.sweep == {"variations": (0.0, 0.05, 0.1), "adc_bits": (4, 6, 8),
-                                   "stuck": ()}
+                                   "stuck": (), "times": ()}
+  assert parsed.hardware.compensation_steps == ()
+  timed = configuration.parse(load_config(TINY, hardware__enabled=True, hardware__time=86400.0,
+                                          hardware__compensation="batchnorm,adc",
+                                          hardware__sweep_times="1,3.15e7"))
+  assert timed.hardware.hardware_spec.drift_time == 86400.0
+  assert timed.hardware.compensation_steps == ("adc", "batchnorm")
+  assert timed.hardware.sweep["times"] == (1.0, 3.15e7)
+  with pytest.raises(configuration.ConfigError, match="compensation"):
+    configuration.parse(load_config(TINY, hardware__enabled=True, hardware__compensation="bn"))
   assert parsed.allocation.dense_layers == ("conv1", "fc2")
   assert parsed.export.kinds == ("saved_model", "json")
   assert parsed.chip.crossbar.rows == 72 and parsed.layer_by_layer.rules.step == 0.1

@@ -72,6 +72,27 @@ def test_metrics_agree_with_report_mapping_and_export(straight):
     assert 0.0 < row["kept_energy"] < 1.0
 
 
+def test_the_report_gives_the_chip_cost_with_the_hardware_phase_off(straight):
+  """Energy, area and latency on `hardware.preset` beside the crossbars, from the cost model:
+  the pruned model's equal `estimate_cost` over its exported mapping, and cost less."""
+  import xbar_tfmot as xt
+  from xbar_tfmot.models.analog_model import output_positions
+  workdir, metrics, _, config = straight
+  chip = metrics["chip_cost"]
+  assert chip["hardware"] == config.hardware.preset and not config.hardware.enabled
+  model = pipeline.Pipeline(config).context.load(workdir / "export" / "model.keras")
+  mapping = read_mapping(workdir / "export" / "model.tflite")
+  hw = xt.HardwareSpec.preset(config.hardware.preset)
+  cost = xt.estimate_cost(mapping, hw, output_positions(model, mapping.layer_names)).pruned
+  assert chip["pruned"]["energy_nj"] == pytest.approx(cost.energy_pj / 1e3)
+  assert chip["pruned"]["crossbars"] == metrics["crossbars"]["pruned"]
+  assert chip["dense"]["crossbars"] == metrics["crossbars"]["dense"]
+  for field in ("energy_nj", "area_mm2"):
+    assert 0 < chip["pruned"][field] < chip["dense"][field]
+  report = (workdir / "report" / "report.md").read_text()
+  assert f"## On `{hw.name}` (cost model)" in report and "| saved |" in report
+
+
 def test_learns_and_keeps_accuracy(straight):
   _, metrics, _, _ = straight
   acc = metrics["accuracy"]

@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--spec", default="isaac_128x128", help="CrossbarSpec preset, file or string")
   p.add_argument("--reductions", default="0.72,0.85", help="LGD-RPP target reductions; the "
                  "first also sets the TFMOT model's non-zero count")
-  p.add_argument("--presets", default="isaac_32nm,puma_256x256",
+  p.add_argument("--presets", default="isaac_32nm,puma_128x128",
                  help="hardware presets for the cost table; the first also for accuracy")
   p.add_argument("--set", default="", help="overrides of every preset, e.g. "
                  "'bit_serial=false,adc_bits=6' (values read as JSON)")

@@ -356,7 +356,8 @@ class Hardware(_Section):
   """Energy, area and accuracy on non-ideal crossbars after export (docs/hardware.md).
 
   Attributes:
-    enabled: run the hardware phase.
+    enabled: run the hardware phase (accuracy on simulated chips); the report gives the chip's
+      energy, area and latency either way (cost model only).
     preset: a hardware preset name or JSON file.
     set: overrides, e.g. "variation=0.05,adc_bits=6".
     instances: chip instances (seeds) for accuracy mean and spread.
@@ -366,8 +367,15 @@ class Hardware(_Section):
     sweep_variations: variations (of g_max) swept, ADC at the preset's bits.
     sweep_adc_bits: ADC resolutions swept, no variation.
     sweep_stuck: fractions of stuck cells (half on, half off) swept, e.g. "0,0.01".
-    hardware_spec: `preset` with `set` applied, a `HardwareSpec` (None when not enabled).
-    sweep: `hardware_sweep.sweep`'s value lists ({} when the sweep is off).
+    sweep_times: seconds after programming swept (PCM-like drift), e.g. "1,3600,86400,3.15e7".
+    time: seconds after programming at which the chips are read (0: no drift; sets the
+      chip's `drift_time`).
+    compensation: steps run on every programmed chip on the calibration images, e.g.
+      "adc,column_gain,batchnorm" (xt.compensate_chip; "" for none).
+    hardware_spec: `preset` with `set` and `time` applied, a `HardwareSpec` (the report's chip
+      cost uses it even when the hardware phase is off).
+    compensation_steps: `compensation` as a tuple of steps.
+    sweep: `hardware_sweep.sweep`'s value lists ({} when the phase or the sweep is off).
   """
   SECTION: ClassVar[str] = "hardware"
   enabled: bool = False
@@ -380,24 +388,32 @@ class Hardware(_Section):
   sweep_variations: str = "0,0.05,0.1"
   sweep_adc_bits: str = "4,6,8"
   sweep_stuck: str = ""
+  sweep_times: str = ""
+  time: float = _f(0.0, **_NON_NEGATIVE)
+  compensation: str = ""
   hardware_spec: Any = _derived()
+  compensation_steps: tuple = _derived()
   sweep: dict = _derived()
 
   def _parse(self) -> None:
-    if not self.enabled:
-      self._set("sweep", {})
-      return
-    from xbar_tfmot.core.hardware import parse_hardware, parse_override
+    from xbar_tfmot.core.hardware import check_compensation, parse_hardware, parse_override
     from xbar_tfmot.models.hardware_sweep import conditions, parse_values
     try:
       overrides = dict(parse_override(s) for s in self.set.split(",") if s.strip())
+      if self.time:
+        overrides["drift_time"] = float(self.time)
       self._set("hardware_spec", parse_hardware(self.preset, **overrides))
     except ValueError as e:
-      raise ConfigError(f"config.hardware (preset={self.preset!r}, set={self.set!r}): "
-                        f"{e}") from None
+      raise ConfigError(f"config.hardware (preset={self.preset!r}, set={self.set!r}, "
+                        f"time={self.time!r}): {e}") from None
+    try:
+      self._set("compensation_steps", check_compensation(self.compensation))
+    except ValueError as e:
+      raise self._error("compensation", str(e)) from None
     sweep = {}
-    if self.sweep_instances:
-      for name, kind in (("variations", float), ("adc_bits", int), ("stuck", float)):
+    if self.enabled and self.sweep_instances:
+      for name, kind in (("variations", float), ("adc_bits", int), ("stuck", float),
+                         ("times", float)):
         field = f"sweep_{name}"
         try:
           sweep[name] = parse_values(getattr(self, field), f"config.hardware.{field}", kind)
@@ -643,8 +659,10 @@ def _renamed(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-  """Fields (flattened paths) whose values differ and matter for the results."""
-  old, new = _canonical(old), _canonical(new)
+  """Fields (flattened paths) whose values differ and matter for the results; a field that
+  one side lacks (added since it was written) counts at its default."""
+  base = {k: v for k, v in flatten(defaults()).items() if k not in RENAMED}
+  old, new = {**base, **_canonical(old)}, {**base, **_canonical(new)}
   keys = set(old) | set(new)
   return sorted(k for k in keys if k not in COSMETIC and old.get(k) != new.get(k))
 

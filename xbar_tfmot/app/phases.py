@@ -104,7 +104,8 @@ def hardware(run: RunContext) -> dict[str, Any]:
   for label, (model, mapping) in (
       ("dense", (dense, build_mapping(dense, run.spec, c.chip.granularity))),
       ("pruned", run.pruned())):
-    accuracies = analog_model.analog_accuracy(model, mapping, hw, x, y, seeds, calibration)
+    accuracies = analog_model.analog_accuracy(model, mapping, hw, x, y, seeds, calibration,
+                                              compensation=h.compensation_steps)
     result[label] = {**hardware_sweep.cost_summary(model, mapping, hw),
                      "float_accuracy": training.accuracy(model, x, y),
                      "accuracy_mean": float(np.mean(accuracies)),
@@ -118,7 +119,7 @@ def hardware(run: RunContext) -> dict[str, Any]:
 
       result[label]["sweep"] = hardware_sweep.sweep(
           model, mapping, hw, x, y, calibration, h.sweep_instances, seed=c.seed, cache=cells,
-          on_result=save, **h.sweep)
+          on_result=save, compensation=h.compensation_steps, **h.sweep)
   progress_file.unlink(missing_ok=True)
   return result
 

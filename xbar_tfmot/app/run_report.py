@@ -103,6 +103,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
       "unmapped": mapping.data.get("unmapped", []),
       "export": phases.get("export", {}),
       "hardware": phases.get("hardware", {}),
+      "chip_cost": _chip_cost(config, dense_model, pruned_model, spec, granularity, mapping),
       "layer_by_layer": phases.get("prune", {}).get("layer_by_layer"),
       "allocation": phases.get("prune", {}).get("allocation"),
       "seconds": {name: phases[name].get("seconds") for name in phases},
@@ -115,6 +116,17 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
                                        encoding="utf-8")
   (folder / "report.md").write_text(_markdown(metrics, spec, images), encoding="utf-8")
   return metrics
+
+
+def _chip_cost(config, dense_model, pruned_model, spec: CrossbarSpec, granularity: str,
+               mapping: CrossbarMapping) -> dict[str, Any]:
+  """Crossbars, energy, area and latency per inference of the dense and pruned models on
+  `hardware.preset` (the cost model only: no simulation, so it costs milliseconds)."""
+  from xbar_tfmot.models.hardware_sweep import cost_summary
+  hw = config.hardware.hardware_spec
+  dense_mapping = build_mapping(dense_model, spec, granularity)
+  return {"hardware": hw.name, "dense": cost_summary(dense_model, dense_mapping, hw),
+          "pruned": cost_summary(pruned_model, mapping, hw)}
 
 
 def _weighted_kept(rows: list[dict]) -> float:
@@ -214,6 +226,19 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
                else f"infeasible: {r['infeasible']}")
       mark = " (chosen)" if r["name"] == a["chosen"] else ""
       lines.append(f"| {r['name']}{mark} | {r.get('crossbars', '')} | {score} |")
+  chip = m["chip_cost"]
+  lines += ["", f"## On `{chip['hardware']}` (cost model)", "",
+            "Per inference, from the mapping (`hardware.preset`; docs/hardware.md, \"The cost "
+            "model\"); accuracy on the chip is the hardware phase's.", "",
+            "| model | crossbars | energy | area | latency |", "|---|---|---|---|---|"]
+  for label in ("dense", "pruned"):
+    r = chip[label]
+    lines.append(f"| {label} | {r['crossbars']} | {r['energy_nj']:.1f} nJ | "
+                 f"{r['area_mm2']:.3f} mm2 | {r['latency_ns']:.0f} ns |")
+  saved = 1 - chip["pruned"]["energy_nj"] / chip["dense"]["energy_nj"]
+  lines.append(f"| saved | {xb['reduction']:.1%} | {saved:.1%} | "
+               f"{1 - chip['pruned']['area_mm2'] / chip['dense']['area_mm2']:.1%} | "
+               f"{1 - chip['pruned']['latency_ns'] / chip['dense']['latency_ns']:.1%} |")
   export = m["export"]
   if export.get("enabled"):
     lines += ["", f"Export: `export/` ({', '.join(export['formats'])})"

@@ -129,6 +129,25 @@ def program(conductances: tf.Tensor, hw: HardwareSpec, seed) -> tf.Tensor:
   return g
 
 
+def drift_exponents(shape, hw: HardwareSpec, seed) -> tf.Tensor:
+  """Per-cell drift exponents `nu = |drift_nu + drift_nu_std N|` (aihwkit's convention), drawn
+  statelessly from `seed` on a stream of their own."""
+  seed = tf.cast(tf.convert_to_tensor(seed), tf.int32) + tf.constant([0, 2], tf.int32)
+  noise = tf.random.stateless_normal(shape, seed=seed)
+  return tf.abs(hw.drift_nu + hw.drift_nu_std * noise)
+
+
+def drift(conductances: tf.Tensor, hw: HardwareSpec, seed) -> tf.Tensor:
+  """The programmed conductances `hw.drift_time` seconds later:
+  `g * ((drift_time + drift_t0) / drift_t0) ** -nu`, `nu` per cell (`drift_exponents`)."""
+  g = tf.convert_to_tensor(conductances, tf.float32)
+  if not hw.drifts:
+    return g
+  nu = drift_exponents(tf.shape(g), hw, seed)
+  ratio = (hw.drift_time + hw.drift_t0) / hw.drift_t0
+  return g * tf.exp(-nu * float(math.log(ratio)))
+
+
 def clip_bias(g, sigma: float) -> np.ndarray:
   """Mean shift `E[max(g + sigma N, 0)] - g` of a cell at target `g` (Gaussian clipped at 0)."""
   a = np.asarray(g, np.float64) / sigma

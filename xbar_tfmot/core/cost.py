@@ -15,6 +15,9 @@ layer unpruned (all `G_in * G_out` crossbars, every column used), side by side:
   only the used ones (`used logical columns * lines per weight`) when the hardware skips idle
   columns (`HardwareSpec.converted_columns`);
 - area: `N * replicas * (a_array * s + adcs_per_crossbar * a_adc + rows * a_dac)`;
+- converters at another resolution than the preset's (`adc_reference_bits`,
+  `dac_reference_bits`): `e_adc`, `a_adc` times `adc_scale(hw)`, `e_dac`, `a_dac` times
+  `dac_scale(hw)` (the laws below, docs/hardware.md "Converter resolution");
 - latency: `ceil(P / replicas) * C * cycle_ns` per layer (replicas share the output
   positions), layers one after the other (no inter-layer pipelining).
 
@@ -30,6 +33,62 @@ from typing import Any, Mapping
 
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.core.mapping import CrossbarMapping
+
+
+# Energy (pJ) and area (um^2) of one conversion of ISAAC's ADC at 4..10 bits, 32 nm, 1.2 GS/s:
+# Accelergy-Project/hwcomponents-library, hwcomponents_library/library/isaac.py, `IsaacADC`
+# (its table of scaled versions, after Saberi et al., TCAS-I 2011; 8 bits = ISAAC Table I:
+# 16 mW / (8 x 1.2 GS/s) = 1.67 pJ, 0.0096 mm2 / 8 = 1200 um^2).
+ISAAC_ADC_TABLE = {4: (0.79, 361.04), 5: (0.99, 476.91), 6: (1.20, 626.91),
+                   7: (1.42, 845.18), 8: (1.67, 1200.0), 9: (1.969078145, 1827.911647),
+                   10: (2.379022742, 3002.008032)}
+
+
+def _table(bits: int, column: int) -> float:
+  """ISAAC_ADC_TABLE at `bits`; outside 4..10 bits extended geometrically with the ratio of
+  the table's nearest step (ours)."""
+  low, high = min(ISAAC_ADC_TABLE), max(ISAAC_ADC_TABLE)
+  if bits < low:
+    a, b = ISAAC_ADC_TABLE[low][column], ISAAC_ADC_TABLE[low + 1][column]
+    return a * (a / b) ** (low - bits)
+  if bits > high:
+    a, b = ISAAC_ADC_TABLE[high][column], ISAAC_ADC_TABLE[high - 1][column]
+    return a * (a / b) ** (bits - high)
+  return ISAAC_ADC_TABLE[bits][column]
+
+
+def adc_scale(hw: HardwareSpec) -> tuple[float, float]:
+  """`(energy, area)` factors of an `adc_bits` ADC over the preset's `adc_reference_bits` one.
+
+  `table`: the ratio of Accelergy's ISAAC ADC table at the two resolutions (`ISAAC_ADC_TABLE`);
+  `linear`: energy `adc_bits / adc_reference_bits`, area unchanged (PUMA's constants).
+  1 when either is null (an ideal ADC is charged at the reference resolution).
+  """
+  bits, ref = hw.adc_bits, hw.adc_reference_bits
+  if bits is None or ref is None or bits == ref:
+    return 1.0, 1.0
+  if hw.adc_scaling == "linear":
+    return bits / ref, 1.0
+  return _table(bits, 0) / _table(ref, 0), _table(bits, 1) / _table(ref, 1)
+
+
+def dac_bits(hw: HardwareSpec) -> int | None:
+  """Bits one DAC applies per input cycle: `dac_bits` bit-serial, `input_bits` for one analog
+  input, None for float inputs."""
+  if hw.input_bits is None:
+    return None
+  return hw.dac_bits if hw.serial else hw.input_bits
+
+
+def dac_scale(hw: HardwareSpec) -> float:
+  """Energy and area factor of the DAC over the preset's `dac_reference_bits` one: in
+  proportion to the bits (ours: the energy per input bit and row stays that of the reference,
+  so a bit-serial MVM's DAC energy does not depend on how its bits are split); 1 when either is
+  null."""
+  bits, ref = dac_bits(hw), hw.dac_reference_bits
+  if bits is None or ref is None:
+    return 1.0
+  return bits / ref
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +180,11 @@ def estimate_cost(mapping: CrossbarMapping, hw: HardwareSpec,
   scale = spec.rows * spec.cols / (hw.array_rows * hw.array_cols)
   cycles = hw.input_cycles
   lines = hw.converted_columns(spec)
+  adc, adc_area = adc_scale(hw)
+  dac = dac_scale(hw)
+  scaled = hw.replace(adc_energy_pj=hw.adc_energy_pj * adc,
+                      adc_area_mm2=hw.adc_area_mm2 * adc_area,
+                      dac_energy_pj=hw.dac_energy_pj * dac, dac_area_mm2=hw.dac_area_mm2 * dac)
   out = []
   for i, layer in enumerate(mapping.data["layers"]):
     name = layer["name"]
@@ -132,9 +196,9 @@ def estimate_cost(mapping: CrossbarMapping, hw: HardwareSpec,
       raise HardwareError(f"positions[{name!r}]={p!r} is invalid; valid: an integer >= 1.")
     geometry = mapping.geometry(name)
     used = sum(len(x["columns"]) for x in layer["crossbars"])
-    pruned = _cost(hw, spec, scale, cycles, lines, p, geometry.replicas,
+    pruned = _cost(scaled, spec, scale, cycles, lines, p, geometry.replicas,
                    len(layer["crossbars"]), used)
-    dense = _cost(hw, spec, scale, cycles, lines, p, geometry.replicas,
+    dense = _cost(scaled, spec, scale, cycles, lines, p, geometry.replicas,
                   geometry.dense_crossbars, geometry.g_in * geometry.cout)
     out.append(LayerCost(name, p, p * cycles, pruned, dense))
   return CostReport(hw, tuple(out))

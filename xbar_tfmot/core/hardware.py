@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from xbar_tfmot.core import strict_json
 from xbar_tfmot.core.errors import XbarError
@@ -29,6 +29,8 @@ VARIATION_MODELS = ("absolute", "proportional", "lognormal")
 WEIGHT_SCALES = ("layer", "crossbar")
 DIFFERENTIAL_READS = ("array", "polarity")
 ADC_RANGES = ("layer", "slice", "column")
+ADC_SCALINGS = ("table", "linear")
+COMPENSATION_STEPS = ("adc", "column_gain", "layer_gain", "batchnorm")  # compensate_chip's order
 PRESET_SUFFIX = ".chip.json"  # in the one presets folder, `PRESETS_DIR` (core/spec.py)
 MAX_BITS = 16
 
@@ -56,6 +58,14 @@ class HardwareSpec:
     stuck_on_rate, stuck_off_rate: fraction of cells stuck at g_max / at g_min.
     read_noise: Gaussian noise on every cell, standard deviation over g_max, drawn afresh for
       every matrix-vector product (each image, output position and input cycle).
+  Drift (PCM-like, aihwkit's `PCMLikeNoiseModel` convention; off while `drift_time` is null):
+    drift_time: seconds since programming at which the chip is read (null: no drift); every
+      cell becomes `g * ((drift_time + drift_t0) / drift_t0) ** -nu`.
+    drift_nu, drift_nu_std: mean and spread of the drift exponent, drawn once per cell as
+      `|drift_nu + drift_nu_std * N|` (defaults 0.05 and 0.008: aihwkit's PCM fit at g_max).
+    drift_t0: the drift fit's first read, seconds (default 20, aihwkit's `t_0`).
+    drift_compensation: global drift compensation: one digital gain per layer, the ratio of a
+      reference read (all-ones input) at programming to the same read at `drift_time`.
   Periphery (the dataflow, which the simulation and the cost model both follow):
     input_bits: activation precision (None: float inputs, one ideal analog cycle); inputs are
       quantised over a range calibrated on data.
@@ -75,6 +85,14 @@ class HardwareSpec:
     dac_energy_pj (one row, one input cycle), dac_area_mm2 (one row), cycle_ns (one input
     cycle of one array, conversions included), skip_idle_columns (unused columns of a partly
     used crossbar are not converted).
+  Converter scaling (`xbar_tfmot.core.cost.adc_scale` / `dac_scale`, docs/hardware.md):
+    adc_reference_bits: the resolution `adc_energy_pj` and `adc_area_mm2` are quoted at (null:
+      they hold at any `adc_bits`); another `adc_bits` scales them by `adc_scaling`: `table`
+      (Accelergy's ISAAC ADC table, energy and area) or `linear` (energy in proportion to the
+      bits, area unchanged: PUMA's simulator constants).
+    dac_reference_bits: the resolution `dac_energy_pj` and `dac_area_mm2` are quoted at (null:
+      any); a DAC of `dac_bits` (bit-serial) or `input_bits` (one analog input) scales both in
+      proportion to its bits.
   Provenance: name, sources (citations of the numbers), notes.
   """
 
@@ -90,6 +108,11 @@ class HardwareSpec:
   stuck_on_rate: float = 0.0
   stuck_off_rate: float = 0.0
   read_noise: float = 0.0
+  drift_time: float | None = None
+  drift_nu: float = 0.05
+  drift_nu_std: float = 0.008
+  drift_t0: float = 20.0
+  drift_compensation: bool = True
   input_bits: int | None = None
   dac_bits: int = 1
   bit_serial: bool = False
@@ -108,6 +131,9 @@ class HardwareSpec:
   dac_area_mm2: float = 0.0
   cycle_ns: float = 100.0
   skip_idle_columns: bool = False
+  adc_reference_bits: int | None = None
+  adc_scaling: str = "table"
+  dac_reference_bits: int | None = None
   sources: tuple[str, ...] = ()
   notes: str = ""
 
@@ -121,7 +147,8 @@ class HardwareSpec:
       if value is not None:
         _check_bits(name, value)
     _check_bits("dac_bits", self.dac_bits)
-    for name in ("differential", "quantize_weights", "bit_serial", "skip_idle_columns"):
+    for name in ("differential", "quantize_weights", "bit_serial", "skip_idle_columns",
+                 "drift_compensation"):
       value = getattr(self, name)
       if not isinstance(value, bool) and not (name == "differential" and value is None):
         raise HardwareError(f"HardwareSpec.{name}={value!r} is invalid; valid: true or false.")
@@ -131,8 +158,12 @@ class HardwareSpec:
     if self.weight_scale not in WEIGHT_SCALES:
       raise HardwareError(f"HardwareSpec.weight_scale={self.weight_scale!r} is unknown; valid: "
                           f"{', '.join(WEIGHT_SCALES)}.")
+    for name in ("adc_reference_bits", "dac_reference_bits"):
+      if getattr(self, name) is not None:
+        _check_bits(name, getattr(self, name))
     for name, valid in (("variation_model", VARIATION_MODELS),
-                        ("differential_read", DIFFERENTIAL_READS), ("adc_ranges", ADC_RANGES)):
+                        ("differential_read", DIFFERENTIAL_READS), ("adc_ranges", ADC_RANGES),
+                        ("adc_scaling", ADC_SCALINGS)):
       if getattr(self, name) not in valid:
         raise HardwareError(f"HardwareSpec.{name}={getattr(self, name)!r} is unknown; valid: "
                             f"{', '.join(valid)}.")
@@ -141,6 +172,14 @@ class HardwareSpec:
       if self.on_off_ratio <= 1 or math.isinf(self.on_off_ratio):
         raise HardwareError(f"HardwareSpec.on_off_ratio={self.on_off_ratio!r} is invalid; "
                             f"valid: a finite number > 1, or null for g_min = 0.")
+    if self.drift_time is not None:
+      _check_number("drift_time", self.drift_time, 0.0, 1e12)
+    _check_number("drift_nu", self.drift_nu, 0.0, 1.0)
+    _check_number("drift_nu_std", self.drift_nu_std, 0.0, 1.0)
+    _check_number("drift_t0", self.drift_t0, 0.0, 1e12)
+    if self.drift_t0 <= 0:
+      raise HardwareError(f"HardwareSpec.drift_t0={self.drift_t0!r} is invalid; valid: > 0 "
+                          f"seconds.")
     for name in ("variation", "read_noise", "array_energy_pj", "array_area_mm2",
                  "adc_energy_pj", "adc_area_mm2", "dac_energy_pj", "dac_area_mm2"):
       _check_number(name, getattr(self, name), 0.0, math.inf)
@@ -187,10 +226,17 @@ class HardwareSpec:
     return spec.cols // per_pair, spec.columns_per_weight // per_pair
 
   @property
+  def drifts(self) -> bool:
+    """Whether the conductances drift: a read time is set and the exponent is not 0."""
+    return self.drift_time is not None and self.drift_time > 0 and (
+        self.drift_nu > 0 or self.drift_nu_std > 0)
+
+  @property
   def ideal(self) -> bool:
     """No noise, no faults and unlimited resolution (the crossbar-explicit model's function)."""
     return (self.variation == 0 and self.read_noise == 0 and self.stuck_on_rate == 0
-            and self.stuck_off_rate == 0 and not self.quantize_weights and self.input_bits is None
+            and self.stuck_off_rate == 0 and not self.drifts and not self.quantize_weights
+            and self.input_bits is None
             and self.adc_bits is None)
 
   def cells(self, spec: CrossbarSpec) -> tuple[int, int, bool]:
@@ -233,7 +279,7 @@ class HardwareSpec:
 
   @classmethod
   def preset(cls, name: str) -> "HardwareSpec":
-    """A preset shipped with the package (`isaac_32nm`, `puma_256x256`, ...)."""
+    """A preset shipped with the package (`isaac_32nm`, `puma_128x128`, ...)."""
     if name not in preset_names():
       raise HardwareError(f"hardware preset {name!r} is unknown; valid: "
                           f"{', '.join(preset_names())}.")
@@ -277,6 +323,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     raise HardwareError(str(e)) from None
   except json.JSONDecodeError:
     return key.strip(), value.strip()
+
+
+def check_compensation(steps: str | Sequence[str], field: str = "steps") -> tuple[str, ...]:
+  """`compensate_chip` steps (a sequence or a comma-separated string) as a tuple in
+  `COMPENSATION_STEPS` order; HardwareError naming `field` for an unknown step or both gains."""
+  if isinstance(steps, str):
+    steps = [s.strip() for s in steps.split(",") if s.strip()]
+  unknown = [s for s in steps if s not in COMPENSATION_STEPS]
+  if unknown:
+    raise HardwareError(f"{field}: unknown compensation step(s) {unknown}; valid: "
+                        f"{', '.join(COMPENSATION_STEPS)}.")
+  if "column_gain" in steps and "layer_gain" in steps:
+    raise HardwareError(f"{field}: column_gain and layer_gain exclude each other; valid: one.")
+  return tuple(s for s in COMPENSATION_STEPS if s in steps)
 
 
 def _from_file(path: pathlib.Path) -> HardwareSpec:

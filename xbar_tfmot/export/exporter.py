@@ -19,8 +19,10 @@ Folder layout:
                  or converted from a `quantize_aware` model; format `tflite_int8`, opt-in. It is
                  refused unless every weight the mapping drops is 0 in it (`int8.check_zeros`).
   model.keras    the stripped Keras model (the weights `xbar-verify` rebuilds crossbars from).
-  neurosim/      `network.csv` (NeuroSim's layer table) and `crossbars.csv` (the mapping's
-                 per-layer crossbar counts and utilisation); format `neurosim`, opt-in.
+  neurosim/      `network.csv` (NeuroSim's layer table), `crossbars.csv` (the mapping's
+                 per-layer crossbar counts and utilisation), per layer the weight and input
+                 files NeuroSim's `main` reads, and `run_neurosim.sh`; format `neurosim`,
+                 opt-in (the input files are of the first `representative_data` image).
   mapping.json   the mapping; `summary.txt` a human-readable crossbar report.
 """
 
@@ -87,7 +89,8 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
       (`build_mapping`), so that a caller that needs it too builds it once; None: built here.
     representative_data: for `tflite_int8` by post-training quantisation, training images
       `(N, *input shape)` (a sequence of arrays, one per input, for several inputs) the
-      activation ranges are calibrated on; a few hundred suffice.
+      activation ranges are calibrated on; a few hundred suffice. For `neurosim`, its first
+      image gives the input files (without it, a fixed random image).
     quantized_model: for `tflite_int8` from quantisation-aware training, the fine-tuned
       `quantize_aware(model)`; the int8 file is converted from it, the other files from `model`.
   """
@@ -135,7 +138,8 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
     if "neurosim" in formats:
       with _step("neurosim"):
         from xbar_tfmot.export import neurosim
-        neurosim.write(stripped, mapping, tmp / "neurosim")
+        neurosim.write(stripped, mapping, tmp / "neurosim",
+                       sample=_first_image(representative_data))
     if "json" not in formats:
       (tmp / "mapping.json").unlink()
     _replace(tmp, target)
@@ -143,6 +147,13 @@ def export(model: Any, directory: str | os.PathLike, spec: CrossbarSpec,
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return ExportResult(target, mapping, tuple(sorted(p.name for p in target.iterdir())))
+
+
+def _first_image(data: Any) -> np.ndarray | None:
+  """The first image of `representative_data` (one-input models), or None."""
+  if data is None or isinstance(data, (list, tuple)):
+    return None if data is None or len(data) != 1 else np.asarray(data[0])[:1]
+  return np.asarray(data)[:1]
 
 
 def _int8_arguments(model: Any, formats: tuple[str, ...], representative_data: Any,
@@ -155,11 +166,13 @@ def _int8_arguments(model: Any, formats: tuple[str, ...], representative_data: A
         f"model {model.name!r} holds quantisation wrappers; valid: the float model as model and "
         f"its quantize_aware version as quantized_model.")
   given = [n for n, v in (("representative_data", representative_data),
-                          ("quantized_model", quantized_model)) if v is not None]
+                          ("quantized_model", quantized_model)) if v is not None
+           and not (n == "representative_data" and "neurosim" in formats)]
   if "tflite_int8" not in formats:
     if given:
-      raise int8.QuantizationError(f"{given[0]} is used by the format 'tflite_int8' only; add it "
-                                   f"to formats or leave {given[0]} out.")
+      also = " (and by 'neurosim')" if given[0] == "representative_data" else ""
+      raise int8.QuantizationError(f"{given[0]} is used by the format 'tflite_int8' only{also}; "
+                                   f"add it to formats or leave {given[0]} out.")
     return None
   if quantized_model is not None:
     if not int8.is_quantize_aware(quantized_model):

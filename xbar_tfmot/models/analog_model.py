@@ -19,7 +19,12 @@ For an input it
    matters;
 4. shift-adds the slices digitally, removes the `g_min` current and the offset of
    single-column encodings, rescales, and scatter-adds every column into its output channel
-   across the crossbars of the layer; then bias and activation, digital and exact.
+   across the crossbars of the layer; multiplies by the layer's digital gain (global drift
+   compensation, or `compensate_chip`'s output gains); then bias and activation, digital and
+   exact.
+
+With `hw.drift_time` the chip is read that long after programming: the programmed
+conductances drift (`analog.drift`), the ADC ranges stay those calibrated at programming.
 
 Without ADC and bit-serial inputs the columns combine linearly, so the layer folds the
 (perturbed) conductances back into effective weights and costs one matmul like the
@@ -38,7 +43,7 @@ import tensorflow as tf
 
 from xbar_tfmot.core import analog, crossbar_matmul
 from xbar_tfmot.core import mapping as mapping_lib
-from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
+from xbar_tfmot.core.hardware import HardwareError, HardwareSpec, check_compensation
 from xbar_tfmot.models import introspection
 from xbar_tfmot.models.crossbar_model import (gather_inputs, output_shape,
                                               replace_mapped_layers, scatter_columns)
@@ -64,12 +69,18 @@ class AnalogCore:
     self.read_key = int(np.random.SeedSequence((int(seed), 2 * int(index) + 1))
                         .generate_state(1, np.uint64)[0])
     self.pairs = p == 2 and hw.differential_read == "array"
-    self.conductances = analog.program(encoded.conductances, hw, self.seed)
-    self.lines = encoded.lines(self.conductances, self.pairs)  # (n, rows, kout, L, q)
     self.coef = encoded.line_coef(self.pairs)
     self.sum_coef = encoded.input_sum_coef(self.pairs)
     self.fast = hw.adc_bits is None and not hw.serial
-    self.weights = encoded.effective(self.conductances) if self.fast else None
+    # as programmed (where the ADC is calibrated), then as read `hw.drift_time` seconds later
+    self.programmed = analog.program(encoded.conductances, hw, self.seed)
+    self.programmed_lines = encoded.lines(self.programmed, self.pairs)
+    self.set_conductances(analog.drift(self.programmed, hw, self.seed))
+    # digital gain per layer `()` or per output channel `(cout,)`, after the column scatter
+    self.gain = np.ones((), np.float32)
+    if hw.drifts and hw.drift_compensation:
+      self.gain = np.float32(self.reference_read(self.programmed)
+                             / self.reference_read(self.conductances))
     self.input_range: tuple[float, float] | None = None
     self.adc_low: np.ndarray | None = None  # (cycles, ...) ranges, broadcast on the lines
     self.adc_high: np.ndarray | None = None
@@ -79,10 +90,31 @@ class AnalogCore:
     else:  # every physical column, idle ones and those no weight slot reaches included
       self.converted = n * ((k * p * q if cols is None else int(cols)) // per_pair)
 
-  def line_sums(self, inputs: tf.Tensor) -> tf.Tensor:
-    """`(..., n, kout, L, q)` noise-free currents of every converted line."""
-    n, r, k, l, q = self.lines.shape
-    sums = crossbar_matmul.per_crossbar(inputs, tf.reshape(self.lines, (n, r, k * l * q)))
+  def set_conductances(self, conductances) -> None:
+    """Reads the chip from now on with these `(n, rows, kout, P, q)` conductances (drifted, or
+    with errors planted by a test); the ADC ranges and the gain stay as they are."""
+    self.conductances = tf.convert_to_tensor(conductances, tf.float32)
+    self.lines = self.encoded.lines(self.conductances, self.pairs)  # (n, rows, kout, L, q)
+    self.weights = self.encoded.effective(self.conductances) if self.fast else None
+
+  def reference_read(self, conductances) -> float:
+    """Global drift compensation's reference read (aihwkit's `GlobalDriftCompensation`): the
+    largest |output| over the used columns for an all-ones input on every row, read
+    digitally exact (no ADC, no read noise)."""
+    per_column = tf.reduce_sum(self.encoded.effective(conductances), axis=1).numpy()  # (n, k)
+    used = np.abs(per_column[self.columns >= 0])
+    return max(float(used.max()) if used.size else 0.0, 1e-12)
+
+  def target_weights(self) -> tf.Tensor:
+    """`(n, rows, kout)` weights the chip was meant to hold (quantised, no error, no drift)."""
+    return self.encoded.effective(self.encoded.conductances)
+
+  def line_sums(self, inputs: tf.Tensor, lines=None) -> tf.Tensor:
+    """`(..., n, kout, L, q)` noise-free currents of every converted line (of `lines`, by
+    default the chip as read now)."""
+    lines = self.lines if lines is None else lines
+    n, r, k, l, q = lines.shape
+    sums = crossbar_matmul.per_crossbar(inputs, tf.reshape(lines, (n, r, k * l * q)))
     return tf.reshape(sums, tf.concat([tf.shape(sums)[:-1], [k, l, q]], 0))
 
   def combine(self, sums: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
@@ -149,11 +181,13 @@ class AnalogCore:
   def calibrate_inputs(self, x: np.ndarray) -> None:
     self.input_range = analog.input_range(_sample(x), self.hw.adc_percentile)
 
-  def calibrate_adc(self, inputs: np.ndarray) -> None:
+  def calibrate_adc(self, inputs: np.ndarray, programmed: bool = True) -> None:
     """ADC ranges from the noise-free currents of the programmed chip (variation and faults
     included, read noise not) for sampled crossbar inputs, per `hw.adc_ranges`: one range for
     the layer's used columns, one per (input cycle, line polarity, weight slice) over the used
-    columns, or one per cycle, slice and physical column."""
+    columns, or one per cycle, slice and physical column. `programmed`: on the conductances as
+    programmed (calibration right after programming), else as read now (after drift)."""
+    lines = self.programmed_lines if programmed else self.lines
     n, r = inputs.shape[-2:]
     rows = _sample(inputs.reshape(-1, n, r), CALIBRATION_ROWS)
     x = tf.constant(rows, tf.float32)
@@ -163,7 +197,7 @@ class AnalogCore:
     mode, p = self.hw.adc_ranges, self.hw.adc_percentile
     lows, highs, pooled = [], [], []
     for j in range(cycles.shape[0]):
-      sums = self.line_sums(cycles[j]).numpy()  # (rows, n, kout, L, q)
+      sums = self.line_sums(cycles[j], lines).numpy()  # (rows, n, kout, L, q)
       if mode == "column":
         low, high = analog.percentile_ranges(sums, p)
       else:
@@ -237,9 +271,28 @@ def layer_class(flavour: str):
         start = self.images.assign_add(batch) - batch
       partial = self.core.forward(self.crossbar_inputs(inputs), start, self.conversions)
       out = scatter_columns(partial, self.core.columns, self.kernel_shape[-1])
+      if self.core.gain.ndim or self.core.gain != 1:
+        out = out * tf.constant(self.core.gain)
       if self.bias_value is not None:
         out = out + self.bias_value
       return self.activation(out) if self.activation is not None else out
+
+    def raw_output(self, inputs, start=0):
+      """The scattered column sums before the digital gain and the bias (read noise drawn from
+      image number `start` on; the image counter is not advanced)."""
+      partial = self.core.forward(self.crossbar_inputs(inputs), tf.constant(start, tf.int32))
+      return scatter_columns(partial, self.core.columns, self.kernel_shape[-1])
+
+    def target_output(self, inputs):
+      """What the layer was meant to compute before its bias: the DAC-quantised inputs times
+      the target weights (`AnalogCore.target_weights`), digitally exact."""
+      x = tf.convert_to_tensor(inputs, tf.float32)
+      hw = self.core.hw
+      if hw.input_bits is not None:
+        x = analog.quantize_inputs(x, *self.core.input_range, hw.input_bits)
+      rows = gather_inputs(x, self.kind, self.kernel_shape, self.crossbar_rows, self.conv)
+      partial = crossbar_matmul.per_crossbar(rows, self.core.target_weights())
+      return scatter_columns(partial, self.core.columns, self.kernel_shape[-1])
 
     def compute_output_shape(self, input_shape):
       return output_shape(input_shape, self.kind, self.kernel_shape, self.conv)
@@ -351,18 +404,29 @@ def layer_inputs(model: Any, names: Sequence[str]) -> dict[str, tuple[int, ...]]
 
 def analog_accuracy(model: Any, mapping: mapping_lib.CrossbarMapping, hw: HardwareSpec,
                     x: np.ndarray, y: np.ndarray, seeds: Sequence[int], calibration: Any = None,
-                    batch_size: int = 256, traced: bool | None = None) -> list[float]:
+                    batch_size: int = 256, traced: bool | None = None,
+                    compensation: Sequence[str] = ()) -> list[float]:
   """Top-1 accuracy of `model` on `(x, y)` for each chip instance (seed) of `hw`.
+
+  `compensation`: steps of `compensate_chip` run on each chip before it is measured, on the
+  `calibration` images (unlabelled training inputs).
 
   `traced`: run each chip as a `tf.function` (one trace per chip whatever the batch sizes,
   then graph speed) or eagerly (no trace, slower per batch); None: traced from
   `TRACE_FROM_IMAGES` images on, below which eager costs less.
   """
+  from xbar_tfmot.models.compensation import compensate_chip  # it imports this module
+  compensation = check_compensation(compensation, "compensation")
+  if compensation and calibration is None:
+    raise HardwareError("calibration: a batch of training inputs is required for the "
+                        f"compensation {list(compensation)}.")
   if traced is None:
     traced = len(x) >= TRACE_FROM_IMAGES
   out = []
   for seed in seeds:
     chip = analog_model(model, mapping, hw, int(seed), calibration)
+    if compensation:
+      compensate_chip(chip, calibration, compensation)
     # One trace per chip whatever the batch sizes (the last batch is usually shorter).
     signature = [tf.TensorSpec((None, *np.shape(x)[1:]), tf.float32)]
     run = tf.function(lambda b: chip(b, training=False), input_signature=signature) if traced \

@@ -11,7 +11,12 @@ The sweep is one factor at a time around a nominal chip `hw` (docs/hardware.md):
   no stuck-at faults;
 - `adc_bits`: ADC resolution `b`, no variation, no faults;
 - `stuck`: a fraction `r` of the cells stuck, half at `g_max` and half at 0, ADC at
-  `hw.adc_bits`, no variation.
+  `hw.adc_bits`, no variation;
+- `time`: the chip read `t` seconds after programming (`drift_time`, PCM-like drift with the
+  chip's drift fields), no variation, no faults.
+
+`compensation` (steps of `compensate_chip`) is run on every chip of every condition, on the
+calibration images; it is part of each condition's cache key.
 
 Every other field (read noise, input bits, cells) stays as `hw` has it. Conditions that give
 the same `HardwareSpec` (variation 0, the nominal ADC bits and stuck 0 are one chip when the
@@ -30,10 +35,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from xbar_tfmot.core.cost import estimate_cost
-from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
+from xbar_tfmot.core.hardware import HardwareError, HardwareSpec, check_compensation
 from xbar_tfmot.core.mapping import CrossbarMapping
 
-FACTORS = ("variation", "adc_bits", "stuck")
+FACTORS = ("variation", "adc_bits", "stuck", "time")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,25 +48,32 @@ class Condition:
   factor: str
   value: float
   hw: HardwareSpec
+  compensation: tuple[str, ...] = ()
 
   @property
   def random(self) -> bool:
-    """Whether chip instances differ: without variation, faults or read noise every seed
-    programs the same chip, so one instance stands for all."""
+    """Whether chip instances differ: without variation, faults, read noise or a spread of
+    drift every seed programs the same chip, so one instance stands for all."""
     h = self.hw
-    return bool(h.variation or h.stuck_on_rate or h.stuck_off_rate or h.read_noise)
+    return bool(h.variation or h.stuck_on_rate or h.stuck_off_rate or h.read_noise
+                or (h.drifts and h.drift_nu_std))
 
   @property
   def key(self) -> str:
-    """The chip's non-ideality fields as a string: equal keys, equal chips."""
+    """The chip's non-ideality fields (and the compensation, when any) as a string: equal
+    keys, equal chips."""
     d = self.hw.to_dict()
-    return json.dumps({k: d[k] for k in sorted(d) if k not in ("name", "sources", "notes")},
-                      sort_keys=True)
+    fields = {k: d[k] for k in sorted(d) if k not in ("name", "sources", "notes")}
+    if self.compensation:
+      fields["compensation"] = list(self.compensation)
+    return json.dumps(fields, sort_keys=True)
 
 
 def conditions(hw: HardwareSpec, variations: Sequence[float] = (),
-               adc_bits: Sequence[int] = (), stuck: Sequence[float] = ()) -> list[Condition]:
+               adc_bits: Sequence[int] = (), stuck: Sequence[float] = (),
+               times: Sequence[float] = (), compensation: Sequence[str] = ()) -> list[Condition]:
   """The one-factor-at-a-time conditions around `hw` (module docstring), in factor order."""
+  steps = check_compensation(compensation, "compensation")
   clean = dict(variation=0.0, stuck_on_rate=0.0, stuck_off_rate=0.0)
   out = []
   for v in variations:
@@ -74,12 +86,15 @@ def conditions(hw: HardwareSpec, variations: Sequence[float] = (),
   for r in stuck:
     out.append(Condition("stuck", float(r), hw.replace(
         **{**clean, "stuck_on_rate": float(r) / 2, "stuck_off_rate": float(r) / 2})))
-  return out
+  for t in times:
+    out.append(Condition("time", float(t), hw.replace(**{**clean, "drift_time": float(t)})))
+  return [dataclasses.replace(c, compensation=steps) for c in out]
 
 
 def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray, y: np.ndarray,
           calibration: Any, instances: int, variations: Sequence[float] = (),
-          adc_bits: Sequence[int] = (), stuck: Sequence[float] = (), seed: int = 0,
+          adc_bits: Sequence[int] = (), stuck: Sequence[float] = (),
+          times: Sequence[float] = (), compensation: Sequence[str] = (), seed: int = 0,
           cache: dict[str, list[float]] | None = None,
           on_result: Callable[[str, list[float]], None] | None = None,
           traced: bool | None = None) -> list[dict[str, Any]]:
@@ -91,7 +106,10 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
   Args:
     model, mapping: the model and its crossbar mapping (`analog_accuracy`'s arguments).
     hw: the nominal chip around which one factor at a time changes.
-    x, y: the evaluation images and labels; calibration: inputs that set the DAC/ADC ranges.
+    x, y: the evaluation images and labels; calibration: inputs that set the DAC/ADC ranges
+      (and that `compensation` runs on).
+    variations, adc_bits, stuck, times: each factor's values (module docstring).
+    compensation: `compensate_chip` steps run on every chip before it is measured.
     cache: accuracies already measured, by `Condition.key`; reused when they hold one value
       per chip this call asks for (`instances`, or 1 for a condition without randomness).
     on_result: called with `(key, accuracies)` after each condition measured here (a caller
@@ -109,12 +127,13 @@ def sweep(model: Any, mapping: CrossbarMapping, hw: HardwareSpec, x: np.ndarray,
   known = dict(cache or {})
   seeds = range(seed, seed + instances)
   rows = []
-  for c in conditions(hw, variations, adc_bits, stuck):
+  for c in conditions(hw, variations, adc_bits, stuck, times, compensation):
     chips = seeds if c.random else seeds[:1]
     measured = len(known.get(c.key, ())) != len(chips)
     if measured:
       known[c.key] = analog_accuracy(model, mapping, c.hw, x, y, chips, calibration,
-                                     batch_size=250, traced=traced)
+                                     batch_size=250, traced=traced,
+                                     compensation=c.compensation)
       if on_result is not None:
         on_result(c.key, known[c.key])
     accs = known[c.key]
