@@ -12,5 +12,6 @@ flipped=$((1 - default))
 echo "oneDNN custom operations by default: $default; rerunning with TF_ENABLE_ONEDNN_OPTS=$flipped"
 TF_ENABLE_ONEDNN_OPTS=$flipped .venv/bin/python -m pytest -n 2 -q \
   tests/test_crossbar_matmul.py tests/test_replicas.py tests/test_analog_model.py \
+  tests/test_analog_dataflow.py tests/test_analog_drift.py \
   tests/test_bench_hardware.py "tests/test_pipeline_distributed.py::test_mirrored_run_matches_the_single_device_run[tf_keras]" \
   "$@"
