@@ -9,7 +9,8 @@ Every procedure is here, the application only orchestrates them: `prune_crossbar
 every layer at once), `prune_layer_by_layer` (the paper's procedure, one layer at a time under
 `StopRules`), `one_shot_masks` / `apply_masks` (the exact projection of trained kernels, no
 training; `one_shot_budgets`), `choose_allocation` (candidate policies cut one-shot and scored
-on validation images) and `sweep_hardware` (accuracy on simulated chips, one non-ideality at a time, over
+on validation images), `compensate_chip` (BatchNorm, output gains and ADC ranges re-estimated
+on a programmed chip) and `sweep_hardware` (accuracy on simulated chips, one non-ideality at a time, over
 `sweep_conditions`; `hardware_cost_summary` for the chip's cost).
 
 Importing this package never imports TFMOT: the tf_keras adapter loads it on first use, so a
@@ -41,6 +42,7 @@ from xbar_tfmot.export.verification import tflite_accuracy, verify
 from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
 from xbar_tfmot.models.channels import ChannelGraph, ChannelSpace, analyze
 from xbar_tfmot.models.analog_model import analog_accuracy, analog_model, output_positions
+from xbar_tfmot.models.compensation import compensate_chip
 from xbar_tfmot.models.crossbar_model import crossbar_model
 from xbar_tfmot.models.hardware_sweep import Condition as SweepCondition
 from xbar_tfmot.models.hardware_sweep import conditions as sweep_conditions
@@ -49,9 +51,9 @@ from xbar_tfmot.models.hardware_sweep import sweep as sweep_hardware
 from xbar_tfmot.models.model_mapping import build_mapping, validate_mapping
 from xbar_tfmot.models.reorder import ReorderResult, project_permuted, reorder_model
 from xbar_tfmot.models.report import CrossbarReport, LayerReport, crossbar_report
-from xbar_tfmot.pruning import (CrossbarPruningSummaries, UpdateCrossbarPruning,
-                                crossbar_pruning_scope, crossbar_wrappers, prune_crossbar,
-                                strip_crossbar_pruning)
+from xbar_tfmot.pruning import (CrossbarPruningSummaries, HardwareAware, UpdateCrossbarPruning,
+                                crossbar_pruning_scope, crossbar_wrappers, hardware_aware_model,
+                                prune_crossbar, strip_crossbar_pruning)
 from xbar_tfmot.pruning.distillation import (DistillationLoss, distillation_accuracy,
                                              teacher_targets)
 from xbar_tfmot.pruning.layer_by_layer import (LayerByLayerError, LayerOutcome, StopRules,
@@ -66,7 +68,8 @@ except ImportError:  # pragma: no cover
   pass
 
 __all__ = [
-    "CostReport", "HardwareError", "HardwareSpec", "analog_accuracy", "analog_model",
+    "CostReport", "HardwareAware", "HardwareError", "HardwareSpec", "analog_accuracy",
+    "analog_model", "hardware_aware_model",
     "estimate_cost", "output_positions", "SweepCondition", "hardware_cost_summary",
     "sweep_conditions", "sweep_hardware", "LayerByLayerError", "LayerOutcome", "StopRules",
     "prune_layer_by_layer", "apply_masks", "one_shot_budgets", "one_shot_masks",

@@ -80,9 +80,18 @@ def encode(weights, hw: HardwareSpec, weight_bits: int, cell_bits: int,
   else:
     scale = np.asarray(np.abs(w).max())
   scale = np.where(scale > 0, scale, 1.0)
-  w = w / scale
+  g, coef, offset = encode_unit(tf.constant(w / scale), hw, weight_bits, cell_bits, differential)
+  return Encoded(g.numpy().astype(np.float32), coef, offset, scale.astype(np.float32), hw.g_min)
+
+
+def encode_unit(w: tf.Tensor, hw: HardwareSpec, weight_bits: int, cell_bits: int,
+                differential: bool) -> tuple[tf.Tensor, np.ndarray, bool]:
+  """The encoding of weights already scaled to [-1, 1], elementwise: conductances
+  `(*w.shape, P, q)`, the `(P, q)` shift-add coefficients and whether it is offset. In
+  TensorFlow ops, so that a chip's conductances (`encode`) and the forward of hardware-aware
+  training (`pruning/hardware_aware.py`) are one encoding."""
   if differential:
-    stored = np.stack([np.maximum(w, 0), np.maximum(-w, 0)], axis=-1)  # (n, r, k, 2)
+    stored = tf.stack([tf.nn.relu(w), tf.nn.relu(-w)], axis=-1)
     polarity = np.array([1.0, -1.0])
   else:
     stored = ((w + 1.0) / 2.0)[..., None]
@@ -91,17 +100,17 @@ def encode(weights, hw: HardwareSpec, weight_bits: int, cell_bits: int,
     levels = 2 ** weight_bits - 1
     base = 2 ** cell_bits
     q = -(-weight_bits // cell_bits)
-    m = np.round(stored * levels).astype(np.int64)
-    digits = (m[..., None] // base ** np.arange(q)) % base  # (n, r, k, P, q)
+    m = tf.round(stored * levels)[..., None]
+    powers = tf.constant(base ** np.arange(q), w.dtype)
+    digits = tf.math.floormod(tf.math.floordiv(m, powers), float(base))
     g = digits / (base - 1)
     slices = base ** np.arange(q) * (base - 1) / levels
   else:
     g = stored[..., None]
     slices = np.ones(1)
   g = hw.g_min + (1.0 - hw.g_min) * g
-  coef = polarity[:, None] * slices[None, :]
-  return Encoded(g.astype(np.float32), coef.astype(np.float32), not differential,
-                 scale.astype(np.float32), hw.g_min)
+  coef = (polarity[:, None] * slices[None, :]).astype(np.float32)
+  return g, coef, not differential
 
 
 def program(conductances: tf.Tensor, hw: HardwareSpec, seed) -> tf.Tensor:

@@ -20,6 +20,7 @@ from xbar_tfmot.core.errors import PruningConfigError
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.pruning import allocation
+from xbar_tfmot.pruning import hardware_aware as xhardware
 from xbar_tfmot.pruning import plan
 
 FLAVOUR_MODULES = {"tf_keras": "xbar_tfmot.pruning.tf_keras",
@@ -42,11 +43,11 @@ class CrossbarWrapperMixin:
   """
 
   CONFIG_FIELDS = ("granularity", "projection", "regrowth", "final_budget", "target_reduction",
-                   "layer_index", "seed", "allocation")
+                   "layer_index", "seed", "allocation", "hardware_aware")
 
   def _init_fields(self, layer, spec, granularity: str, pruning_schedule, projection: str,
                    regrowth: str, temperature, final_budget, target_reduction, layer_index: int,
-                   seed: int, allocation: dict | None = None) -> None:
+                   seed: int, allocation: dict | None = None, hardware_aware=None) -> None:
     if spec is None:
       raise PruningConfigError(f"CrossbarPrune({layer.name!r}): spec is required (a CrossbarSpec).")
     self.spec = CrossbarSpec.from_dict(spec) if isinstance(spec, dict) else spec
@@ -64,6 +65,10 @@ class CrossbarWrapperMixin:
     # Shared-budget modes (`plan.allocation_of`): the budget of each mask update is set from
     # outside (UpdateCrossbarPruning, pruning/allocation.py) instead of `budget_at`.
     self.allocation = None if allocation is None else dict(allocation)
+    # Hardware-aware training (pruning/hardware_aware.py): the chip's kernel in training calls.
+    self.hardware_aware = xhardware.coerce(hardware_aware)
+    if self.hardware_aware is not None:
+      self.hardware_aware.hardware.cells(self.spec)  # HardwareError now if they disagree
     self.geometry = None
 
   def crossbar_config(self) -> dict[str, Any]:
@@ -72,7 +77,15 @@ class CrossbarWrapperMixin:
     config["spec"] = self.spec.to_dict()
     config["pruning_schedule"] = self._serialize_schedule(self.pruning_schedule)
     config["temperature"] = self._serialize_schedule(self.temperature)
+    if self.hardware_aware is not None:
+      config["hardware_aware"] = self.hardware_aware.to_dict()
     return config
+
+  def training_kernel(self, kernel, mask, training, step):
+    """`kernel` (masked) as this training call computes with it: the chip's, drawn for
+    `step`, under hardware-aware training; else `kernel`."""
+    return xhardware.training_kernel(kernel, mask, training, self.hardware_aware, self.spec,
+                                     self.seed, self.layer_index, step)
 
   def masked_kernel(self) -> np.ndarray:
     return np.asarray(self._kernel()) * np.asarray(self.mask)
@@ -125,32 +138,35 @@ class Adapter:
         yield layer
 
   def prune(self, to_prune, *, spec: CrossbarSpec, granularity: str, schedule,
-            projection: str, regrowth: str, policy: CrossbarPolicy, seed: int, temperature):
+            projection: str, regrowth: str, policy: CrossbarPolicy, seed: int, temperature,
+            hardware_aware=None):
     """`xbar_tfmot.prune_crossbar` for this flavour (arguments checked there)."""
     self.check()
     common = dict(spec=spec, granularity=granularity, pruning_schedule=schedule,
-                  projection=projection, regrowth=regrowth, temperature=temperature, seed=seed)
+                  projection=projection, regrowth=regrowth, temperature=temperature, seed=seed,
+                  hardware_aware=hardware_aware)
+    wrap_all = hardware_aware is not None  # layers left dense are wrapped too (full mask)
     reduction = schedule.final_reduction
     keras = self.keras
     if isinstance(to_prune, (list, tuple)):
-      return self._prune_list(list(to_prune), common, policy, reduction)
+      return self._prune_list(list(to_prune), common, policy, reduction, wrap_all)
     if isinstance(to_prune, keras.Model):
       if not self.is_graph_model(to_prune):
         raise PruningConfigError(plan.SUBCLASSED.format(type(to_prune).__name__))
-      plans = plan.plan_model(list(self.walk(to_prune)), spec, policy, reduction)
+      plans = plan.plan_model(list(self.walk(to_prune)), spec, policy, reduction, wrap_all)
 
       def wrap(layer):
         return self.wrapper(layer, **plans[id(layer)], **common) if id(layer) in plans else layer
 
       return self._clone(to_prune, wrap)
     if isinstance(to_prune, keras.layers.Layer):
-      return self._prune_list([to_prune], common, policy, reduction)[0]
+      return self._prune_list([to_prune], common, policy, reduction, wrap_all)[0]
     raise PruningConfigError(
         f"prune_crossbar can only prune a Sequential or functional keras model, a keras layer, "
         f"or a list of keras layers; got {type(to_prune).__name__}.")
 
-  def _prune_list(self, items, common, policy, reduction):
-    plans = plan.plan_list(items, common["spec"], policy, reduction)
+  def _prune_list(self, items, common, policy, reduction, wrap_all=False):
+    plans = plan.plan_list(items, common["spec"], policy, reduction, wrap_all)
     out = []
     for layer, args in zip(items, plans):
       if isinstance(layer, self.keras.layers.InputLayer) and self.copy_input_layers:

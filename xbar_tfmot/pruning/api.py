@@ -20,6 +20,7 @@ from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection
 from xbar_tfmot.models.introspection import FLAVOURS
 from xbar_tfmot.pruning.adapter import adapter_for
+from xbar_tfmot.pruning.hardware_aware import HardwareAware
 
 PROJECTIONS = ("rpp", "topk")
 REGROWTHS = ("reset", "straight_through")
@@ -29,7 +30,8 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
                    schedule: CrossbarSchedule | None = None, projection: str = "rpp",
                    regrowth: str = "reset", policy: CrossbarPolicy | None = None,
                    seed: int | None = None,
-                   temperature: float | CrossbarTemperatureDecay = 1.0) -> Any:
+                   temperature: float | CrossbarTemperatureDecay = 1.0,
+                   hardware_aware: HardwareAware | None = None) -> Any:
   """Wraps the mapped layers (Conv2D, Conv1D, Dense; a SeparableConv2D's pointwise kernel) of a
   model, layer or list for crossbar pruning.
 
@@ -62,6 +64,11 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
       draws one (stored in the layer config, so a reloaded model continues identically).
     temperature: RPP's initial temperature (annealed over the schedule's begin and end
       steps) or a `CrossbarTemperatureDecay`; ignored by `topk`.
+    hardware_aware: a `HardwareAware` (docs/design.md, "Hardware-aware training"): every
+      training call computes with the kernel the chip would hold (quantised, programmed with
+      noise drawn afresh each step, re-masked; straight-through gradient). The layers the
+      policy leaves dense are wrapped too, with a full mask, so that they see the chip.
+      Evaluation and `strip_crossbar_pruning` see no noise. None (default): off.
 
   Returns:
     The model, layer or list with crossbar pruning wrappers.
@@ -86,9 +93,33 @@ def prune_crossbar(to_prune: Any, spec: CrossbarSpec | str, granularity: str = "
   elif isinstance(seed, bool) or not isinstance(seed, int):
     raise PruningConfigError(
         f"prune_crossbar: seed={seed!r} is invalid; valid: an integer or None.")
+  if hardware_aware is not None and not isinstance(hardware_aware, HardwareAware):
+    raise PruningConfigError(
+        f"prune_crossbar: hardware_aware={hardware_aware!r} is invalid; valid: an "
+        f"xbar_tfmot.HardwareAware or None.")
+  if hardware_aware is not None:
+    hardware_aware.hardware.cells(spec)  # HardwareError if the chip and the spec disagree
   return adapter_for(_flavour_of(to_prune)).prune(
       to_prune, spec=spec, granularity=granularity, schedule=schedule, projection=projection,
-      regrowth=regrowth, policy=policy, seed=seed, temperature=temperature)
+      regrowth=regrowth, policy=policy, seed=seed, temperature=temperature,
+      hardware_aware=hardware_aware)
+
+
+def hardware_aware_model(to_prune: Any, spec: CrossbarSpec | str, hardware_aware: HardwareAware,
+                         seed: int | None = None) -> Any:
+  """Hardware-aware training without pruning (the dense baseline), as `quantize_model` is to
+  TFMOT's quantisation-aware training: every mapped layer wrapped at its dense budget.
+
+  `prune_crossbar(to_prune, spec, schedule=CrossbarConstant(0.0), hardware_aware=...,
+  policy=CrossbarPolicy(leave_dense=()))`: fit it with `UpdateCrossbarPruning` (it counts the
+  steps that seed the noise) and strip it with `strip_crossbar_pruning`.
+  """
+  if not isinstance(hardware_aware, HardwareAware):
+    raise PruningConfigError(
+        f"hardware_aware_model: hardware_aware={hardware_aware!r} is invalid; valid: an "
+        f"xbar_tfmot.HardwareAware.")
+  return prune_crossbar(to_prune, spec, schedule=CrossbarConstant(0.0), seed=seed,
+                        policy=CrossbarPolicy(leave_dense=()), hardware_aware=hardware_aware)
 
 
 def strip_crossbar_pruning(model: Any) -> Any:

@@ -66,13 +66,14 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
   def __init__(self, layer, spec=None, granularity: str = "crossbar", pruning_schedule=None,
                projection: str = "rpp", regrowth: str = "reset", temperature=None,
                final_budget: int | None = None, target_reduction: float | None = None,
-               layer_index: int = 0, seed: int = 0, allocation: dict | None = None, **kwargs):
+               layer_index: int = 0, seed: int = 0, allocation: dict | None = None,
+               hardware_aware=None, **kwargs):
     plan.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
     kwargs.setdefault("name", f"crossbar_prune_{layer.name}")
     super().__init__(layer, **kwargs)
     self._init_fields(layer, spec, granularity, pruning_schedule, projection, regrowth,
                       temperature, final_budget, target_reduction, layer_index, seed,
-                      allocation)
+                      allocation, hardware_aware)
 
   def build(self, input_shape=None):
     super().build(input_shape)
@@ -139,9 +140,14 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
     kernel = self._kernel()
     if training:
       step = self._update()
-      if self.regrowth == "reset":
+      if self.regrowth == "reset" and self.hardware_aware is None:
         return self.layer.call(inputs)  # the kernel variable itself is masked now
-      effective = plan.straight_through_kernel(kernel.value, self.mask.value, self.frozen(step))
+      if self.regrowth == "reset":
+        effective = tf.convert_to_tensor(kernel.value) * tf.convert_to_tensor(self.mask.value)
+      else:
+        effective = plan.straight_through_kernel(kernel.value, self.mask.value,
+                                                 self.frozen(step))
+      effective = self.training_kernel(effective, self.mask.value, True, step)
     else:
       effective = tf.convert_to_tensor(kernel.value) * tf.convert_to_tensor(self.mask.value)
     attribute = self._kernel_attribute()

@@ -107,11 +107,13 @@ def no_mapped_error(layers: Sequence[Any]) -> PruningConfigError:
 
 
 def plan_model(leaves: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy,
-               reduction: float) -> dict[int, dict[str, int]]:
+               reduction: float, wrap_all: bool = False) -> dict[int, dict[str, int]]:
   """`{id(layer): {"final_budget", "layer_index"}}` of the leaf layers of a model to wrap.
 
   `layer_index` counts the mapped layers in model order (it seeds the random numbers).
   Raises when nothing is mappable, a mapped layer is unbuilt, or no layer would lose a crossbar.
+  `wrap_all` (hardware-aware training) also wraps the layers that stay dense, at their dense
+  budget (a full mask), so that they see the chip too; nothing need lose a crossbar then.
   """
   mapped = [l for l in leaves if introspection.is_mapped(l)]
   if not mapped:
@@ -132,6 +134,8 @@ def plan_model(leaves: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy
                          "allocation": allocation_of(policy, pool[g.name])}
     elif budget is not None and budget < g.dense_crossbars:
       plan[id(layer)] = {"final_budget": budget, "layer_index": index}
+    elif wrap_all:
+      plan[id(layer)] = {"final_budget": g.dense_crossbars, "layer_index": index}
   if not plan:
     dense = {g.name: g.dense_crossbars for g in geometries}
     raise PruningConfigError(
@@ -142,11 +146,12 @@ def plan_model(leaves: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy
 
 
 def plan_list(items: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy,
-              reduction: float) -> list[dict[str, Any] | None]:
+              reduction: float, wrap_all: bool = False) -> list[dict[str, Any] | None]:
   """Per item of a layer list: the wrapper arguments, or None to leave it as is.
 
   Built layers get a `final_budget` from the policy's plan (no first-conv default); unbuilt
-  ones a `target_reduction`, turned into a budget when the wrapper is built.
+  ones a `target_reduction`, turned into a budget when the wrapper is built. `wrap_all`: as
+  in `plan_model`, layers left dense are wrapped too (at their dense budget, reduction 0).
   """
   mapped = [l for l in items if introspection.is_mapped(l)]
   if not mapped:
@@ -164,11 +169,15 @@ def plan_list(items: Sequence[Any], spec: CrossbarSpec, policy: CrossbarPolicy,
     index = mapped.index(layer)
     if built:
       budget = budgets[layer.name]
+      if budget is None and wrap_all:
+        budget = geometries[index].dense_crossbars
       args = None if budget is None else {"final_budget": budget, "layer_index": index}
       if layer.name in pool:
         args["allocation"] = allocation_of(policy, pool[layer.name])
       out.append(args)
     else:
       target = policy.reduction_for(layer.name, reduction)
+      if target is None and wrap_all:
+        target = 0.0
       out.append(None if target is None else {"target_reduction": target, "layer_index": index})
   return out

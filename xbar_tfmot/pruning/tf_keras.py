@@ -24,6 +24,7 @@ from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning import adapter, allocation
 from xbar_tfmot.pruning import callbacks as xcallbacks
 from xbar_tfmot.pruning import distillation
+from xbar_tfmot.pruning import hardware_aware as xhardware
 from xbar_tfmot.pruning import plan
 
 _tfmot = _compat.tfmot_sparsity()
@@ -59,6 +60,7 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
     self.seed = seed
     self.allocation = allocation
     self.install_into = None  # a layer whose kernel is replaced by the masked kernel in call
+    self.chip_kernel = None  # hardware-aware training: (kernel, mask) -> the chip's kernel
 
   def budget(self, step) -> tf.Tensor:
     """Crossbar budget at `step`: from dense down to `final_budget` along the schedule."""
@@ -94,9 +96,14 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
       op = self._zero_when_frozen()
     if self.install_into is not None:
       weight, mask, _ = _compat.tfmot_pruning_state(self)[2][0]
+      if self.regrowth == "reset":
+        kernel = tf.convert_to_tensor(weight) * tf.cast(mask, weight.dtype)
+      else:
+        kernel = self.straight_through_kernel(weight, mask)
+      if self.chip_kernel is not None:
+        kernel = self.chip_kernel(kernel, mask)
       _compat.set_layer_attribute(self.install_into,
-                                  introspection.kernel_attribute(self.install_into),
-                                  self.straight_through_kernel(weight, mask))
+                                  introspection.kernel_attribute(self.install_into), kernel)
     return op
 
   def _zero_when_frozen(self):
@@ -131,14 +138,16 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLo
   def __init__(self, layer, spec=None, granularity: str = "crossbar", pruning_schedule=None,
                projection: str = "rpp", regrowth: str = "reset", temperature=None,
                final_budget: int | None = None, target_reduction: float | None = None,
-               layer_index: int = 0, seed: int = 0, allocation: dict | None = None, **kwargs):
+               layer_index: int = 0, seed: int = 0, allocation: dict | None = None,
+               hardware_aware=None, **kwargs):
     for unused in ("block_size", "block_pooling_type", "sparsity_m_by_n"):
       kwargs.pop(unused, None)
     plan.check_wrappable("CrossbarPrune", layer, final_budget, target_reduction)
     schedule = self._deserialize_schedule(pruning_schedule) or xschedules.CrossbarConstant(0.5)
     super().__init__(layer, pruning_schedule=schedule, **kwargs)
     self._init_fields(layer, spec, granularity, schedule, projection, regrowth, temperature,
-                      final_budget, target_reduction, layer_index, seed, allocation)
+                      final_budget, target_reduction, layer_index, seed, allocation,
+                      hardware_aware)
 
   def build(self, input_shape):
     super().build(input_shape)
@@ -155,14 +164,21 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, _tfmot.pruning_wrapper.PruneLo
         seed=self.seed, allocation=self.allocation)
 
   def call(self, inputs, training=None, **kwargs):
-    if self.regrowth == "reset":
+    if training is None:
+      training = keras.backend.learning_phase()
+    hardware = self.hardware_aware is not None and xhardware.is_training(training) is not False
+    if self.regrowth == "reset" and not hardware:
       return super().call(inputs, training=training, **kwargs)
     kernel = self._kernel()
     self.pruning_obj.install_into = self.layer
+    if hardware:
+      self.pruning_obj.chip_kernel = lambda k, mask: self.training_kernel(
+          k, mask, training, self.pruning_step)
     try:
       return super().call(inputs, training=training, **kwargs)
     finally:
       self.pruning_obj.install_into = None
+      self.pruning_obj.chip_kernel = None
       _compat.set_layer_attribute(self.layer, introspection.kernel_attribute(self.layer), kernel)
 
   def _kernel(self):
