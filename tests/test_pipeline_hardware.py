@@ -70,3 +70,32 @@ def test_hardware_phase_reports_dense_and_pruned_and_the_sweep(tmp_path):
 def test_bad_hardware_fields(tmp_path, fields, match):
   with pytest.raises(ConfigError, match=match):
     pipeline.Pipeline(tiny(tmp_path, **fields))
+
+
+def test_hardware_aware_training_sees_the_configured_chip(tmp_path, monkeypatch):
+  """`train.hardware_aware`: the joint prune phase hands `prune_crossbar` a `HardwareAware` of
+  the run's chip at `train.hardware_aware_variation`, and the run trains, exports and
+  verifies through it."""
+  from xbar_tfmot.pruning import api
+  seen = []
+  real = api.prune_crossbar
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs.get("hardware_aware"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(api, "prune_crossbar", spy)
+  lines: list[str] = []
+  config = tiny(tmp_path)
+  config.hardware.enabled = False
+  config.train.hardware_aware, config.train.hardware_aware_variation = True, 0.07
+  config.export.enabled = True
+  metrics = pipeline.run(config, log=lines.append)
+  (aware,) = seen
+  assert aware.hardware.name == config.hardware.preset and aware.hardware.variation == 0.07
+  assert not aware.stuck
+  assert any("hardware-aware: training sees isaac_32nm (variation 0.07" in l for l in lines)
+  assert metrics["export"]["verified"] is True
+  config.schedule.procedure = "layer_by_layer"
+  with pytest.raises(ConfigError, match="train.hardware_aware=True: the layer-by-layer"):
+    configuration.parse(config)

@@ -329,6 +329,10 @@ class Train(_Section):
     optimizer: adam | adamw | sgd (momentum 0.9) | rmsprop.
     outputs: the loss: auto (a softmax last layer = probabilities) | logits | probabilities.
     baseline_epochs: epochs of the dense model before pruning.
+    hardware_aware: pruning and fine-tuning see the chip of `hardware.preset`/`hardware.set`
+      (programming noise, quantisation; `xt.HardwareAware`): joint procedure only.
+    hardware_aware_variation: > 0: train at this variation (of g_max) instead of the chip's.
+    hardware_aware_stuck: the training chip has the spec's stuck cells too.
     verbose: Keras' fit verbosity (1: a progress bar on a terminal, a line per epoch else).
   """
   SECTION: ClassVar[str] = "train"
@@ -344,6 +348,9 @@ class Train(_Section):
   optimizer: str = _f("adam", **_choice(*OPTIMIZERS))
   outputs: str = _f("auto", **_choice(*OUTPUTS))
   baseline_epochs: int = _f(3, **_NON_NEGATIVE)
+  hardware_aware: bool = False
+  hardware_aware_variation: float = _f(0.0, **_NON_NEGATIVE)
+  hardware_aware_stuck: bool = False
   verbose: int = _f(1, **_NON_NEGATIVE)
 
   def _parse(self) -> None:
@@ -559,6 +566,9 @@ def _check_across(c: RunConfig) -> None:
     if c.train.distillation_weight:
       raise ConfigError(f"config.train.distillation_weight={c.train.distillation_weight!r}: "
                         f"schedule.procedure='layer_by_layer' trains on the labels; valid: 0.")
+    if c.train.hardware_aware:
+      raise ConfigError("config.train.hardware_aware=True: the layer-by-layer procedure does "
+                        "not train against the chip yet; valid: schedule.procedure='joint'.")
   if no_data:
     if c.train.baseline_epochs or c.schedule.prune_epochs or c.schedule.finetune_epochs:
       raise ConfigError("config.data.name='none' (mapping only) needs train.baseline_epochs, "

@@ -99,7 +99,8 @@ def _joint(run: RunContext, model, chosen: CrossbarPolicy):
           f"epochs")
   pruned = prune_crossbar(model, run.spec, granularity=c.chip.granularity, schedule=schedule,
                           projection=s.projection, regrowth=s.regrowth,
-                          policy=chosen, seed=c.seed, temperature=s.temperature)
+                          policy=chosen, seed=c.seed, temperature=s.temperature,
+                          hardware_aware=_hardware_aware(run))
   targets = _teacher_targets(run) if t.distillation_weight else None
   run.compile(pruned, t.learning_rate, distill=targets is not None)
   allocation_data = (_gradient_batches(run, targets, chosen.score)
@@ -120,6 +121,21 @@ def _joint(run: RunContext, model, chosen: CrossbarPolicy):
       callbacks, on_epoch, targets)
   history["phase_boundary"] = [s.prune_epochs]
   return strip_crossbar_pruning(pruned), history
+
+
+def _hardware_aware(run: RunContext):
+  """`train.hardware_aware`: the `HardwareAware` of `hardware.preset` with `hardware.set` (at
+  `train.hardware_aware_variation` when > 0), or None."""
+  from xbar_tfmot.pruning.hardware_aware import HardwareAware
+  t = run.config.train
+  if not t.hardware_aware:
+    return None
+  hw = run.config.hardware.hardware_spec
+  if t.hardware_aware_variation:
+    hw = hw.replace(variation=t.hardware_aware_variation)
+  run.log(f"[prune] hardware-aware: training sees {hw.name} (variation {hw.variation:g} of "
+          f"g_max" + (", stuck cells" if t.hardware_aware_stuck else "") + ")")
+  return HardwareAware(hw, stuck=t.hardware_aware_stuck)
 
 
 def _teacher_targets(run: RunContext) -> tuple:
