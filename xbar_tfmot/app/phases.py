@@ -85,7 +85,6 @@ def hardware(run: RunContext) -> dict[str, Any]:
   sweep cells are kept in `checkpoints/hardware_sweep.json` until the phase is done, so that a
   rerun continues the sweep."""
   from xbar_tfmot.models import analog_model, hardware_sweep
-  from xbar_tfmot.models.model_mapping import build_mapping
   c, h = run.config, run.config.hardware
   hw = h.hardware_spec
   x, y = (a[:h.test_images] for a in run.data.test)
@@ -100,10 +99,7 @@ def hardware(run: RunContext) -> dict[str, Any]:
             f"{h.sweep_instances} instances per model")
   progress_file = run.path("hardware_sweep.json")
   progress = training.read_json(progress_file) if progress_file.exists() else {}
-  dense = run.load(run.prune_input())
-  for label, (model, mapping) in (
-      ("dense", (dense, build_mapping(dense, run.spec, c.chip.granularity))),
-      ("pruned", run.pruned())):
+  for label, (model, mapping) in (("dense", run.dense()), ("pruned", run.pruned())):
     accuracies = analog_model.analog_accuracy(model, mapping, hw, x, y, seeds, calibration,
                                               compensation=h.compensation_steps)
     result[label] = {**hardware_sweep.cost_summary(model, mapping, hw),
@@ -127,9 +123,9 @@ def hardware(run: RunContext) -> dict[str, Any]:
 def report(run: RunContext) -> dict[str, Any]:
   """Writes `report/` (report.md, metrics.json, mapping.json, plots) from the dense and pruned
   models and `state.json`; runs again on every rerun (it is cheap and reads what is done)."""
-  dense = run.load(run.prune_input())
+  dense, dense_mapping = run.dense()
   pruned, mapping = run.pruned()
   run.metrics = run_report.write(run.workdir / "report", run.config, run.spec, dense, pruned,
-                                 run.state, run.config.report.plots, mapping)
+                                 run.state, run.config.report.plots, mapping, dense_mapping)
   return {"crossbars": run.metrics["crossbars"]["pruned"],
           "reduction": run.metrics["crossbars"]["reduction"]}

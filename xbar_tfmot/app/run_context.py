@@ -54,7 +54,7 @@ class RunContext:
     self.data: RunData | None = None
     self.fresh_model = None  # the untrained (or loaded) model of `prepare`
     self.metrics: dict[str, Any] = {}  # the report phase's
-    self._pruned = None
+    self._pruned = self._dense = None
     try:
       self.custom_objects = model_io.load_custom_objects(config.model.custom_objects)
     except ValueError as e:
@@ -89,6 +89,15 @@ class RunContext:
     if self.done("reorder").get("applied"):
       return self.path("reordered.keras")
     return self.path("baseline.keras")
+
+  def dense(self):
+    """`(dense model, its mapping)`: the prune input, loaded and mapped once per process, for
+    the comparisons of the hardware phase and the report."""
+    if self._dense is None:
+      from xbar_tfmot.models.model_mapping import build_mapping
+      model = self.load(self.prune_input())
+      self._dense = model, build_mapping(model, self.spec, self.config.chip.granularity)
+    return self._dense
 
   def pruned(self):
     """`(pruned model, its mapping)`: loaded and built once per process, validated once (as

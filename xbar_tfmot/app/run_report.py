@@ -68,14 +68,18 @@ def occupancy_maps(model, spec: CrossbarSpec, granularity: str) -> list[tuple[st
 
 def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_model,
           state: dict[str, Any], plots_enabled: bool = True,
-          mapping: CrossbarMapping | None = None) -> dict[str, Any]:
-  """Writes the report folder; returns the metrics (also `metrics.json`). `mapping`: the
-  pruned model's, when the caller has built it (else built here)."""
+          mapping: CrossbarMapping | None = None,
+          dense_mapping: CrossbarMapping | None = None) -> dict[str, Any]:
+  """Writes the report folder; returns the metrics (also `metrics.json`). `mapping`,
+  `dense_mapping`: the pruned and dense models', when the caller has built them (else built
+  here)."""
   folder.mkdir(parents=True, exist_ok=True)
   granularity = config.chip.granularity
   rows = layer_rows(dense_model, pruned_model, spec, granularity)
   if mapping is None:
     mapping = build_mapping(pruned_model, spec, granularity)
+  if dense_mapping is None:
+    dense_mapping = build_mapping(dense_model, spec, granularity)
   mapping.to_json(folder / "mapping.json", indent=1)
   dense_total = sum(r["dense"] for r in rows)
   pruned_total = sum(r["pruned"] for r in rows)
@@ -103,7 +107,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
       "unmapped": mapping.data.get("unmapped", []),
       "export": phases.get("export", {}),
       "hardware": phases.get("hardware", {}),
-      "chip_cost": _chip_cost(config, dense_model, pruned_model, spec, granularity, mapping),
+      "chip_cost": _chip_cost(config, dense_model, pruned_model, dense_mapping, mapping),
       "layer_by_layer": phases.get("prune", {}).get("layer_by_layer"),
       "allocation": phases.get("prune", {}).get("allocation"),
       "seconds": {name: phases[name].get("seconds") for name in phases},
@@ -118,13 +122,12 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
   return metrics
 
 
-def _chip_cost(config, dense_model, pruned_model, spec: CrossbarSpec, granularity: str,
+def _chip_cost(config, dense_model, pruned_model, dense_mapping: CrossbarMapping,
                mapping: CrossbarMapping) -> dict[str, Any]:
   """Crossbars, energy, area and latency per inference of the dense and pruned models on
   `hardware.preset` (the cost model only: no simulation, so it costs milliseconds)."""
   from xbar_tfmot.models.hardware_sweep import cost_summary
   hw = config.hardware.hardware_spec
-  dense_mapping = build_mapping(dense_model, spec, granularity)
   return {"hardware": hw.name, "dense": cost_summary(dense_model, dense_mapping, hw),
           "pruned": cost_summary(pruned_model, mapping, hw)}
 

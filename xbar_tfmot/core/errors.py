@@ -48,6 +48,8 @@ Library (`import xbar_tfmot as xt`):
   names the step, and nothing was left at the target.
 - `VerificationError` (`ValueError`, export/verification.py): an export folder whose artefacts
   cannot be compared (their signatures do not fit the model).
+- `NeuroSimError` (`ValueError`, export/neurosim.py): the NeuroSim files (layer table,
+  weight and input files) cannot be written for this model.
 - `QuantizationError` (`ValueError`, export/int8.py): an argument of the int8 export
   (`representative_data`, `quantized_model`) is invalid or missing, or TFMOT's
   quantisation-aware training cannot be applied to the model (`quantize_aware`).

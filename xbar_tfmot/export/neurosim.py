@@ -57,6 +57,8 @@ INPUT_BITS = 8  # NeuroSim's default activation precision (its wrapper's wl_acti
 
 class NeuroSimError(XbarError, ValueError):
   """The NeuroSim files cannot be written for this model; the message names what is wrong."""
+
+
 CROSSBAR_COLUMNS = ("layer", "type", "dense_crossbars", "crossbars", "reduction", "utilization",
                     "nonzero_weights", "kin", "kout", "rows", "cols", "columns_per_weight")
 
