@@ -54,12 +54,18 @@ def test_one_layer_equals_the_hand_computation():
   assert big.pruned.energy_array_pj == pytest.approx(2 * 4 * 10.0 * 16 / 64)
 
 
-def test_replicas_multiply_area_and_divide_latency():
+def _replicated_conv(size: int):
+  """The cost of a 1x1 Conv2D (4 -> 4 channels) on a `size` x `size` input, its one 4x4
+  crossbar copied 3 times."""
   K = _models.keras_module("keras3")
-  inp = K.layers.Input((6, 6, 4))
+  inp = K.layers.Input((size, size, 4))
   model = K.Model(inp, K.layers.Conv2D(4, 1, name="c")(inp))
   mapping = build_mapping(model, CrossbarSpec(rows=4, cols=4, replicas=3), "column")
-  layer = estimate_cost(mapping, HW, output_positions(model, ["c"])).layers[0]
+  return estimate_cost(mapping, HW, output_positions(model, ["c"])).layers[0]
+
+
+def test_replicas_multiply_area_and_divide_latency():
+  layer = _replicated_conv(6)
   assert layer.positions == 36 and layer.pruned.crossbars == 3
   assert layer.pruned.area_mm2 == pytest.approx(3 * 0.64)
   assert layer.pruned.energy_array_pj == pytest.approx(36 * 4 * 10.0)
@@ -146,11 +152,7 @@ def test_one_multi_bit_analog_input_is_one_cycle():
 
 def test_latency_rounds_the_positions_up_over_the_replicas():
   """25 output positions on 3 copies: the slowest copy computes 9 of them."""
-  K = _models.keras_module("keras3")
-  inp = K.layers.Input((5, 5, 4))
-  model = K.Model(inp, K.layers.Conv2D(4, 1, name="c")(inp))
-  mapping = build_mapping(model, CrossbarSpec(rows=4, cols=4, replicas=3), "column")
-  layer = estimate_cost(mapping, HW, output_positions(model, ["c"])).layers[0]
+  layer = _replicated_conv(5)
   assert layer.positions == 25
   assert layer.pruned.latency_ns == pytest.approx(9 * 4 * 50.0)
 

@@ -265,10 +265,7 @@ class HardwareSpec:
     if not isinstance(config, Mapping):
       raise HardwareError(f"HardwareSpec: expected a JSON object of fields, got "
                           f"{type(config).__name__}.")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - fields)
-    if unknown:
-      raise HardwareError(f"HardwareSpec: unknown field(s) {unknown}; valid: {sorted(fields)}.")
+    strict_json.check_fields(cls, config, HardwareError)
     return cls(**config)
 
   def to_json(self, path: str | pathlib.Path | None = None) -> str:

@@ -117,10 +117,7 @@ class CrossbarSpec:
 
   @classmethod
   def from_dict(cls, config: Mapping[str, Any]) -> "CrossbarSpec":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - fields)
-    if unknown:
-      raise SpecError(f"CrossbarSpec: unknown field(s) {unknown}; valid: {sorted(fields)}.")
+    strict_json.check_fields(cls, config, SpecError)
     missing = [name for name in ("rows", "cols") if name not in config]
     if missing:
       raise SpecError(f"CrossbarSpec: missing field(s) {missing}; rows and cols are required.")

@@ -7,8 +7,9 @@ raises `DuplicateKeyError` naming the key, where it sits (`layers[0].name`) and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from xbar_tfmot.core.errors import XbarError
 
@@ -81,3 +82,12 @@ def loads(text: str | bytes, source: str | None = None) -> Any:
     key, path = _first_duplicate(data)
     raise DuplicateKeyError(key, path, source)
   return data
+
+
+def check_fields(cls: type, config: Mapping[str, Any], error: type) -> None:
+  """Raises `error` naming the keys of `config` that are not fields of the dataclass `cls`
+  (a JSON object read back into it) and the valid ones."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(config) - fields)
+  if unknown:
+    raise error(f"{cls.__name__}: unknown field(s) {unknown}; valid: {sorted(fields)}.")

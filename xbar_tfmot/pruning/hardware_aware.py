@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from xbar_tfmot.core import analog
+from xbar_tfmot.core import analog, strict_json
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec
 from xbar_tfmot.core.projection import stateless_seed
 from xbar_tfmot.core.spec import CrossbarSpec
@@ -88,10 +88,7 @@ class HardwareAware:
 
   @classmethod
   def from_dict(cls, config: Mapping[str, Any]) -> "HardwareAware":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - fields)
-    if unknown:
-      raise HardwareError(f"HardwareAware: unknown field(s) {unknown}; valid: {sorted(fields)}.")
+    strict_json.check_fields(cls, config, HardwareError)
     return cls(**config)
 
 
