@@ -126,3 +126,34 @@ def test_parsed_values_are_read_not_reparsed():
   assert configuration.parse(parsed) is parsed
   with pytest.raises(dataclasses.FrozenInstanceError):
     parsed.allocation.reduction = 0.1
+
+
+def test_allocation_objective():
+  """`allocation.objective`: crossbars by default; energy with a mode that splits by cost and a
+  chip that can hold the crossbar; latency refused with the reason; the rest named."""
+  assert configuration.parse(load_config(TINY)).allocation.objective == "crossbars"
+  energy = dict(allocation__mode="global_score", allocation__objective="energy")
+  assert configuration.parse(load_config(TINY, **energy)).allocation.objective == "energy"
+  validated = configuration.parse(load_config(
+      TINY, allocation__mode="validated", allocation__objective="energy",
+      allocation__candidates="global_score:magnitude,global_score:fisher"))
+  assert validated.allocation.candidate_names == ("global_score:magnitude", "global_score:fisher")
+  cases = [
+      (dict(allocation__objective="joules"), r"config\.allocation\.objective='joules': unknown; "
+                                             r"valid: crossbars, energy, latency"),
+      (dict(allocation__mode="global_score", allocation__objective="latency"),
+       r"config\.allocation\.objective='latency': .*latency is ceil\(positions / replicas\)"),
+      (dict(allocation__objective="energy"), r"config\.allocation\.mode='per_layer' with "
+                                             r"allocation\.objective='energy': valid: "
+                                             r"mode='global_score'"),
+      (dict(allocation__mode="validated", allocation__objective="energy",
+            allocation__candidates="per_layer,global_score:magnitude,sensitivity"),
+       r"config\.allocation\.candidates: per_layer, sensitivity cannot split by "
+       r"allocation\.objective='energy'"),
+      (dict(hardware__set="differential=true", **energy),
+       r"config\.allocation\.objective='energy' costs the crossbars on "
+       r"hardware\.preset='isaac_32nm', which cannot hold chip\.spec=.*differential"),
+  ]
+  for fields, message in cases:
+    with pytest.raises(ConfigError, match=message):
+      configuration.parse(load_config(TINY, **fields))

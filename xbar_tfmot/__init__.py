@@ -54,6 +54,7 @@ from xbar_tfmot.models.report import CrossbarReport, LayerReport, crossbar_repor
 from xbar_tfmot.pruning import (CrossbarPruningSummaries, HardwareAware, UpdateCrossbarPruning,
                                 crossbar_pruning_scope, crossbar_wrappers, hardware_aware_model,
                                 prune_crossbar, strip_crossbar_pruning)
+from xbar_tfmot.pruning.allocation import crossbar_costs
 from xbar_tfmot.pruning.distillation import (DistillationLoss, distillation_accuracy,
                                              teacher_targets)
 from xbar_tfmot.pruning.layer_by_layer import (LayerByLayerError, LayerOutcome, StopRules,
@@ -68,7 +69,7 @@ except ImportError:  # pragma: no cover
   pass
 
 __all__ = [
-    "CostReport", "HardwareAware", "HardwareError", "HardwareSpec", "analog_accuracy",
+    "CostReport", "crossbar_costs", "HardwareAware", "HardwareError", "HardwareSpec", "analog_accuracy",
     "analog_model", "hardware_aware_model",
     "estimate_cost", "output_positions", "SweepCondition", "hardware_cost_summary",
     "sweep_conditions", "sweep_hardware", "LayerByLayerError", "LayerOutcome", "StopRules",

@@ -31,7 +31,8 @@ from xbar_tfmot.app.datasets import DATASETS
 from xbar_tfmot.app.training import OPTIMIZERS, OUTPUTS
 from xbar_tfmot.app.zoo import BUILDERS
 from xbar_tfmot.core.errors import XbarError
-from xbar_tfmot.core.policy import DEPRECATED_SCORES, MODES, SCORES, canonical_score
+from xbar_tfmot.core.policy import (COST_MODES, DEPRECATED_SCORES, LATENCY_REFUSED, MODES,
+                                    OBJECTIVES, SCORES, canonical_score)
 from xbar_tfmot.core.projection import GRANULARITIES
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models.introspection import FLAVOURS
@@ -212,6 +213,10 @@ class Allocation(_Section):
       saliency (|w dL/dw| on training batches, over the layer's) | relative_magnitude (sum of
       squared weights over the layer's mean unit) | fisher (w^2 mean(dL/dw^2) on training
       batches); "energy", magnitude's former name, warns.
+    objective: what `reduction` removes a fraction of, model-wide: crossbars | energy (energy
+      per inference on `hardware.preset` from the cost model, split by score per unit of
+      energy; mode global_score, or validated with global_score candidates only) | latency
+      (refused: pruning cannot lower the cost model's latency).
     candidates: validated: comma-separated `mode[:score]` names (`selection.CANDIDATES`).
     leave_dense: layers kept whole: default (the first convolution) | "" (none) |
       comma-separated layer names.
@@ -225,6 +230,7 @@ class Allocation(_Section):
   reduction: float = 0.7
   mode: str = _f("per_layer", **_choice(*MODES, "validated"))
   score: str = _f("magnitude", **_choice(*SCORES, *DEPRECATED_SCORES))
+  objective: str = _f("crossbars", **_choice(*OBJECTIVES))
   leave_dense: str = "default"
   candidates: str = ",".join(CANDIDATES)
   validation_images: int = _f(512, **_POSITIVE)
@@ -236,6 +242,8 @@ class Allocation(_Section):
     if not 0.0 < self.reduction < 1.0:
       raise self._error("reduction", "valid: 0 < reduction < 1 (the fraction of crossbars "
                                      "removed).")
+    if self.objective == "latency":
+      raise self._error("objective", LATENCY_REFUSED)
     if self.score in DEPRECATED_SCORES:
       warnings.warn(f"config.allocation.score={self.score!r} is deprecated; use "
                     f"{DEPRECATED_SCORES[self.score]!r} (the same score).", FutureWarning,
@@ -552,6 +560,8 @@ def _check_across(c: RunConfig) -> None:
   if c.allocation.mode == "global_score" and not c.schedule.prune_epochs:
     raise ConfigError("config.allocation.mode='global_score' re-splits the budget at the mask "
                       "updates of training; valid: schedule.prune_epochs >= 1 (or another mode).")
+  if c.allocation.objective != "crossbars":
+    _check_objective(c)
   if c.allocation.mode in ("sensitivity", "validated") and no_data:
     raise ConfigError(f"config.allocation.mode={c.allocation.mode!r} measures on held-out "
                       f"training images; valid: a data.name other than none.")
@@ -579,6 +589,29 @@ def _check_across(c: RunConfig) -> None:
                           "e.g. '224,224,3' (data.name is none).")
       if c.model.classes < 2:
         raise ConfigError("config.model.classes: valid: >= 2 when data.name is none.")
+
+
+def _check_objective(c: RunConfig) -> None:
+  """An allocation by cost: a mode that splits by cost, and a chip that can hold the crossbar."""
+  a = c.allocation
+  modes = " or ".join(repr(m) for m in COST_MODES)
+  if a.mode == "validated":
+    others = [n for n in a.candidate_names if n.partition(":")[0] not in COST_MODES]
+    if others:
+      raise ConfigError(f"config.allocation.candidates: {', '.join(others)} cannot split by "
+                        f"allocation.objective={a.objective!r}; valid: candidates of mode "
+                        f"{modes} only (e.g. 'global_score:magnitude,global_score:fisher').")
+  elif a.mode not in COST_MODES:
+    raise ConfigError(f"config.allocation.mode={a.mode!r} with allocation.objective="
+                      f"{a.objective!r}: valid: mode={modes}, or 'validated' with such "
+                      f"candidates (per_layer cuts each layer by the same fraction in any unit).")
+  hw = c.hardware.hardware_spec
+  try:
+    hw.cells(c.chip.crossbar)
+  except ValueError as e:
+    raise ConfigError(f"config.allocation.objective={a.objective!r} costs the crossbars on "
+                      f"hardware.preset={c.hardware.preset!r}, which cannot hold chip.spec="
+                      f"{c.chip.spec!r}: {e}") from None
 
 
 def defaults() -> ml_collections.ConfigDict:

@@ -47,17 +47,23 @@ def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
   on the validation images held out of training (`allocation.validation_images`)."""
   a = run.config.allocation
   run.compile(model, run.config.train.learning_rate)  # the loss the curves and gradients read
+  costs = _costs(run, model, result) if a.objective != "crossbars" else None
+  by_cost = {} if costs is None else {"objective": a.objective, "layer_costs": costs}
   if a.mode != "validated":
     curves = _curves(run, model) if a.mode == "sensitivity" else None
-    return CrossbarPolicy(leave_dense=a.dense_layers, mode=a.mode, score=a.score, curves=curves)
+    return CrossbarPolicy(leave_dense=a.dense_layers, mode=a.mode, score=a.score, curves=curves,
+                          **by_cost)
+  from xbar_tfmot.pruning.allocation import crossbar_costs
   from xbar_tfmot.pruning.selection import candidate_policy, choose_allocation
   curves = _curves(run, model) if "sensitivity" in a.candidate_names else None
-  candidates = {n: candidate_policy(n, a.dense_layers, curves) for n in a.candidate_names}
+  candidates = {n: candidate_policy(n, a.dense_layers, curves, a.objective, costs)
+                for n in a.candidate_names}
   images = run.data.train[0][:CALIBRATION_IMAGES]
   choice = choose_allocation(
       model, run.spec, candidates, a.reduction, run.config.chip.granularity,
       run.data.validation, gradient_data=_gradient_batches(run, None, "fisher"),
-      calibration_images=images)
+      calibration_images=images,
+      costs=costs or crossbar_costs(model, run.spec, run.config.hardware.hardware_spec))
   run.log(f"[prune] allocation chosen on {len(run.data.validation[1])} held-out training "
           f"images ({training.format_seconds(choice.seconds)}), each candidate cut one-shot "
           f"after BatchNorm re-estimation on {len(images)} training images:")
@@ -67,6 +73,26 @@ def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
                           "candidates": [{k: v for k, v in r.items() if k != "budgets"}
                                          for r in choice.rows]}
   return candidates[choice.chosen]
+
+
+def _costs(run: RunContext, model, result: dict[str, Any]) -> dict[str, float]:
+  """Each mapped layer's cost per crossbar for `allocation.objective` on `hardware.preset`
+  (`crossbar_costs`), the budget recorded in `result["objective"]` and logged."""
+  from xbar_tfmot.models import introspection
+  from xbar_tfmot.pruning.allocation import crossbar_costs
+  a, hw = run.config.allocation, run.config.hardware.hardware_spec
+  costs = crossbar_costs(model, run.spec, hw, a.objective)
+  mapped = [introspection.unwrap(l) for l in introspection.iter_layers(model)
+            if introspection.is_mapped(l)]
+  dense = sum(costs[l.name] * introspection.geometry_of(l, run.spec).dense_crossbars
+              for l in mapped)
+  result["objective"] = {"objective": a.objective, "hardware": hw.name,
+                         "dense_nj": dense / 1e3, "budget_nj": (1 - a.reduction) * dense / 1e3}
+  run.log(f"[prune] allocation by {a.objective} on {hw.name}: at most "
+          f"{result['objective']['budget_nj']:.1f} of the dense {dense / 1e3:.1f} nJ per "
+          f"inference (cost model), one crossbar of each layer costing "
+          + ", ".join(f"{n} {c / 1e3:.3g}" for n, c in costs.items()) + " nJ")
+  return costs
 
 
 def _curves(run: RunContext, model) -> dict:

@@ -3,7 +3,10 @@
 Crossbar counts come from the crossbar report of the model before pruning (after reorder) and
 of the stripped pruned model; the count that matters is `packed` (columns packed per input
 group, output recombination) at column grain and `blocks` at crossbar grain. Kept energy of a
-layer is the share of its pre-pruning kernel's energy on the weights that survive.
+layer is the share of its pre-pruning kernel's energy on the weights that survive (the
+weights' sum of squares, not joules). Every run shows the chip's three costs beside the
+crossbars, per layer and in total: energy and latency per inference (and area) on
+`hardware.preset` from the cost model (`core.cost`), no simulation.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
   if dense_mapping is None:
     dense_mapping = build_mapping(dense_model, spec, granularity)
   mapping.to_json(folder / "mapping.json", indent=1)
+  _add_layer_costs(rows, config.hardware.hardware_spec, pruned_model, mapping)
   dense_total = sum(r["dense"] for r in rows)
   pruned_total = sum(r["pruned"] for r in rows)
   if mapping.totals["crossbars"] != pruned_total:
@@ -110,6 +114,7 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
       "chip_cost": _chip_cost(config, dense_model, pruned_model, dense_mapping, mapping),
       "layer_by_layer": phases.get("prune", {}).get("layer_by_layer"),
       "allocation": phases.get("prune", {}).get("allocation"),
+      "objective": phases.get("prune", {}).get("objective"),
       "seconds": {name: phases[name].get("seconds") for name in phases},
       "config": config.flat(),
   }
@@ -120,6 +125,19 @@ def write(folder: pathlib.Path, config, spec: CrossbarSpec, dense_model, pruned_
                                        encoding="utf-8")
   (folder / "report.md").write_text(_markdown(metrics, spec, images), encoding="utf-8")
   return metrics
+
+
+def _add_layer_costs(rows: list[dict], hw, pruned_model, mapping: CrossbarMapping) -> None:
+  """Adds each layer's energy (nJ, dense and pruned) and latency (ns, pruned) per inference on
+  `hw` from the cost model to its row."""
+  from xbar_tfmot.core.cost import estimate_cost
+  from xbar_tfmot.models.analog_model import output_positions
+  report = estimate_cost(mapping, hw, output_positions(pruned_model, mapping.layer_names))
+  costs = {l.name: l for l in report.layers}
+  for r in rows:
+    c = costs[r["name"]]
+    r.update(energy_dense_nj=c.dense.energy_pj / 1e3, energy_pruned_nj=c.pruned.energy_pj / 1e3,
+             latency_ns=c.pruned.latency_ns)
 
 
 def _chip_cost(config, dense_model, pruned_model, dense_mapping: CrossbarMapping,
@@ -195,15 +213,23 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
       f"- utilization of the used crossbars {m['utilization']:.1%}; kept energy of the pruned "
       f"layers {m['kept_energy']:.1%}",
       "- time per phase (s): " + ", ".join(f"{k} {v}" for k, v in m["seconds"].items()), "",
-      "| layer | type | Kin | Kout | dense | pruned | reduction | utilization | kept energy |",
-      "|---|---|---|---|---|---|---|---|---|",
+      f"Energy and latency per inference on `{m['chip_cost']['hardware']}` (cost model; the "
+      f"latency's total adds the layers, none pipelined); kept energy: the share of the "
+      f"kernel's sum of squares on the surviving weights.", "",
+      "| layer | type | Kin | Kout | dense | pruned | reduction | utilization | kept energy | "
+      "chip energy nJ dense / pruned | latency ns |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in m["layers"]:
     lines.append(f"| {r['name']} | {r['type']} | {r['kin']} | {r['kout']} | {r['dense']} | "
                  f"{r['pruned']} | {r['reduction']:.1%} | {r['utilization']:.1%} | "
-                 f"{r['kept_energy']:.1%} |")
+                 f"{r['kept_energy']:.1%} | {r['energy_dense_nj']:.1f} / "
+                 f"{r['energy_pruned_nj']:.1f} | {r['latency_ns']:.0f} |")
   lines.append(f"| total | | | | {xb['dense']} | {xb['pruned']} | {xb['reduction']:.1%} | "
-               f"{m['utilization']:.1%} | {m['kept_energy']:.1%} |")
+               f"{m['utilization']:.1%} | {m['kept_energy']:.1%} | "
+               f"{sum(r['energy_dense_nj'] for r in m['layers']):.1f} / "
+               f"{sum(r['energy_pruned_nj'] for r in m['layers']):.1f} | "
+               f"{sum(r['latency_ns'] for r in m['layers']):.0f} |")
   if m["unmapped"]:
     lines += ["", "Not mapped: " + "; ".join(f"{u['name']} ({u['reason']})"
                                              for u in m["unmapped"])]
@@ -223,16 +249,22 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
               f"Each candidate cut one-shot from the prune input, BatchNorm re-estimated on "
               f"training images, scored on the validation images held out of the training "
               f"images; `{a['chosen']}` was trained.", "",
-              "| candidate | crossbars | validation accuracy |", "|---|---|---|"]
+              "| candidate | crossbars | chip energy | validation accuracy |", "|---|---|---|---|"]
     for r in a["candidates"]:
       score = (_fmt(r["validation_accuracy"]) if "validation_accuracy" in r
                else f"infeasible: {r['infeasible']}")
       mark = " (chosen)" if r["name"] == a["chosen"] else ""
-      lines.append(f"| {r['name']}{mark} | {r.get('crossbars', '')} | {score} |")
+      energy = f"{r['energy_nj']:.1f} nJ" if "energy_nj" in r else ""
+      lines.append(f"| {r['name']}{mark} | {r.get('crossbars', '')} | {energy} | {score} |")
   chip = m["chip_cost"]
+  objective = m.get("objective")
+  budget = ([f"The allocation split the crossbars by {objective['objective']} on "
+             f"`{objective['hardware']}`: a budget of {objective['budget_nj']:.1f} of the dense "
+             f"{objective['dense_nj']:.1f} nJ per inference (`allocation.objective`).", ""]
+            if objective else [])
   lines += ["", f"## On `{chip['hardware']}` (cost model)", "",
             "Per inference, from the mapping (`hardware.preset`; docs/hardware.md, \"The cost "
-            "model\"); accuracy on the chip is the hardware phase's.", "",
+            "model\"); accuracy on the chip is the hardware phase's.", "", *budget,
             "| model | crossbars | energy | area | latency |", "|---|---|---|---|---|"]
   for label in ("dense", "pruned"):
     r = chip[label]

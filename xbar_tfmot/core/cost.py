@@ -176,15 +176,7 @@ def estimate_cost(mapping: CrossbarMapping, hw: HardwareSpec,
                   positions: Mapping[str, int]) -> CostReport:
   """The `CostReport` of `mapping` on `hw`; `positions` gives each layer's output positions."""
   spec = mapping.spec
-  hw.cells(spec)  # the weights' layout must agree with the mapping
-  scale = spec.rows * spec.cols / (hw.array_rows * hw.array_cols)
-  cycles = hw.input_cycles
-  lines = hw.converted_columns(spec)
-  adc, adc_area = adc_scale(hw)
-  dac = dac_scale(hw)
-  scaled = hw.replace(adc_energy_pj=hw.adc_energy_pj * adc,
-                      adc_area_mm2=hw.adc_area_mm2 * adc_area,
-                      dac_energy_pj=hw.dac_energy_pj * dac, dac_area_mm2=hw.dac_area_mm2 * dac)
+  scaled, scale, cycles, lines = _chip(hw, spec)
   out = []
   for i, layer in enumerate(mapping.data["layers"]):
     name = layer["name"]
@@ -202,6 +194,27 @@ def estimate_cost(mapping: CrossbarMapping, hw: HardwareSpec,
                   geometry.dense_crossbars, geometry.g_in * geometry.cout)
     out.append(LayerCost(name, p, p * cycles, pruned, dense))
   return CostReport(hw, tuple(out))
+
+
+def dense_cost(geometry, hw: HardwareSpec, positions: int) -> Cost:
+  """The cost model's numbers for `geometry`'s layer unpruned (every dense crossbar) with
+  `positions` output positions: what `estimate_cost` reports as a layer's `dense`."""
+  scaled, scale, cycles, lines = _chip(hw, geometry.spec)
+  return _cost(scaled, geometry.spec, scale, cycles, lines, positions, geometry.replicas,
+               geometry.dense_crossbars, geometry.g_in * geometry.cout)
+
+
+def _chip(hw: HardwareSpec, spec) -> tuple[HardwareSpec, float, int, tuple[int, int]]:
+  """`hw` with its converters scaled to their resolution, the array scale of `spec`'s
+  crossbar, the input cycles and the converted lines (per crossbar, per weight column)."""
+  hw.cells(spec)  # the weights' layout must agree with the mapping
+  scale = spec.rows * spec.cols / (hw.array_rows * hw.array_cols)
+  adc, adc_area = adc_scale(hw)
+  dac = dac_scale(hw)
+  scaled = hw.replace(adc_energy_pj=hw.adc_energy_pj * adc,
+                      adc_area_mm2=hw.adc_area_mm2 * adc_area,
+                      dac_energy_pj=hw.dac_energy_pj * dac, dac_area_mm2=hw.dac_area_mm2 * dac)
+  return scaled, scale, hw.input_cycles, hw.converted_columns(spec)
 
 
 def _cost(hw: HardwareSpec, spec, scale: float, cycles: int, lines: tuple[int, int],

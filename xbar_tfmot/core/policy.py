@@ -16,6 +16,7 @@ import numpy as np
 
 from xbar_tfmot.core.errors import PolicyError
 from xbar_tfmot.core.geometry import LayerGeometry
+from xbar_tfmot.core.hardware import HardwareSpec
 from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.core.schedules import _check_reduction
 
@@ -32,6 +33,19 @@ GRADIENT_SCORES = ("saliency", "fisher")  # need batches (`UpdateCrossbarPruning
 # Former score names, still accepted: each warns (`DeprecationWarning`) and means its new name.
 DEPRECATED_SCORES = {"energy": "magnitude"}
 CONV_KINDS = ("Conv1D", "Conv2D")
+# What a shared pool's budget counts (`CrossbarPolicy.objective`): crossbars, or energy per
+# inference (pJ) from the cost model; latency is refused (`LATENCY_REFUSED`).
+OBJECTIVES = ("crossbars", "energy", "latency")
+COST_OBJECTIVES = ("energy",)  # objectives with a cost per crossbar (`layer_costs`)
+COST_MODES = ("global_score",)  # modes that can split a pool by cost
+# Relative slack of a cost budget's floating-point comparisons (`fits`).
+COST_TOLERANCE = 1e-9
+LATENCY_REFUSED = (
+    "objective='latency' cannot be allocated by pruning: in the cost model (core/cost.py) a "
+    "layer's latency is ceil(positions / replicas) x input cycles x cycle_ns, the same whatever "
+    "number of crossbars it keeps (they work in parallel, and every layer keeps at least one), "
+    "so no split of a crossbar budget lowers it; only replicas (CrossbarSpec.layer_replicas) "
+    "do, and the policy does not choose them. Valid objectives: crossbars, energy.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +86,15 @@ class CrossbarPolicy:
       `magnitude`, still works but warns (`DeprecationWarning`).
     curves: `sensitivity` only: `{layer name: [[budget, loss], ...]}`, measured on held-out
       batches after the one-shot projection of that layer alone to each budget.
+    objective: what the model-wide budget counts. `crossbars` (default): the count above.
+      `energy` (`global_score` only): energy per inference from the cost model; the budget is
+      `(1 - s) * E` (`E` the dense model's energy over all mapped layers), and the pool's
+      units are taken by score per unit of energy while they fit (`allocate_by_score` with
+      `costs`), so a crossbar that is activated at many output positions must be worth more
+      to stay. `latency` is refused (`LATENCY_REFUSED`: pruning cannot lower it).
+    layer_costs: `energy` only: `{layer name: energy (pJ) per inference of one crossbar of the
+      layer}` for every mapped layer, from the cost model: `unit_costs` on geometries, or
+      `xbar_tfmot.pruning.allocation.crossbar_costs(model, spec, hw)` on a model.
   """
 
   targets: Any = ()
@@ -79,6 +102,8 @@ class CrossbarPolicy:
   mode: str = "per_layer"
   score: str = "magnitude"
   curves: Any = None
+  objective: str = "crossbars"
+  layer_costs: Any = None
 
   def __post_init__(self):
     targets = self.targets.items() if isinstance(self.targets, Mapping) else self.targets
@@ -112,16 +137,40 @@ class CrossbarPolicy:
           str(k): tuple((int(b), float(v)) for b, v in points) for k, points in self.curves.items()})
     elif self.curves is not None:
       raise PolicyError(f"CrossbarPolicy: curves are for mode='sensitivity', not {self.mode!r}.")
+    self._check_objective()
+
+  def _check_objective(self) -> None:
+    if self.objective not in OBJECTIVES:
+      raise PolicyError(f"CrossbarPolicy.objective={self.objective!r} is unknown; valid: "
+                        f"{', '.join(OBJECTIVES)}.")
+    if self.objective == "latency":
+      raise PolicyError(f"CrossbarPolicy.{LATENCY_REFUSED}")
+    if self.objective == "crossbars":
+      if self.layer_costs is not None:
+        raise PolicyError("CrossbarPolicy: layer_costs are for objective='energy', not "
+                          "'crossbars'.")
+      return
+    if self.mode not in COST_MODES:
+      raise PolicyError(
+          f"CrossbarPolicy(objective={self.objective!r}) splits a model-wide budget by score "
+          f"per unit of cost; valid: mode={' or '.join(map(repr, COST_MODES))}, not "
+          f"{self.mode!r} (per_layer cuts every layer by the same fraction, in any unit; global "
+          f"and sensitivity split crossbar counts).")
+    object.__setattr__(self, "layer_costs", check_costs(
+        f"CrossbarPolicy(objective={self.objective!r}).layer_costs", self.layer_costs))
 
   def get_config(self) -> dict[str, Any]:
     return {"targets": dict(self.targets),
             "leave_dense": None if self.leave_dense is None else list(self.leave_dense),
             "mode": self.mode, "score": self.score,
             "curves": None if self.curves is None else {
-                k: [list(p) for p in v] for k, v in self.curves.items()}}
+                k: [list(p) for p in v] for k, v in self.curves.items()},
+            "objective": self.objective,
+            "layer_costs": None if self.layer_costs is None else dict(self.layer_costs)}
 
   def __hash__(self):
-    return hash((self.targets, self.leave_dense, self.mode, self.score))
+    costs = None if self.layer_costs is None else tuple(sorted(self.layer_costs.items()))
+    return hash((self.targets, self.leave_dense, self.mode, self.score, self.objective, costs))
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "CrossbarPolicy":
@@ -164,7 +213,10 @@ class CrossbarPolicy:
           if g.dense_crossbars == 1:
             budgets[g.name] = 1
         free = [g for g in free if g.dense_crossbars > 1]
-      spread = _spread_global(geometries, budgets, free, reduction, self.mode)
+      if self.objective in COST_OBJECTIVES:
+        spread = self._spread_cost(geometries, budgets, free, reduction)
+      else:
+        spread = _spread_global(geometries, budgets, free, reduction, self.mode)
       if self.mode == "sensitivity" and free:
         missing = [g.name for g in free if g.name not in self.curves]
         if missing:
@@ -177,17 +229,70 @@ class CrossbarPolicy:
     return {g.name: budgets[g.name] for g in geometries}
 
   def shared_pool(self, geometries: Sequence[LayerGeometry], reduction: float,
-                  default_leave_dense: bool = True) -> dict[str, int]:
+                  default_leave_dense: bool = True) -> dict[str, int | float]:
     """`{layer name: pool total}` of the layers whose budgets are re-split at every mask update
-    (`global_score`; empty for other modes). The pool total is the same for all of them."""
+    (`global_score`; empty for other modes). The pool total is the same for all of them: in
+    crossbars, or for `objective="energy"` in pJ (what the layers outside the pool leave of
+    `(1 - s) * E`)."""
     if self.mode not in SHARED_MODES:
       return {}
     budgets = self.plan(geometries, reduction, default_leave_dense)
     fixed = self._fixed_names(geometries, default_leave_dense)
     pool = [g.name for g in geometries
             if g.name not in fixed and budgets[g.name] is not None and g.dense_crossbars > 1]
-    total = sum(budgets[n] for n in pool)
+    if self.objective in COST_OBJECTIVES:
+      outside = {g.name: budgets[g.name] for g in geometries if g.name not in pool}
+      total = self._cost_total(geometries, reduction) - self._cost_of(geometries, outside)
+    else:
+      total = sum(budgets[n] for n in pool)
     return {n: total for n in pool}
+
+  def _costs_for(self, geometries: Sequence[LayerGeometry]) -> dict[str, float]:
+    missing = [g.name for g in geometries if g.name not in self.layer_costs]
+    if missing:
+      raise PolicyError(f"CrossbarPolicy(objective={self.objective!r}): no layer_costs for "
+                        f"mapped layers {missing}; layer_costs cover {sorted(self.layer_costs)}. "
+                        f"Compute them for this model (pruning.allocation.crossbar_costs).")
+    return {g.name: self.layer_costs[g.name] for g in geometries}
+
+  def _cost_total(self, geometries: Sequence[LayerGeometry], reduction: float) -> float:
+    """The model-wide cost budget `(1 - s) * E`, `E` the dense cost of every mapped layer."""
+    costs = self._costs_for(geometries)
+    return (1.0 - reduction) * sum(g.dense_crossbars * costs[g.name] for g in geometries)
+
+  def _cost_of(self, geometries: Sequence[LayerGeometry],
+               budgets: Mapping[str, int | None]) -> float:
+    """Cost of `budgets` (None: the layer dense)."""
+    costs = self._costs_for(geometries)
+    dense = {g.name: g.dense_crossbars for g in geometries}
+    return sum(costs[n] * (dense[n] if b is None else b) for n, b in budgets.items())
+
+  def _spread_cost(self, geometries, fixed: Mapping[str, int | None], free,
+                   reduction: float) -> dict[str, int]:
+    """A cost pool's split before any score is known: the most crossbars the pool's cost share
+    buys, cheapest first (every unit scored alike); `UpdateCrossbarPruning` replaces it at the
+    first mask update, `one_shot_budgets` by the kernels' scores."""
+    if not free:
+      return {}
+    total = self._cost_total(geometries, reduction)
+    taken = self._cost_of(geometries, fixed)
+    left = total - taken
+    costs = self._costs_for(free)
+    low = sum(costs.values())
+    high = sum(g.dense_crossbars * costs[g.name] for g in free)
+    unit = {"energy": "pJ"}[self.objective]
+    if not (fits(low, left) and left < high):
+      raise PolicyError(
+          f"CrossbarPolicy(mode={self.mode!r}, objective={self.objective!r}): a model-wide "
+          f"reduction of {reduction} allows {total:.6g} of the dense "
+          f"{total / (1 - reduction):.6g} {unit}, "
+          f"but the dense-left and explicitly targeted layers take {taken:.6g}, leaving "
+          f"{left:.6g} for {len(free)} layers, which need {low:.6g} to keep one crossbar each "
+          f"and {high:.6g} to keep all; valid: a share between the two. Lower the targets or "
+          f"leave fewer layers dense.")
+    budgets = allocate_by_score([np.ones(g.dense_crossbars) for g in free], left, "mean",
+                                costs=[costs[g.name] for g in free])
+    return {g.name: b for g, b in zip(free, budgets)}
 
   def _fixed_names(self, geometries, default_leave_dense):
     names = [g.name for g in geometries]
@@ -283,34 +388,99 @@ def canonical_score(score: str) -> str:
   return DEPRECATED_SCORES.get(score, score)
 
 
-def allocate_by_score(scores: Sequence[np.ndarray], total: int,
-                      normalisation: str = "layer") -> list[int]:
-  """Per-layer crossbar budgets summing to `total`, from one ranking of normalised unit scores.
+def allocate_by_score(scores: Sequence[np.ndarray], total: int | float,
+                      normalisation: str = "layer",
+                      costs: Sequence[float] | None = None) -> list[int]:
+  """Per-layer crossbar budgets from one ranking of normalised unit scores.
 
   `scores[l]` are layer `l`'s unit scores (any order, `dense_l` of them). Each score is divided
   by its layer's sum (`normalisation="layer"`; a layer with no score counts its units alike),
   by its layer's mean unit (`"mean"`) or by nothing (`"none"`); every layer keeps its best
-  unit, and the other `total - L` places go to the best remaining units of all layers; ties go
-  to the earlier layer, then the earlier unit. Deterministic.
+  unit.
+
+  Without `costs`, `total` counts crossbars: the other `total - L` places go to the best
+  remaining units of all layers, so the budgets sum to `total`; ties go to the earlier layer,
+  then the earlier unit. With `costs` (`costs[l] > 0`: the cost of one crossbar of layer `l`),
+  `total` is a budget in that unit: after each layer's first unit, the remaining units are
+  visited by score per unit of cost (decreasing; the same ties) and each is kept if it still
+  fits (`fits`), the knapsack greedy: the budgets cost at most `total`, no layer could keep
+  one more crossbar within it, and the kept score is within one unit's score of the best any
+  split within `total` keeps. Equal costs give the ranking without costs. Deterministic.
   """
   if normalisation not in ("layer", "mean", "none"):
     raise PolicyError(f"allocate_by_score: normalisation={normalisation!r} is unknown; valid: "
                       f"layer, mean, none.")
   dense = [len(s) for s in scores]
-  if not len(scores) <= total <= sum(dense):
-    raise PolicyError(f"allocate_by_score: total={total} is invalid; valid: between "
-                      f"{len(scores)} (one crossbar per layer) and {sum(dense)} (all dense).")
+  if costs is None:
+    if not len(scores) <= total <= sum(dense):
+      raise PolicyError(f"allocate_by_score: total={total} is invalid; valid: between "
+                        f"{len(scores)} (one crossbar per layer) and {sum(dense)} (all dense).")
+  else:
+    costs = [float(c) for c in costs]
+    if len(costs) != len(scores) or not all(math.isfinite(c) and c > 0 for c in costs):
+      raise PolicyError(f"allocate_by_score: costs={costs} are invalid; valid: one finite cost "
+                        f"> 0 per layer ({len(scores)}).")
+    low = sum(costs)
+    if not fits(low, total):
+      raise PolicyError(f"allocate_by_score: total={total!r} is invalid; valid: at least {low} "
+                        f"(one crossbar per layer).")
   values, layers, ranks = [], [], []
   for index, s in enumerate(scores):
     s = -np.sort(-np.asarray(s, np.float64).ravel())
     norm = {"layer": s.sum(), "mean": s.mean(), "none": 1.0}[normalisation]
     s = s / norm if norm > 0 else np.full_like(s, 1.0 / len(s))
-    values.append(s[1:])
+    values.append(s[1:] if costs is None else s[1:] / costs[index])
     layers.append(np.full(len(s) - 1, index))
     ranks.append(np.arange(1, len(s)))
   values, layers, ranks = (np.concatenate(a) for a in (values, layers, ranks))
-  order = np.lexsort((ranks, layers, -values))[: total - len(scores)]
-  return [1 + int(np.sum(layers[order] == i)) for i in range(len(scores))]
+  order = np.lexsort((ranks, layers, -values))
+  if costs is None:
+    order = order[: total - len(scores)]
+    return [1 + int(np.sum(layers[order] == i)) for i in range(len(scores))]
+  budgets, spent, cheapest = [1] * len(scores), sum(costs), min(costs)
+  for layer in layers[order]:
+    if not fits(spent + cheapest, total):
+      break
+    if fits(spent + costs[layer], total):
+      budgets[layer] += 1
+      spent += costs[layer]
+  return budgets
+
+
+def fits(cost: float, budget: float) -> bool:
+  """`cost <= budget` up to `COST_TOLERANCE` of the budget (sums of floats in another order)."""
+  return cost <= budget + COST_TOLERANCE * abs(budget)
+
+
+def check_costs(field: str, costs: Any) -> dict[str, float]:
+  """`{layer name: cost > 0}` as floats; an error names `field`."""
+  if not isinstance(costs, Mapping) or not costs:
+    raise PolicyError(f"{field}={costs!r} is invalid; valid: {{layer name: cost of one crossbar "
+                      f"> 0}} for every mapped layer (pruning.allocation.crossbar_costs).")
+  out = {}
+  for name, value in costs.items():
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
+        math.isfinite(value) and value > 0):
+      raise PolicyError(f"{field}[{name!r}]={value!r} is invalid; valid: a finite number > 0.")
+    out[str(name)] = float(value)
+  return out
+
+
+def unit_costs(geometries: Sequence[LayerGeometry], hw: HardwareSpec,
+               positions: Mapping[str, int], objective: str = "energy") -> dict[str, float]:
+  """`{layer name: cost of one crossbar}` for `CrossbarPolicy(layer_costs=...)`: for `energy`,
+  the cost model's energy per inference (pJ) of the dense layer over its dense crossbars
+  (`core.cost.estimate_cost`: its output positions x input cycles activations of the array,
+  ADC and DAC). Exact per crossbar unless `hw.skip_idle_columns` (then the layer's average:
+  a partly used crossbar converts fewer columns). `positions`: output positions per layer."""
+  if objective == "latency":
+    raise PolicyError(f"unit_costs: {LATENCY_REFUSED}")
+  if objective not in COST_OBJECTIVES:
+    raise PolicyError(f"unit_costs: objective={objective!r} has no cost per crossbar; valid: "
+                      f"{', '.join(COST_OBJECTIVES)}.")
+  from xbar_tfmot.core.cost import dense_cost
+  return {g.name: dense_cost(g, hw, positions[g.name]).energy_pj / g.dense_crossbars
+          for g in geometries}
 
 
 def allocate_by_curves(curves: Sequence[Sequence[tuple[int, float]]], dense: Sequence[int],

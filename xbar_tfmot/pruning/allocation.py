@@ -10,6 +10,12 @@ wrappers' mask update then projects to that budget (RPP or exact). So the budget
 at mask updates, the pool total is met exactly at every update, and everything is a function
 of the weights and the step: deterministic for a seed. Flavour-neutral (both adapters call it).
 
+Under `CrossbarPolicy(objective="energy")` the pool is counted in pJ per inference: the field
+carries each layer's cost per crossbar (`costs`, from `crossbar_costs`), the pool's budget
+falls from its dense cost to `total` along the schedule, units are taken by score per unit of
+cost while they fit, and the pool's cost stays at or under its budget (it cannot be met
+exactly: crossbars come whole).
+
 Scores: `magnitude` and `relative_magnitude` read the kernels; `saliency` accumulates
 `|w * dL/dw|` and `fisher` averages `(dL/dw)^2` (times `w^2`) over the batches given as
 `UpdateCrossbarPruning(allocation_data=...)` (the compiled loss, inference mode).
@@ -23,20 +29,58 @@ import numpy as np
 import tensorflow as tf
 
 from xbar_tfmot.core.errors import PruningConfigError
+from xbar_tfmot.core.hardware import HardwareSpec
 from xbar_tfmot.core.policy import (GRADIENT_SCORES, NORMALISATION, allocate_by_score,
-                                    canonical_score, unit_scores)
+                                    canonical_score, fits, unit_costs, unit_scores)
+from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning import plan
 
 
 def shared_groups(wrappers: Sequence[Any]) -> list[list[Any]]:
   """Wrappers sharing a pool, grouped by their `allocation` field, in model order."""
-  groups: dict[tuple, list] = {}
+  groups: dict[Any, list] = {}
   for w in wrappers:
     if getattr(w, "allocation", None):
-      key = tuple(sorted(w.allocation.items()))
-      groups.setdefault(key, []).append(w)
+      groups.setdefault(_frozen(w.allocation), []).append(w)
   return list(groups.values())
+
+
+def _frozen(value: Any) -> Any:
+  """A hashable copy of an `allocation` field (nested mappings, such as the layer attribute
+  trackers Keras wraps dicts in, become sorted tuples)."""
+  if hasattr(value, "items"):
+    return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+  return value
+
+
+def crossbar_costs(model: Any, spec: CrossbarSpec, hw: HardwareSpec,
+                   objective: str = "energy") -> dict[str, float]:
+  """`{layer name: cost of one crossbar}` of every mapped layer of `model` (plain, before
+  pruning) on `hw`, for `CrossbarPolicy(objective=..., layer_costs=...)`: for `energy`, pJ
+  per inference from the cost model (`core.policy.unit_costs`), the layer's output positions
+  read from the model (`models.analog_model.output_positions`)."""
+  from xbar_tfmot.models.analog_model import output_positions
+  mapped = [introspection.unwrap(l) for l in introspection.iter_layers(model)
+            if introspection.is_mapped(l)]
+  geometries = [introspection.geometry_of(l, spec) for l in mapped]
+  positions = output_positions(model, [g.name for g in geometries])
+  return unit_costs(geometries, hw, positions, objective)
+
+
+def _costs(group: Sequence[Any]) -> list[float] | None:
+  """Each wrapper's cost per crossbar in a cost pool; None in a crossbar pool."""
+  if group[0].allocation.get("objective", "crossbars") == "crossbars":
+    return None
+  return [float(group[0].allocation["costs"][w.geometry.name]) for w in group]
+
+
+def pool_cost(group: Sequence[Any], budgets: Sequence[int]) -> int | float:
+  """What `budgets` of the group's wrappers cost in the pool's unit (crossbars or pJ)."""
+  costs = _costs(group)
+  if costs is None:
+    return sum(int(b) for b in budgets)
+  return sum(c * b for c, b in zip(costs, budgets))
 
 
 def check_fit(model: Any, wrappers: Sequence[Any], data: Any) -> None:
@@ -69,11 +113,16 @@ def check_pools_met(wrappers: Sequence[Any]) -> None:
   for group in shared_groups(wrappers):
     first = group[0]
     end, step = first.pruning_schedule.end_step, int(_read(first.pruning_step))
-    held, total = sum(w.current_budget() for w in group), first.allocation["total"]
-    if 0 <= end <= step and held != total:
+    held = pool_cost(group, [w.current_budget() for w in group])
+    total = first.allocation["total"]
+    if _costs(group) is None:
+      met, unit = held == total, "crossbars"
+    else:  # a cost pool holds at most its budget
+      met, unit = fits(held, total), f"pJ of {first.allocation['objective']}"
+    if 0 <= end <= step and not met:
       raise PruningConfigError(
           f"strip_crossbar_pruning: layers {', '.join(w.layer.name for w in group)} share a "
-          f"{first.allocation['mode']} budget of {total} crossbars but hold {held} after the "
+          f"{first.allocation['mode']} budget of {total} {unit} but hold {held} after the "
           f"schedule's end_step {end}: they were fit without xbar_tfmot.UpdateCrossbarPruning, "
           f"the only callback that splits a model-wide budget (TFMOT's UpdatePruningStep does "
           f"not); valid: fit with callbacks=[xbar_tfmot.UpdateCrossbarPruning()].")
@@ -89,11 +138,16 @@ def next_step(wrapper: Any) -> int:
   return int(_read(wrapper.pruning_step)) + 1
 
 
-def pool_budget(group: Sequence[Any], step: int) -> int:
-  """The pool's crossbars at `step`: its dense total down to `allocation.total` along the
-  schedule, as `budget_at` does for one layer."""
-  dense = sum(w.geometry.dense_crossbars for w in group)
-  return int(plan.budget_at(group[0].pruning_schedule, dense, group[0].allocation["total"], step))
+def pool_budget(group: Sequence[Any], step: int) -> int | float:
+  """The pool's budget at `step`: its dense total down to `allocation.total` along the
+  schedule, as `budget_at` does for one layer; in crossbars, or (a cost pool) in its cost
+  unit, linear in the schedule's progress and not rounded."""
+  schedule, total = group[0].pruning_schedule, group[0].allocation["total"]
+  dense = pool_cost(group, [w.geometry.dense_crossbars for w in group])
+  if _costs(group) is None:
+    return int(plan.budget_at(schedule, dense, total, step))
+  progress = min(float(schedule.progress(step)), 1.0)
+  return dense - (dense - total) * progress
 
 
 def set_budget(wrapper: Any, budget: int) -> None:
@@ -159,7 +213,7 @@ def before_batch(model: Any, wrappers: Sequence[Any], data: Any = None) -> dict[
     mags = magnitudes(model, group, first.allocation["score"], data)
     scores = [unit_scores(w.geometry, m, w.granularity) for w, m in zip(group, mags)]
     normalisation = NORMALISATION[canonical_score(first.allocation["score"])]
-    for w, budget in zip(group, allocate_by_score(scores, total, normalisation)):
+    for w, budget in zip(group, allocate_by_score(scores, total, normalisation, _costs(group))):
       set_budget(w, budget)
       out[w.layer.name] = budget
   return out or None

@@ -43,7 +43,8 @@ def one_shot_budgets(model, spec: CrossbarSpec, policy: CrossbarPolicy, reductio
   """Each mapped layer's crossbar budget (None: left dense) for a one-shot cut: `policy.plan`,
   except that a `global_score` pool is split by the score of the current kernels
   (`allocate_by_score`), the gradient scores over the batches of `data` (`[(x, y), ...]`, the
-  compiled loss), as `UpdateCrossbarPruning` splits it at its last mask update."""
+  compiled loss), as `UpdateCrossbarPruning` splits it at its last mask update (by score per
+  unit of cost under `objective="energy"`)."""
   mapped = [l for l in introspection.iter_layers(model) if introspection.is_mapped(l)]
   geometries = {g.name: g for g in (introspection.geometry_of(l, spec) for l in mapped)}
   budgets = policy.plan(list(geometries.values()), reduction)
@@ -61,7 +62,8 @@ def one_shot_budgets(model, spec: CrossbarSpec, policy: CrossbarPolicy, reductio
   else:
     magnitudes = [np.asarray(kernels[n]) for n in names]
   scores = [unit_scores(geometries[n], m, granularity) for n, m in zip(names, magnitudes)]
-  split = allocate_by_score(scores, pool[names[0]], NORMALISATION[policy.score])
+  costs = None if policy.layer_costs is None else [policy.layer_costs[n] for n in names]
+  split = allocate_by_score(scores, pool[names[0]], NORMALISATION[policy.score], costs)
   return {**budgets, **dict(zip(names, split))}
 
 

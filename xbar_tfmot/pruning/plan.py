@@ -34,10 +34,14 @@ SUBCLASSED = (
     "list of keras layers; subclassed models ({}) are not supported.")
 
 
-def allocation_of(policy: CrossbarPolicy, total: int) -> dict[str, Any]:
+def allocation_of(policy: CrossbarPolicy, total: int | float) -> dict[str, Any]:
   """A wrapper's `allocation` field: it shares a pool of `total` crossbars (at the final
-  reduction) with the other wrappers of the same field, re-split at every mask update."""
-  return {"mode": policy.mode, "score": policy.score, "total": int(total)}
+  reduction) with the other wrappers of the same field, re-split at every mask update. Under
+  `objective="energy"` the total is in pJ, and `costs` holds each layer's cost per crossbar."""
+  if policy.objective == "crossbars":
+    return {"mode": policy.mode, "score": policy.score, "total": int(total)}
+  return {"mode": policy.mode, "score": policy.score, "total": float(total),
+          "objective": policy.objective, "costs": dict(policy.layer_costs)}
 
 
 def budget_at(schedule: CrossbarSchedule, dense: int, final_budget: int, step) -> tf.Tensor:

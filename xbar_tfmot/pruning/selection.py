@@ -32,7 +32,8 @@ CANDIDATES = ("per_layer", "global_score:magnitude", "global_score:saliency",
 @dataclasses.dataclass(frozen=True)
 class AllocationChoice:
   """The candidate that won, and every candidate's row: `name`, `validation_accuracy`,
-  `crossbars` (whole-model, pruned layers and dense ones), `budgets`, or `infeasible` (why)."""
+  `crossbars` (whole-model, pruned layers and dense ones), `energy_nj` (per inference, from
+  the costs per crossbar, when given), `budgets`, or `infeasible` (why)."""
   chosen: str
   rows: tuple[dict[str, Any], ...]
   seconds: float
@@ -42,19 +43,26 @@ class AllocationChoice:
     out = []
     for r in self.rows:
       mark = "*" if r["name"] == self.chosen else " "
-      what = (f"validation accuracy {r['validation_accuracy']:.4f}, {r['crossbars']} crossbars"
-              if "validation_accuracy" in r else f"infeasible: {r['infeasible']}")
+      energy = f", {r['energy_nj']:.1f} nJ" if "energy_nj" in r else ""
+      what = (f"validation accuracy {r['validation_accuracy']:.4f}, {r['crossbars']} "
+              f"crossbars{energy}" if "validation_accuracy" in r
+              else f"infeasible: {r['infeasible']}")
       out.append(f"{mark} {r['name']}: {what}")
     return out
 
 
 def candidate_policy(name: str, leave_dense: Any = None,
-                     curves: Mapping[str, Any] | None = None) -> CrossbarPolicy:
-  """The policy of a candidate name (`per_layer`, `global_score:fisher`, `sensitivity`, ...)."""
+                     curves: Mapping[str, Any] | None = None, objective: str = "crossbars",
+                     layer_costs: Mapping[str, float] | None = None) -> CrossbarPolicy:
+  """The policy of a candidate name (`per_layer`, `global_score:fisher`, `sensitivity`, ...);
+  `objective` and `layer_costs` as `CrossbarPolicy` takes them (`energy`: global_score
+  candidates only)."""
   mode, _, score = name.partition(":")
+  cost = {} if objective == "crossbars" else {"objective": objective, "layer_costs": layer_costs}
   if mode == "sensitivity":
-    return CrossbarPolicy(leave_dense=leave_dense, mode=mode, curves=curves)
-  return CrossbarPolicy(leave_dense=leave_dense, mode=mode, **({"score": score} if score else {}))
+    return CrossbarPolicy(leave_dense=leave_dense, mode=mode, curves=curves, **cost)
+  return CrossbarPolicy(leave_dense=leave_dense, mode=mode, **({"score": score} if score else {}),
+                        **cost)
 
 
 def accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
@@ -72,12 +80,15 @@ def accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 256) ->
 def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, CrossbarPolicy],
                       reduction: float, granularity: str, validation: tuple[np.ndarray, np.ndarray],
                       gradient_data: Any = None, calibration_images: np.ndarray | None = None,
-                      log: Callable[[str], None] = lambda line: None) -> AllocationChoice:
+                      log: Callable[[str], None] = lambda line: None,
+                      costs: Mapping[str, float] | None = None) -> AllocationChoice:
   """Scores each candidate policy one-shot on `validation` and returns the best (ties: the
   earlier candidate). `model` (trained, compiled when a gradient score is a candidate) is left
   as it was. `gradient_data`: training batches for the gradient scores;
   `calibration_images`: training images for BatchNorm re-estimation after each cut (None:
-  none). A candidate whose budgets cannot be met is recorded as infeasible."""
+  none); `costs`: each mapped layer's energy (pJ) per crossbar (`allocation.crossbar_costs`),
+  for each row's `energy_nj`. A candidate whose budgets cannot be met is recorded as
+  infeasible."""
   from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
   started = time.perf_counter()
   weights = model.get_weights()
@@ -99,6 +110,9 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
              "crossbars": sum(geometries[n].dense_crossbars if b is None else b
                               for n, b in budgets.items()),
              "budgets": budgets}
+      if costs is not None:
+        row["energy_nj"] = sum(costs[n] * (geometries[n].dense_crossbars if b is None else b)
+                               for n, b in budgets.items()) / 1e3
       rows.append(row)
       log(f"{name}: validation accuracy {row['validation_accuracy']:.4f}")
       model.set_weights(weights)
