@@ -207,23 +207,29 @@ def quantize_inputs(x: tf.Tensor, low: float, high: float, bits: int) -> tf.Tens
   return tf.clip_by_value(tf.round(x / step), -float(levels), float(levels)) * step
 
 
-def input_slices(x: tf.Tensor, low: float, high: float, bits: int, dac_bits: int) -> tf.Tensor:
-  """Bit-serial inputs: `(J, ...)` slices of `dac_bits` of the quantised magnitude (sign kept,
-  times the quantisation step); slice `j` weighs `2**(j*dac_bits)` in the digital shift-add."""
+def input_code(x: tf.Tensor, low: float, high: float, bits: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Bit-serial inputs: `(code, unit)`, the quantised magnitude as an int32 code and the sign
+  times the quantisation step, so that the quantised input is `code * unit`."""
   if low >= 0:
     levels, top = 2 ** bits - 1, high
   else:
     levels, top = (2 ** (bits - 1) - 1 if bits > 1 else 1), high
   step = top / levels if top > 0 else 1.0
   code = tf.clip_by_value(tf.round(tf.abs(x) / step), 0.0, float(levels))
-  sign = tf.sign(x)
-  base = 2 ** dac_bits
-  cycles = -(-bits // dac_bits)
-  out = []
-  for j in range(cycles):
-    digit = tf.math.floormod(tf.math.floordiv(code, float(base ** j)), float(base))
-    out.append(sign * digit * step)
-  return tf.stack(out)
+  return tf.cast(code, tf.int32), tf.sign(x) * step
+
+
+def input_slice(code: tf.Tensor, unit: tf.Tensor, j: int, dac_bits: int) -> tf.Tensor:
+  """Input cycle `j` of `input_code`'s code: its `j`-th digit of `dac_bits`, times the unit;
+  it weighs `2**(j*dac_bits)` in the digital shift-add."""
+  digit = tf.bitwise.bitwise_and(tf.bitwise.right_shift(code, j * dac_bits), 2 ** dac_bits - 1)
+  return tf.cast(digit, unit.dtype) * unit
+
+
+def input_slices(x: tf.Tensor, low: float, high: float, bits: int, dac_bits: int) -> tf.Tensor:
+  """All `(J, ...)` input cycles of `input_code` (`J = ceil(bits / dac_bits)`)."""
+  code, unit = input_code(x, low, high, bits)
+  return tf.stack([input_slice(code, unit, j, dac_bits) for j in range(-(-bits // dac_bits))])
 
 
 def percentile_ranges(values: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:

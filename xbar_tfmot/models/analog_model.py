@@ -10,8 +10,8 @@ For an input it
 1. quantises the layer input to `input_bits` over a calibrated range (DAC), one multi-bit
    analog input, or, when the chip is bit-serial (`hw.serial`), `dac_bits` slices applied in
    `hw.input_cycles` cycles: the dataflow the cost model charges;
-2. gathers each crossbar's input rows and computes, per crossbar and cycle, the current of
-   every converted line (one batched matmul): each column, or each differential pair's
+2. reads each input group once (`crossbar_model.layer_reader`) and computes, per crossbar and
+   cycle, the current of every converted line (one product for all crossbars): each column, or each differential pair's
    `I+ - I-` when the pair is read in the array (`hw.differential_read`), with read noise
    drawn per image, position and cycle if `hw.read_noise`;
 3. digitises each line with an `adc_bits` ADC whose range was calibrated on the programmed
@@ -27,8 +27,9 @@ With `hw.drift_time` the chip is read that long after programming: the programme
 conductances drift (`analog.drift`), the ADC ranges stay those calibrated at programming.
 
 Without ADC and bit-serial inputs the columns combine linearly, so the layer folds the
-(perturbed) conductances back into effective weights and costs one matmul like the
-crossbar-explicit model (read noise then enters as the output noise it amounts to). Ranges
+(perturbed) conductances back into effective weights and costs one product per group (read
+noise then enters as the output noise it amounts to). A bit-serial chip shift-adds its cycles'
+conversions before the (linear) digital combination, which then runs once. Ranges
 are calibrated on the float model's layer inputs for a calibration batch. Keras 3 models need
 the TensorFlow backend.
 """
@@ -46,7 +47,8 @@ from xbar_tfmot.core import mapping as mapping_lib
 from xbar_tfmot.core.hardware import HardwareError, HardwareSpec, check_compensation
 from xbar_tfmot.models import introspection
 from xbar_tfmot.models.crossbar_model import (gather_inputs, output_shape,
-                                              replace_mapped_layers, scatter_columns)
+                                              layer_reader, replace_mapped_layers,
+                                              scatter_columns)
 from xbar_tfmot.models.model_mapping import validate_mapping
 
 CALIBRATION_ROWS = 4096  # patch rows sampled per layer to calibrate the ADC range
@@ -60,11 +62,16 @@ class AnalogCore:
   """The Keras-free state and maths of one analog layer (conductances, ranges, forward)."""
 
   def __init__(self, hw: HardwareSpec, encoded: analog.Encoded, columns: np.ndarray, seed: int,
-               index: int, cols: int | None = None):
+               index: int, cols: int | None = None,
+               reader: Any = None):
+    """`reader`: how the crossbars read the layer input (`crossbar_model.layer_reader`: a
+    `RowGroups` of crossbars sharing input rows, or a `ConvReader`); None: every crossbar its
+    own group, `forward` taking `(..., n, rows)`."""
     self.hw = hw
     self.encoded = encoded
     self.columns = np.asarray(columns)
-    n, _, k, p, q = encoded.conductances.shape
+    n, r, k, p, q = encoded.conductances.shape
+    self.reader = reader or crossbar_matmul.RowGroups.each(n, r)
     self.seed = (int(seed), 2 * int(index))
     self.read_key = int(np.random.SeedSequence((int(seed), 2 * int(index) + 1))
                         .generate_state(1, np.uint64)[0])
@@ -95,7 +102,13 @@ class AnalogCore:
     with errors planted by a test); the ADC ranges and the gain stay as they are."""
     self.conductances = tf.convert_to_tensor(conductances, tf.float32)
     self.lines = self.encoded.lines(self.conductances, self.pairs)  # (n, rows, kout, L, q)
-    self.weights = self.encoded.effective(self.conductances) if self.fast else None
+    self.grouped_lines = None if self.fast else self._grouped(self.lines)
+    self.weights = (self.reader.weights(self.encoded.effective(self.conductances))
+                    if self.fast else None)
+
+  def _grouped(self, lines) -> tf.Tensor:
+    n, r, k, l, q = lines.shape
+    return self.reader.weights(tf.reshape(lines, (n, r, k * l * q)))
 
   def reference_read(self, conductances) -> float:
     """Global drift compensation's reference read (aihwkit's `GlobalDriftCompensation`): the
@@ -109,12 +122,18 @@ class AnalogCore:
     """`(n, rows, kout)` weights the chip was meant to hold (quantised, no error, no drift)."""
     return self.encoded.effective(self.encoded.conductances)
 
-  def line_sums(self, inputs: tf.Tensor, lines=None) -> tf.Tensor:
-    """`(..., n, kout, L, q)` noise-free currents of every converted line (of `lines`, by
-    default the chip as read now)."""
-    lines = self.lines if lines is None else lines
-    n, r, k, l, q = lines.shape
-    sums = crossbar_matmul.per_crossbar(inputs, tf.reshape(lines, (n, r, k * l * q)))
+  def line_sums(self, inputs: tf.Tensor, lines=None, reader=None) -> tf.Tensor:
+    """The reader's inputs -> `(..., n, kout, L, q)` noise-free currents of every converted
+    line (of `lines`, by default the chip as read now; `reader`: by default the layer's)."""
+    _, _, k, l, q = self.lines.shape
+    reader = reader or self.reader
+    if lines is None and reader is self.reader:
+      grouped = self.grouped_lines
+    else:
+      n, r = self.lines.shape[:2]
+      grouped = reader.weights(tf.reshape(self.lines if lines is None else lines,
+                                          (n, r, k * l * q)))
+    sums = reader.products(inputs, grouped)
     return tf.reshape(sums, tf.concat([tf.shape(sums)[:-1], [k, l, q]], 0))
 
   def combine(self, sums: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
@@ -122,7 +141,7 @@ class AnalogCore:
     out = crossbar_matmul.contract_last(sums, tf.constant(self.coef), 2)
     out = out / (1.0 - self.encoded.g_min)
     if self.sum_coef:
-      out = out - self.sum_coef * tf.reduce_sum(inputs, axis=-1, keepdims=True)
+      out = out - self.sum_coef * self.reader.row_sums(inputs)[..., None]
     scale = self.encoded.scale
     return out * tf.constant(scale[..., 0] if scale.ndim else scale)
 
@@ -135,7 +154,7 @@ class AnalogCore:
     """Read noise of one matrix-vector product per image, position and cycle, as the column
     currents see it: fresh cell noise `s N` on every read adds `s sqrt(sum x**2) N` to a
     line (`sqrt(2)` that for a pair read in the array)."""
-    norm = tf.sqrt(tf.reduce_sum(tf.square(inputs), axis=-1))
+    norm = tf.sqrt(self.reader.row_sums(tf.square(inputs)))
     extra = like.shape.rank - norm.shape.rank
     norm = tf.reshape(norm, tf.concat([tf.shape(norm), [1] * extra], 0))
     return norm * analog.per_image_normal(self.read_key, start, tf.shape(like), stream)
@@ -153,12 +172,12 @@ class AnalogCore:
     return self.adc(sums, cycle)
 
   def forward(self, inputs: tf.Tensor, start=None, conversions=None) -> tf.Tensor:
-    """`(batch, ..., n, rows)` crossbar inputs (already DAC-quantised unless bit-serial) ->
-    `(batch, ..., n, kout)`; `start` numbers the batch's first image (read noise is drawn per
+    """The reader's inputs of the layer input (already DAC-quantised unless bit-serial)
+    -> `(batch, ..., n, kout)`; `start` numbers the batch's first image (read noise is drawn per
     image from it), `conversions` (a variable) counts the ADC conversions simulated."""
     hw = self.hw
     if self.fast:
-      out = crossbar_matmul.per_crossbar(inputs, self.weights)
+      out = self.reader.products(inputs, self.weights)
       if hw.read_noise > 0:
         scale = self.encoded.scale
         gain = hw.read_noise * self.encoded.noise_gain() * (scale[..., 0] if scale.ndim else scale)
@@ -166,12 +185,15 @@ class AnalogCore:
       return out
     if not hw.serial:
       return self.combine(self.convert(inputs, 0, start, conversions), inputs)
-    slices = analog.input_slices(inputs, *self.input_range, hw.input_bits, hw.dac_bits)
-    out = 0.0
-    for j in range(slices.shape[0]):
-      out = out + (2 ** (j * hw.dac_bits)) * self.combine(
-          self.convert(slices[j], j, start, conversions), slices[j])
-    return out
+    # The digital shift-add of the cycles is linear, so it precedes the (linear) combination:
+    # one combination of the weighted conversions, against the quantised input it adds up to.
+    code, unit = analog.input_code(inputs, *self.input_range, hw.input_bits)
+    converted = 0.0
+    for j in range(hw.input_cycles):
+      cycle = analog.input_slice(code, unit, j, hw.dac_bits)
+      converted = converted + float(2 ** (j * hw.dac_bits)) * self.convert(cycle, j, start,
+                                                                          conversions)
+    return self.combine(converted, tf.cast(code, tf.float32) * unit if self.sum_coef else None)
 
   def uncalibrated(self) -> bool:
     """True while a range the hardware needs (DAC or ADC) has not been calibrated."""
@@ -188,8 +210,9 @@ class AnalogCore:
     columns, or one per cycle, slice and physical column. `programmed`: on the conductances as
     programmed (calibration right after programming), else as read now (after drift)."""
     lines = self.programmed_lines if programmed else self.lines
-    n, r = inputs.shape[-2:]
-    rows = _sample(inputs.reshape(-1, n, r), CALIBRATION_ROWS)
+    patches = self.reader.patches
+    shape = inputs.shape[inputs.ndim - patches.input_rank:]
+    rows = _sample(inputs.reshape(-1, *shape), CALIBRATION_ROWS)
     x = tf.constant(rows, tf.float32)
     cycles = (analog.input_slices(x, *self.input_range, self.hw.input_bits, self.hw.dac_bits)
               if self.hw.serial else x[None])
@@ -197,7 +220,7 @@ class AnalogCore:
     mode, p = self.hw.adc_ranges, self.hw.adc_percentile
     lows, highs, pooled = [], [], []
     for j in range(cycles.shape[0]):
-      sums = self.line_sums(cycles[j], lines).numpy()  # (rows, n, kout, L, q)
+      sums = self.line_sums(cycles[j], lines, patches).numpy()  # (rows, n, kout, L, q)
       if mode == "column":
         low, high = analog.percentile_ranges(sums, p)
       else:
@@ -256,7 +279,7 @@ def layer_class(flavour: str):
       hw = self.core.hw
       if hw.input_bits is not None and not hw.serial:
         x = analog.quantize_inputs(x, *self.core.input_range, hw.input_bits)
-      return gather_inputs(x, self.kind, self.kernel_shape, self.crossbar_rows, self.conv)
+      return gather_inputs(x, self.kind, self.kernel_shape, self.core.reader, self.conv)
 
     def call(self, inputs):
       if self.core.uncalibrated():
@@ -290,8 +313,9 @@ def layer_class(flavour: str):
       hw = self.core.hw
       if hw.input_bits is not None:
         x = analog.quantize_inputs(x, *self.core.input_range, hw.input_bits)
-      rows = gather_inputs(x, self.kind, self.kernel_shape, self.crossbar_rows, self.conv)
-      partial = crossbar_matmul.per_crossbar(rows, self.core.target_weights())
+      reader = self.core.reader
+      rows = gather_inputs(x, self.kind, self.kernel_shape, reader, self.conv)
+      partial = reader.products(rows, reader.weights(self.core.target_weights()))
       return scatter_columns(partial, self.core.columns, self.kernel_shape[-1])
 
     def compute_output_shape(self, input_shape):
@@ -316,7 +340,8 @@ def _analog_layer(layer: Any, mapping: mapping_lib.CrossbarMapping, hw: Hardware
   weight_bits, cell_bits, differential = hw.cells(mapping.spec)
   encoded = analog.encode(pack.crossbar_weights(introspection.effective_kernel(layer)), hw,
                           weight_bits, cell_bits, differential)
-  core = AnalogCore(hw, encoded, pack.columns, seed, index, mapping.spec.cols)
+  reader = layer_reader(kind, pack.geometry.kernel_shape, pack.crossbar_rows(), conv)
+  core = AnalogCore(hw, encoded, pack.columns, seed, index, mapping.spec.cols, reader)
   bias = np.asarray(inner.bias) if getattr(inner, "use_bias", False) else None
   cls = layer_class(introspection.flavour(inner))
   return cls(core, kind, pack.geometry.kernel_shape, pack.crossbar_rows(), conv,
@@ -378,7 +403,7 @@ def _calibrate(model, copy, cls, calibration, K) -> None:
     if core.hw.adc_bits is not None:
       if core.hw.input_bits is not None and not core.hw.serial:
         x = analog.quantize_inputs(tf.constant(x), *core.input_range, core.hw.input_bits)
-      rows = gather_inputs(x, layer.kind, layer.kernel_shape, layer.crossbar_rows, layer.conv)
+      rows = gather_inputs(x, layer.kind, layer.kernel_shape, core.reader.patches, layer.conv)
       core.calibrate_adc(np.asarray(rows))
 
 

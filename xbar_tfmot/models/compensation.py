@@ -92,7 +92,8 @@ def _recalibrate_adc(layer, x: np.ndarray) -> None:
   core = layer.core
   if core.hw.input_bits is not None and not core.hw.serial:
     x = analog.quantize_inputs(tf.constant(x), *core.input_range, core.hw.input_bits)
-  rows = gather_inputs(x, layer.kind, layer.kernel_shape, layer.crossbar_rows, layer.conv)
+  rows = gather_inputs(x, layer.kind, layer.kernel_shape, layer.core.reader.patches,
+                       layer.conv)
   core.calibrate_adc(np.asarray(rows), programmed=False)
 
 

@@ -2,12 +2,19 @@
 
 `crossbar_model(model, mapping)` rewrites a model one-to-one (`clone_model` with a
 `clone_function`, tf_keras and Keras 3 alike): each mapped layer becomes a `CrossbarLayer`
-holding only the packed crossbar weights, a `(n_crossbars, rows_used, kout)` tensor. For an
-input it extracts the patches of the layer (Conv2D/Conv1D; the input itself for Dense), gathers
-each crossbar's input rows, computes every crossbar's partial sums with one batched matmul,
-and scatter-adds each column's partial sum into the output channel that column feeds; then
-bias and activation. Its output equals the pruned layer's to float tolerance if, and only if,
-every non-zero weight sits in exactly one crossbar cell of the mapping. A SeparableConv2D's
+holding only the packed crossbar weights, a `(n_crossbars, rows_used, kout)` tensor. Its
+output is the sum over crossbars of every column's partial sum, added into the output channel
+that column feeds; then bias and activation. No converter sits between the partial sums, so
+the sum is linear and is computed as Keras computes the layer: every cell's weight is added
+into the kernel at its row's input index and its column's output channel (`crossbar_kernel`),
+then one convolution (or matmul), near plain Keras' speed. Its output equals the pruned
+layer's to float tolerance if, and only if, every non-zero weight sits in exactly one
+crossbar cell of the mapping (a weight in two cells counts twice, one in none is missing).
+
+Where converters do sit between the partial sums (the analog model), the crossbars that read
+the same input rows are computed together (`RowGroups`: each input group gathered once, all
+its crossbars' columns from one product), and a convolution whose groups are read whole is
+one convolution of the image (`ConvReader`, no patch materialised). A SeparableConv2D's
 depthwise part stays digital: its `CrossbarLayer` first runs the depthwise convolution
 (`tf.nn.depthwise_conv2d` with the layer's strides, padding and dilation), then the pointwise
 kernel on crossbars as a 1x1 convolution.
@@ -64,21 +71,125 @@ def extract_patches(x: tf.Tensor, kind: str, kernel_shape, strides, padding: str
   return patches[:, 0] if kind == "Conv1D" else patches
 
 
-def crossbar_forward(x: tf.Tensor, weights: tf.Tensor, rows: np.ndarray, columns: np.ndarray,
-                     kind: str, kernel_shape, cout: int, conv: dict) -> tf.Tensor:
-  """Sum over crossbars of their partial sums, scattered into `cout` output channels."""
-  partial = crossbar_matmul.per_crossbar(gather_inputs(x, kind, kernel_shape, rows, conv),
-                                         weights)
-  return scatter_columns(partial, columns, cout)
+def crossbar_kernel(weights, rows: np.ndarray, columns: np.ndarray, kernel_shape) -> tf.Tensor:
+  """The kernel the crossbar cells hold: each cell's weight added at its matrix row (in the
+  kernel's tap-major order) and its column's output channel; unused rows and columns dropped.
+  A weight held by two cells counts twice, one held by none is missing."""
+  kernel_shape = tuple(int(d) for d in kernel_shape)
+  depth, cout = int(np.prod(kernel_shape[:-1], dtype=np.int64)), kernel_shape[-1]
+  used = (rows[:, :, None] >= 0) & (columns[:, None, :] >= 0)  # (n, r, c)
+  target = (patch_index(kernel_shape)[np.maximum(rows, 0)][:, :, None] * cout
+            + np.maximum(columns, 0)[:, None, :])
+  cells = tf.gather(tf.reshape(weights, [-1]), np.flatnonzero(used))
+  kernel = tf.math.unsorted_segment_sum(cells, target[used], depth * cout)
+  return tf.reshape(kernel, kernel_shape)
 
 
-def gather_inputs(x, kind, kernel_shape, rows: np.ndarray, conv: dict) -> tf.Tensor:
-  """`(..., n, rows_used)`: the input each crossbar row sees (0 for unused rows, -1)."""
-  patches = x if kind == "Dense" else extract_patches(x, kind, kernel_shape, **conv)
-  depth = int(np.prod(kernel_shape[:-1]))
-  patches = tf.concat([patches, tf.zeros_like(patches[..., :1])], axis=-1)
-  index = np.where(rows >= 0, patch_index(kernel_shape)[rows], depth)
-  return tf.gather(patches, index, axis=-1)
+def kernel_forward(x: tf.Tensor, kernel: tf.Tensor, kind: str, conv: dict) -> tf.Tensor:
+  """A Dense or convolution layer's product with `kernel`, as Keras computes it."""
+  if kind == "Dense":
+    return crossbar_matmul.contract_last(x, tf.cast(kernel, x.dtype), 1)
+  padding = conv["padding"]
+  if padding == "causal":
+    x = tf.pad(x, [[0, 0], [(kernel.shape[0] - 1) * conv["dilation_rate"][0], 0], [0, 0]])
+    padding = "valid"
+  return tf.nn.convolution(x, tf.cast(kernel, x.dtype), strides=list(conv["strides"]),
+                           padding=padding.upper(), dilations=list(conv["dilation_rate"]))
+
+
+def input_index(kernel_shape, rows: np.ndarray) -> np.ndarray:
+  """`(n, r)` the index in an extracted patch each crossbar row reads; unused rows (-1) read
+  the zero appended after the patch (index `depth`)."""
+  depth = int(np.prod(kernel_shape[:-1], dtype=np.int64))
+  return np.where(rows >= 0, patch_index(kernel_shape)[np.maximum(rows, 0)], depth)
+
+
+def row_groups(kernel_shape, rows: np.ndarray) -> crossbar_matmul.RowGroups:
+  """The crossbars of a layer grouped by the input rows they read."""
+  return crossbar_matmul.RowGroups(input_index(kernel_shape, rows),
+                                   int(np.prod(kernel_shape[:-1], dtype=np.int64)))
+
+
+def gather_inputs(x, kind, kernel_shape, reader, conv: dict) -> tf.Tensor:
+  """The input of `reader.products` for a layer input: the image itself for a `ConvReader`,
+  else its patches (Dense: the input itself) read per group or whole (`RowGroups`)."""
+  if isinstance(reader, ConvReader):
+    return x
+  return reader.inputs(x if kind == "Dense" else extract_patches(x, kind, kernel_shape, **conv))
+
+
+class ConvReader:
+  """Reads a convolution's input as images: each crossbar group's sums (`RowGroups.products`
+  on extracted patches) as one convolution of the channels the group reads, with the group's
+  laid-out weights placed in a kernel at their taps (patch rows are tap-major, the kernel's
+  own order; a tap the group does not read holds zeros), so no patch is materialised. Takes
+  the layer input itself (`gather_inputs`); `weights`, `products` and `row_sums` as
+  `RowGroups`, whose patch reader stays at `patches` (ADC calibration samples patch rows)."""
+
+  def __init__(self, groups: crossbar_matmul.RowGroups, kind: str, kernel_shape, conv: dict):
+    self.patches, self.kind, self.conv = groups, kind, conv
+    self.window = tuple(int(d) for d in kernel_shape[:-2])
+    self.cin = int(kernel_shape[-2])
+    taps = int(np.prod(self.window, dtype=np.int64))
+    self.parts, self.ones = [], []  # per group: (channels read, kernel row of each group row)
+    for rows in groups.index:
+      used = rows < groups.depth
+      channels = np.unique(rows[used] % self.cin)
+      place = np.where(used, (rows // self.cin) * len(channels)
+                       + np.searchsorted(channels, rows % self.cin), -1)
+      self.parts.append((channels, place))
+      ones = np.zeros(taps * len(channels), np.float32)
+      np.add.at(ones, place[used], 1.0)
+      self.ones.append(ones.reshape(*self.window, len(channels), 1))
+
+  def waste(self) -> float:
+    """Multiply-accumulates of the convolutions over those of the groups' rows (>= 1)."""
+    taps = int(np.prod(self.window, dtype=np.int64))
+    useful = max(int((self.patches.index < self.patches.depth).sum()), 1)
+    return sum(taps * len(channels) for channels, _ in self.parts) / useful
+
+  def weights(self, weights) -> list[tf.Tensor]:
+    laid = self.patches.weights(weights)  # (G, r', slots * c)
+    kernels = []
+    for g, (channels, place) in enumerate(self.parts):
+      keep = np.flatnonzero(place >= 0)
+      size = int(np.prod(self.window, dtype=np.int64)) * len(channels)
+      kernel = tf.scatter_nd(place[keep][:, None], tf.gather(laid[g], keep),
+                             (size, int(laid.shape[-1])))
+      kernels.append(tf.reshape(kernel, (*self.window, len(channels), -1)))
+    return kernels
+
+  def _convolve(self, x: tf.Tensor, kernels) -> tf.Tensor:
+    outs = [kernel_forward(x if len(channels) == self.cin else tf.gather(x, channels, axis=-1),
+                           kernel, self.kind, self.conv)
+            for (channels, _), kernel in zip(self.parts, kernels)]
+    return outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
+
+  def products(self, inputs: tf.Tensor, kernels) -> tf.Tensor:
+    c = int(kernels[0].shape[-1]) // max(self.patches.slots, 1)
+    return self.patches.split(self._convolve(inputs, kernels), c)
+
+  def row_sums(self, values: tf.Tensor) -> tf.Tensor:
+    ones = [tf.constant(k, values.dtype) for k in self.ones]
+    return tf.gather(self._convolve(values, ones), self.patches.member, axis=-1)
+
+
+# A convolution is read as images (`ConvReader`) where that multiplies at most this many times
+# the multiply-accumulates of its crossbars' rows (taps a group does not read cost zeros).
+CONV_WASTE_LIMIT = 2.0
+
+
+def layer_reader(kind: str, kernel_shape, rows: np.ndarray, conv: dict):
+  """How a mapped layer's crossbars read its input: a `ConvReader` for a convolution whose
+  groups read few more taps than their rows, else `RowGroups` on patches."""
+  if kind != "Dense":
+    index = input_index(kernel_shape, rows)
+    depth = int(np.prod(kernel_shape[:-1], dtype=np.int64))
+    reader = ConvReader(crossbar_matmul.RowGroups(index, depth, whole_limit=0.0), kind,
+                        kernel_shape, conv)
+    if reader.waste() <= CONV_WASTE_LIMIT:
+      return reader
+  return row_groups(kernel_shape, rows)
 
 
 def scatter_columns(partial: tf.Tensor, columns: np.ndarray, cout: int) -> tf.Tensor:
@@ -147,8 +258,9 @@ def layer_class(flavour: str):
     def call(self, inputs):
       if self.depthwise is not None:
         inputs = depthwise_forward(inputs, self.depthwise_kernel, self.depthwise)
-      out = crossbar_forward(inputs, self.crossbars, self.crossbar_rows, self.crossbar_columns,
-                             self.kind, self.kernel_shape, self.kernel_shape[-1], self.conv)
+      kernel = crossbar_kernel(self.crossbars, self.crossbar_rows, self.crossbar_columns,
+                               self.kernel_shape)
+      out = kernel_forward(inputs, kernel, self.kind, self.conv)
       if self.bias is not None:
         out = out + self.bias
       return self.activation(out) if self.activation is not None else out
