@@ -12,8 +12,8 @@ import json
 import pathlib
 
 import numpy as np
-from quality_methods import (ALLOCATION, BASELINES, DISTILLED, KD, LGD_METHODS, METHOD_LABELS,
-                             METHOD_TABLE, METHODS, PROCEDURE)
+from quality_methods import (ALLOCATION, BASELINES, DISTILLED, KD, LGD_METHODS, METHOD_GROUPS,
+                             METHOD_LABELS, METHOD_TABLE, METHODS, PROCEDURE)
 
 LOCK_WAIT = 600.0  # seconds a run waits for another's read or write of the results file
 
@@ -188,16 +188,19 @@ def markdown(data: dict, command: str) -> str:
     lines += validation_table(summary[net], reductions)
   lines += reading(data, summary, dense)
   lines += allocation_reading(data, summary)
+  lines += issue28_reading(data, summary)
   return "\n".join(lines) + "\n"
 
 
 def validation_table(summary: dict, reductions: list[float]) -> list[str]:
-  """Validation accuracy of the allocation rows (what chooses the best), seconds per cell."""
-  rows = [m for m in ALLOCATION + DISTILLED + KD + PROCEDURE if m in summary]
+  """Validation accuracy of the allocation rows (A1-A5: what chooses A6), the issue-28 rows
+  (A8-A10, the last with its one-shot pick), seconds per cell."""
+  order = ALLOCATION + METHOD_GROUPS["issue28"] + DISTILLED + KD + PROCEDURE
+  rows = [m for m in dict.fromkeys(order) if m in summary]
   if not rows:
     return []
-  lines = ["Validation accuracy in % (mean over seeds; chooses A6's allocation) / seconds per "
-           "cell (mean):", "",
+  lines = ["Validation accuracy in % (mean over seeds; A1-A5's choose A6's allocation) / "
+           "seconds per cell (mean):", "",
            "| method | " + " | ".join(f"target {r:.0%}" for r in reductions) + " |",
            "|---|" + "---|" * len(reductions)]
   for m in rows:
@@ -263,6 +266,40 @@ def allocation_reading(data: dict, summary: dict, goal: float = 0.01) -> list[st
         text += f" Dense + the same epochs: {100 * tuned:.2f}%."
       lines.append(text)
   return (["Allocation rows (A1-A6), read per network and target:", ""] + lines + [""]
+          if lines else [])
+
+
+def issue28_reading(data: dict, summary: dict, dense_goal: float = 0.01,
+                    per_layer_goal: float = 0.005) -> list[str]:
+  """Per (network, reduction) with the validated row (A10): its distance to dense over the same
+  seeds (issue 28's goal at 85%: within `dense_goal`) and to the per-layer row (A1) over the
+  seeds both ran (never more than `per_layer_goal` below), and what the test set would pick."""
+  lines = []
+  for net in sorted(summary):
+    for r, v in sorted(summary[net].get("alloc-validated", {}).items()):
+      ref = dense_on(data, net, v["seeds"])
+      if ref is None:
+        continue
+      acc = float(np.mean(v["acc"]))
+      text = (f"- {net} at {r:.0%}: A10 (chose {'/'.join(v['chosen'])} on seeds "
+              f"{','.join(map(str, v['seeds']))}) {_fmt(v['acc'])}%, {100 * (acc - ref):+.2f} "
+              f"points from dense {100 * ref:.2f}% (goal within {100 * dense_goal:.1f}: "
+              f"{'met' if acc >= ref - dense_goal else 'missed'})")
+      per = summary[net].get("alloc-per-layer", {}).get(r)
+      both = [s for s in v["seeds"] if per and s in per["seeds"]]
+      if both:
+        a = np.mean([x for x, s in zip(v["acc"], v["seeds"]) if s in both])
+        b = np.mean([x for x, s in zip(per["acc"], per["seeds"]) if s in both])
+        text += (f"; {100 * (a - b):+.2f} points from per-layer {100 * b:.2f}% (seeds "
+                 f"{','.join(map(str, both))}; goal no more than {100 * per_layer_goal:.1f} "
+                 f"below: {'met' if a >= b - per_layer_goal else 'missed'})")
+      rows = {m: c[r] for m, c in summary[net].items() if r in c and m != "alloc-validated"
+              and m in METHOD_GROUPS["issue28"]}
+      if rows:
+        top = max(rows, key=lambda m: np.mean(rows[m]["acc"]))
+        text += (f"; best trained row by test {METHOD_LABELS[top]} {_fmt(rows[top]['acc'])}%")
+      lines.append(text + ".")
+  return (["Issue 28 (the validated row A10 against dense and per-layer):", ""] + lines + [""]
           if lines else [])
 
 
@@ -344,7 +381,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     top = 100 * max(dense[net][:2]) if net in dense else max(lows)
     ax.set_ylim(max(min(lows) - 1, top - 25), top + 1.5)
   for ax in axes[0]:  # each panel has its own rows
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
