@@ -62,12 +62,12 @@ def test_a_tie_goes_to_the_earlier_candidate_and_infeasible_ones_are_recorded(tr
   same = CrossbarPolicy(leave_dense=())
   candidates = {"first": same, "second": same,
                 "impossible": CrossbarPolicy(mode="global_score", leave_dense=("conv1", "conv2"))}
-  choice = xt.choose_allocation(trained, pm.SPEC, candidates, 0.99, "column", VALIDATION)
+  choice = xt.choose_allocation(trained, pm.SPEC, candidates, 0.9, "column", VALIDATION)
   assert choice.chosen == "first"
   rows = {r["name"]: r for r in choice.rows}
   assert "infeasible" in rows["impossible"] and "validation_accuracy" not in rows["impossible"]
   with pytest.raises(ValueError, match="no candidate can meet"):
-    xt.choose_allocation(trained, pm.SPEC, {"impossible": candidates["impossible"]}, 0.99,
+    xt.choose_allocation(trained, pm.SPEC, {"impossible": candidates["impossible"]}, 0.9,
                          "column", VALIDATION)
   with pytest.raises(ValueError, match="validation split is empty"):
     xt.choose_allocation(trained, pm.SPEC, {"first": same}, 0.5, "column", (X[:0], Y[:0]))
@@ -137,3 +137,49 @@ def test_batchnorm_is_re_estimated_on_the_calibration_images_after_each_cut():
   assert recalibrated != plain  # the re-estimation is what the score saw
   after = model.get_weights()
   assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("counts,reduction", [((1, 9, 30, 2), 0.72), ((5, 40, 12, 3), 0.85),
+                                              ((2, 3, 4, 5, 6), 0.5), ((8, 8), 0.9)])
+def test_equal_count_meets_the_global_total_with_the_least_reduction(counts, reduction):
+  """With the first layer left dense, per_layer at `reduction` holds more than the global
+  modes' total; `equal_count`'s targets hold no more, and a brute force over finer reductions
+  finds none lower that also fits."""
+  spec = xt.CrossbarSpec(rows=16, cols=4)
+  geometries = [xt.LayerGeometry(f"d{i}", "Dense", (16 * n, 4), spec)
+                for i, n in enumerate(counts)]
+  policy = CrossbarPolicy(leave_dense=("d0",))
+  limit = xt.crossbar_budget(sum(counts), reduction)
+  if counts[0] + len(counts) - 1 > limit:  # the dense layer alone is over the total
+    with pytest.raises(xt.PolicyError, match="more than the whole-model total"):
+      selection.equal_count(policy, geometries, reduction)
+    return
+  scored = selection.equal_count(policy, geometries, reduction)
+
+  def held(p, r):
+    plan = p.plan(geometries, r)
+    return sum(g.dense_crossbars if plan[g.name] is None else plan[g.name] for g in geometries)
+
+  assert held(scored, reduction) <= limit
+  if scored is policy:
+    return
+  target = dict(scored.targets)
+  assert set(target) == {g.name for g in geometries[1:]}
+  r = next(iter(target.values()))
+  finer = [x for x in np.linspace(reduction, 1.0, 20001) if x < r - 1e-6]
+  assert all(held(policy, x) > limit for x in finer)
+  assert selection.equal_count(CrossbarPolicy(mode="global_score"), geometries, reduction).mode \
+      == "global_score"
+
+
+def test_the_per_layer_candidate_competes_at_the_global_count(trained):
+  """In `choose_allocation` the per_layer row holds no more crossbars than global_score's,
+  and the policy returned for the winner is the one scored."""
+  candidates = {"per_layer": CrossbarPolicy(),
+                "global_score": CrossbarPolicy(mode="global_score")}
+  choice = xt.choose_allocation(trained, pm.SPEC, candidates, 0.5, "column", VALIDATION)
+  rows = {r["name"]: r for r in choice.rows}
+  assert rows["per_layer"]["crossbars"] <= rows["global_score"]["crossbars"]
+  assert choice.policy.mode == candidates[choice.chosen].mode
+  if choice.chosen == "per_layer":
+    assert dict(choice.policy.targets)

@@ -72,7 +72,7 @@ def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
   result["allocation"] = {"chosen": choice.chosen, "seconds": round(choice.seconds, 1),
                           "candidates": [{k: v for k, v in r.items() if k != "budgets"}
                                          for r in choice.rows]}
-  return candidates[choice.chosen]
+  return choice.policy
 
 
 def _costs(run: RunContext, model, result: dict[str, Any]) -> dict[str, float]:

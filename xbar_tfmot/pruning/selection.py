@@ -5,21 +5,23 @@ bone whether or not the network can afford it (docs/design.md, "The policy"). So
 default that won on one benchmark, `choose_allocation` cuts a copy of the trained model to
 each candidate's budgets at once (`one_shot_budgets` and the exact projection), re-estimates
 its BatchNorm statistics on training images, and measures its accuracy on validation images
-carved from the training set; the caller trains the best candidate's policy. The test set is
-never an argument. Our formulation (not the paper's).
+carved from the training set; the caller trains the best candidate's policy (as scored:
+`AllocationChoice.policy`). Every candidate competes at the same whole-model crossbar count
+(`equal_count`). The test set is never an argument. Our formulation (not the paper's).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from xbar_tfmot.core.errors import PolicyError
+from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
-from xbar_tfmot.core.projection import project
+from xbar_tfmot.core.projection import crossbar_budget, project
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection
 from xbar_tfmot.pruning.one_shot import apply_masks, one_shot_budgets
@@ -37,6 +39,7 @@ class AllocationChoice:
   chosen: str
   rows: tuple[dict[str, Any], ...]
   seconds: float
+  policy: CrossbarPolicy | None = None  # the chosen candidate as scored (`equal_count`)
 
   def table(self) -> list[str]:
     """One line a candidate, the chosen one marked."""
@@ -63,6 +66,39 @@ def candidate_policy(name: str, leave_dense: Any = None,
     return CrossbarPolicy(leave_dense=leave_dense, mode=mode, curves=curves, **cost)
   return CrossbarPolicy(leave_dense=leave_dense, mode=mode, **({"score": score} if score else {}),
                         **cost)
+
+
+def equal_count(policy: CrossbarPolicy, geometries: Sequence[LayerGeometry],
+                reduction: float) -> CrossbarPolicy:
+  """A `per_layer` policy at the whole-model crossbar count of the global modes.
+
+  Why: `per_layer` cuts each pruned layer by `reduction`, so with layers left dense the whole
+  model holds more crossbars than the global modes' `crossbar_budget(D, reduction)` (`D`:
+  every mapped layer), and would win a comparison on a bigger chip. The returned policy gives
+  every pruned layer one target, the least reduction (bisection) at which the whole model
+  holds no more than that. Other modes, and per-layer policies with targets, are returned as
+  they are."""
+  if policy.mode != "per_layer" or policy.targets:
+    return policy
+  limit = crossbar_budget(sum(g.dense_crossbars for g in geometries), reduction)
+
+  def held(r: float) -> int:
+    budgets = policy.plan(geometries, r)
+    return sum(g.dense_crossbars if budgets[g.name] is None else budgets[g.name]
+               for g in geometries)
+
+  if held(reduction) <= limit:
+    return policy
+  low, high = reduction, 1.0 - 1e-9
+  if held(high) > limit:
+    raise PolicyError(f"per_layer: the layers left dense and one crossbar per pruned layer hold "
+                      f"{held(high)} crossbars, more than the whole-model total {limit} at "
+                      f"reduction {reduction}; valid: a lower reduction or fewer dense layers.")
+  for _ in range(40):
+    mid = (low + high) / 2
+    low, high = (mid, high) if held(mid) > limit else (low, mid)
+  pruned = [n for n, b in policy.plan(geometries, high).items() if b is not None]
+  return dataclasses.replace(policy, targets={n: high for n in pruned})
 
 
 def accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
@@ -94,10 +130,12 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
   weights = model.get_weights()
   mapped = {l.name: l for l in introspection.iter_layers(model) if introspection.is_mapped(l)}
   geometries = {n: introspection.geometry_of(l, spec) for n, l in mapped.items()}
-  rows = []
+  rows, scored_policies = [], {}
   try:
     for name, policy in candidates.items():
       try:
+        policy = scored_policies[name] = equal_count(policy, list(geometries.values()),
+                                                     reduction)
         budgets = one_shot_budgets(model, spec, policy, reduction, granularity, gradient_data)
       except ValueError as e:
         rows.append({"name": name, "infeasible": str(e)})
@@ -123,4 +161,5 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
     raise PolicyError(f"choose_allocation: no candidate can meet reduction {reduction}: "
                       + "; ".join(f"{r['name']}: {r['infeasible']}" for r in rows))
   best = max(scored, key=lambda r: (r["validation_accuracy"], -scored.index(r)))
-  return AllocationChoice(best["name"], tuple(rows), time.perf_counter() - started)
+  return AllocationChoice(best["name"], tuple(rows), time.perf_counter() - started,
+                          scored_policies[best["name"]])
