@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from xbar_tfmot.core.cost import dense_cost
 from xbar_tfmot.core.errors import PolicyError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.hardware import HardwareSpec
@@ -478,7 +479,6 @@ def unit_costs(geometries: Sequence[LayerGeometry], hw: HardwareSpec,
   if objective not in COST_OBJECTIVES:
     raise PolicyError(f"unit_costs: objective={objective!r} has no cost per crossbar; valid: "
                       f"{', '.join(COST_OBJECTIVES)}.")
-  from xbar_tfmot.core.cost import dense_cost
   return {g.name: dense_cost(g, hw, positions[g.name]).energy_pj / g.dense_crossbars
           for g in geometries}
 

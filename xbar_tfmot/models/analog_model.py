@@ -106,9 +106,10 @@ class AnalogCore:
     self.weights = (self.reader.weights(self.encoded.effective(self.conductances))
                     if self.fast else None)
 
-  def _grouped(self, lines) -> tf.Tensor:
+  def _grouped(self, lines, reader=None) -> tf.Tensor:
+    """`(n, rows, kout, L, q)` lines laid out for `reader` (by default the layer's)."""
     n, r, k, l, q = lines.shape
-    return self.reader.weights(tf.reshape(lines, (n, r, k * l * q)))
+    return (reader or self.reader).weights(tf.reshape(lines, (n, r, k * l * q)))
 
   def reference_read(self, conductances) -> float:
     """Global drift compensation's reference read (aihwkit's `GlobalDriftCompensation`): the
@@ -130,9 +131,7 @@ class AnalogCore:
     if lines is None and reader is self.reader:
       grouped = self.grouped_lines
     else:
-      n, r = self.lines.shape[:2]
-      grouped = reader.weights(tf.reshape(self.lines if lines is None else lines,
-                                          (n, r, k * l * q)))
+      grouped = self._grouped(self.lines if lines is None else lines, reader)
     sums = reader.products(inputs, grouped)
     return tf.reshape(sums, tf.concat([tf.shape(sums)[:-1], [k, l, q]], 0))
 

@@ -52,15 +52,21 @@ def patch_index(kernel_shape: tuple[int, ...]) -> np.ndarray:
   return (rows % taps) * cin + rows // taps
 
 
+def causal_padded(x: tf.Tensor, padding: str, size: int, dilation: int) -> tuple[tf.Tensor, str]:
+  """A causal Conv1D's input left-padded by `(size - 1) * dilation` zeros, then 'valid';
+  any other padding as it is."""
+  if padding != "causal":
+    return x, padding
+  return tf.pad(x, [[0, 0], [(size - 1) * dilation, 0], [0, 0]]), "valid"
+
+
 def extract_patches(x: tf.Tensor, kind: str, kernel_shape, strides, padding: str,
                     dilation_rate) -> tf.Tensor:
   """`(..., cin*taps)` tap-major patches of a Conv2D/Conv1D input (channels_last)."""
   if kind == "Dense":
     return x
   if kind == "Conv1D":
-    if padding == "causal":
-      x = tf.pad(x, [[0, 0], [(kernel_shape[0] - 1) * dilation_rate[0], 0], [0, 0]])
-      padding = "valid"
+    x, padding = causal_padded(x, padding, kernel_shape[0], dilation_rate[0])
     x = x[:, None]
     sizes, strides, rates = (1, kernel_shape[0]), (1, strides[0]), (1, dilation_rate[0])
   else:
@@ -89,10 +95,8 @@ def kernel_forward(x: tf.Tensor, kernel: tf.Tensor, kind: str, conv: dict) -> tf
   """A Dense or convolution layer's product with `kernel`, as Keras computes it."""
   if kind == "Dense":
     return crossbar_matmul.contract_last(x, tf.cast(kernel, x.dtype), 1)
-  padding = conv["padding"]
-  if padding == "causal":
-    x = tf.pad(x, [[0, 0], [(kernel.shape[0] - 1) * conv["dilation_rate"][0], 0], [0, 0]])
-    padding = "valid"
+  x, padding = causal_padded(x, conv["padding"], int(kernel.shape[0]),
+                             conv["dilation_rate"][0])
   return tf.nn.convolution(x, tf.cast(kernel, x.dtype), strides=list(conv["strides"]),
                            padding=padding.upper(), dilations=list(conv["dilation_rate"]))
 
