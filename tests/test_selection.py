@@ -43,13 +43,18 @@ def test_the_planted_best_candidate_wins_and_the_model_is_left_as_it_was(trained
   before = [w.copy() for w in trained.get_weights()]
   candidates = {"heavy": CrossbarPolicy(targets={".*": 0.95}, leave_dense=()),
                 "light": CrossbarPolicy(targets={".*": 0.1}, leave_dense=())}
-  choice = xt.choose_allocation(trained, pm.SPEC, candidates, 0.5, "column", VALIDATION)
+  names = [l.name for l in introspection.iter_layers(trained) if introspection.is_mapped(l)]
+  costs = {n: 1000.0 * (i + 1) for i, n in enumerate(names)}  # pJ per crossbar
+  choice = xt.choose_allocation(trained, pm.SPEC, candidates, 0.5, "column", VALIDATION,
+                                costs=costs)
   assert choice.chosen == "light"
   rows = {r["name"]: r for r in choice.rows}
   assert rows["light"]["validation_accuracy"] > rows["heavy"]["validation_accuracy"] + 0.2
   for name, row in rows.items():
     assert row["validation_accuracy"] == pytest.approx(_accuracy_after(trained, row["budgets"]))
     assert row["crossbars"] == sum(row["budgets"].values())
+    assert row["energy_nj"] == pytest.approx(sum(i + 1 for i, n in enumerate(names)
+                                                 for _ in range(row["budgets"][n])))
   after = trained.get_weights()
   assert all(np.array_equal(a, b) for a, b in zip(before, after))
   reordered = xt.choose_allocation(trained, pm.SPEC, dict(reversed(candidates.items())), 0.5,
@@ -140,7 +145,8 @@ def test_batchnorm_is_re_estimated_on_the_calibration_images_after_each_cut():
 
 
 @pytest.mark.parametrize("counts,reduction", [((1, 9, 30, 2), 0.72), ((5, 40, 12, 3), 0.85),
-                                              ((2, 3, 4, 5, 6), 0.5), ((8, 8), 0.9)])
+                                              ((2, 3, 4, 5, 6), 0.5), ((8, 8), 0.9),
+                                              ((8, 8), 0.44)])  # the last: exactly one a layer
 def test_equal_count_meets_the_global_total_with_the_least_reduction(counts, reduction):
   """With the first layer left dense, per_layer at `reduction` holds more than the global
   modes' total; `equal_count`'s targets hold no more, and a brute force over finer reductions
