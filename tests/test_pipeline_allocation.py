@@ -90,8 +90,8 @@ def test_distillation_weight_out_of_range_names_the_field(tmp_path):
 def test_validated_mode_trains_the_best_candidate_and_never_reads_the_test_set(tmp_path,
                                                                               monkeypatch):
   """`allocation.mode="validated"`: every candidate is scored on the validation images carved
-  from the training images (a spy on the selection's accuracy sees only those), the best one
-  is trained, and the report lists them all."""
+  from the training images (a spy on the selection's accuracy sees only those) after its
+  masked fine-tuning steps, the best one is trained, and the report lists them all."""
   import json
 
   import numpy as np
@@ -108,7 +108,8 @@ def test_validated_mode_trains_the_best_candidate_and_never_reads_the_test_set(t
   monkeypatch.setattr(selection, "accuracy", spy)
   names = ["per_layer", "global_score:magnitude", "global_score:relative_magnitude"]
   lines: list[str] = []
-  config = tiny(tmp_path, mode="validated", validation_images=256, candidates=",".join(names))
+  config = tiny(tmp_path, mode="validated", validation_images=256, candidates=",".join(names),
+                candidate_steps=8)
   metrics = pipeline.run(config, log=lines.append)
   allocation = json.loads((tmp_path / "state.json").read_text())["phases"]["prune"]["allocation"]
   rows = allocation["candidates"]
@@ -118,9 +119,11 @@ def test_validated_mode_trains_the_best_candidate_and_never_reads_the_test_set(t
   chosen = rows[scores.index(max(scores))]
   assert metrics["crossbars"]["pruned"] == chosen["crossbars"]
   data = preparation.load_data(configuration.parse(config))
-  assert len(seen) == len(names)
+  assert [[s for s, _ in r["trajectory"]] for r in rows] == [[0, 2, 4, 8]] * len(names)
+  assert len(seen) == 4 * len(names)
   assert all(np.array_equal(x, data.validation[0]) for x in seen)
   assert any(f"* {allocation['chosen']}: validation accuracy" in l for l in lines)
   report = (tmp_path / "report" / "report.md").read_text()
   assert "## Allocation chosen on validation" in report
   assert f"| {allocation['chosen']} (chosen) | {chosen['crossbars']} |" in report
+  assert "fine-tuned for 8 masked steps" in report

@@ -189,3 +189,90 @@ def test_the_per_layer_candidate_competes_at_the_global_count(trained):
   assert choice.policy.mode == candidates[choice.chosen].mode
   if choice.chosen == "per_layer":
     assert dict(choice.policy.targets)
+
+
+def test_finetune_batches_cover_the_images_once_an_epoch_in_a_seeded_order():
+  x, y = np.arange(10)[:, None] * 1.0, np.arange(10)
+  batches = selection.finetune_batches((x, y), steps=7, batch_size=3, seed=5)
+  assert [len(b[1]) for b in batches] == [3] * 7
+  seen = np.concatenate([b[1] for b in batches])
+  assert sorted(seen[:10]) == list(range(10)) and len(set(seen[10:20])) == 10
+  assert all(np.array_equal(bx[:, 0], by) for bx, by in batches)  # images keep their labels
+  again = selection.finetune_batches((x, y), steps=7, batch_size=3, seed=5)
+  assert all(np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
+  assert not np.array_equal(seen, np.concatenate(
+      [b[1] for b in selection.finetune_batches((x, y), 7, 3, seed=6)]))
+  assert [len(b[1]) for b in selection.finetune_batches((x[:2], y[:2]), 3, 128)] == [2] * 3
+  assert selection.finetune_batches((x, y), 0) == []
+  with pytest.raises(ValueError, match="fine-tuning data is empty"):
+    selection.finetune_batches((x[:0], y[:0]), 2)
+
+
+@pytest.mark.parametrize("flavour", ["tf_keras", "keras3"])
+def test_masked_finetune_takes_adams_first_step_and_keeps_the_zeros(flavour):
+  """Adam's first step moves every weight by lr * g / (|g| + eps) against its gradient g (the
+  bias-corrected moments are g and g^2); a masked kernel's pruned weights stay exactly zero and
+  its kept ones move; more steps lower the training loss."""
+  import tensorflow as tf
+  model = pm.compile_model(pm.cnn(seed=2, flavour=flavour))
+  kernel = introspection.mapped_kernel(model.get_layer("conv2"))
+  mask = (np.random.default_rng(0).random(kernel.shape) < 0.5).astype("float32")
+  kernel.assign(np.asarray(kernel) * mask)
+  x, y = TRAIN[0][:64], TRAIN[1][:64]
+  variables = list(model.trainable_variables)
+  loss_fn = introspection.compiled_loss(model, "test")
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+  grads = [np.asarray(g) for g in tape.gradient(loss, variables)]
+  before = [np.asarray(v).copy() for v in variables]
+  kernel_before = np.asarray(kernel).copy()
+  selection.masked_finetune(model, {"conv2": mask}, [(x, y)], learning_rate=0.01)
+  for v, b, g in zip(variables, before, grads):
+    if v is kernel:
+      g = g * mask
+    np.testing.assert_allclose(np.asarray(v), b - 0.01 * g / (np.abs(g) + 1e-7), atol=1e-6)
+  after = np.asarray(kernel)
+  assert np.all(after[mask == 0] == 0) and np.mean(after[mask == 1] != kernel_before[mask == 1]) > 0.5
+  selection.masked_finetune(model, {"conv2": mask}, [(x, y)] * 20, learning_rate=0.01)
+  assert np.all(np.asarray(kernel)[mask == 0] == 0)
+  assert float(tf.reduce_mean(loss_fn(y, model(x, training=False)))) < float(loss)
+
+
+def test_fine_tuned_scores_equal_a_cut_fine_tuned_by_hand_on_the_same_batches(trained):
+  """With `finetune_steps`, each row's score is its cut after `masked_finetune` on the seeded
+  batches (every candidate the same ones), its trajectory starts at the score without steps
+  and passes the score after half the steps;
+  the model is left as it was; steps without training data are refused."""
+  before = [w.copy() for w in trained.get_weights()]
+  candidates = {"heavy": CrossbarPolicy(targets={".*": 0.9}, leave_dense=()),
+                "light": CrossbarPolicy(targets={".*": 0.3}, leave_dense=())}
+  plain = xt.choose_allocation(trained, pm.SPEC, candidates, 0.5, "column", VALIDATION)
+  tuned = xt.choose_allocation(trained, pm.SPEC, candidates, 0.5, "column", VALIDATION,
+                               train_data=TRAIN, finetune_steps=6, learning_rate=3e-3, seed=4)
+  assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
+  batches = selection.finetune_batches(TRAIN, 6, seed=4)
+  for p, t in zip(plain.rows, tuned.rows):
+    assert t["trajectory"][0] == [0, p["validation_accuracy"]] and t["budgets"] == p["budgets"]
+    assert [s for s, _ in t["trajectory"]] == [0, 1, 3, 6]
+    masks = {}
+    for layer in introspection.iter_layers(trained):
+      if introspection.is_mapped(layer):
+        g = introspection.geometry_of(layer, pm.SPEC)
+        masks[layer.name] = np.asarray(project(g, introspection.mapped_kernel(layer),
+                                               t["budgets"][layer.name], "column"))
+    xt.apply_masks(trained, masks)
+    selection.masked_finetune(trained, masks, batches[:3], 3e-3)
+    at_half = selection.accuracy(trained, *VALIDATION)
+    trained.set_weights(before)
+    xt.apply_masks(trained, masks)
+    selection.masked_finetune(trained, masks, batches, 3e-3)
+    by_hand = selection.accuracy(trained, *VALIDATION)
+    trained.set_weights(before)
+    assert t["validation_accuracy"] == by_hand == t["trajectory"][-1][1]
+    assert t["trajectory"][2][1] == at_half
+  heavy = {r["name"]: r for r in tuned.rows}["heavy"]
+  assert heavy["validation_accuracy"] > heavy["trajectory"][0][1]  # the steps recover the cut
+  assert "(one-shot " in tuned.table()[0]
+  with pytest.raises(ValueError, match="needs training data"):
+    xt.choose_allocation(trained, pm.SPEC, candidates, 0.5, "column", VALIDATION,
+                         finetune_steps=3)

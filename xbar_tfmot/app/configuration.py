@@ -218,6 +218,9 @@ class Allocation(_Section):
       energy; mode global_score, or validated with global_score candidates only) | latency
       (refused: pruning cannot lower the cost model's latency).
     candidates: validated: comma-separated `mode[:score]` names (`selection.CANDIDATES`).
+    candidate_steps: validated: masked fine-tuning steps (batches of `train.batch_size`
+      training images, Adam at `train.learning_rate`) each candidate takes after its cut, before it is scored (0:
+      scored one-shot, as cut).
     leave_dense: layers kept whole: default (the first convolution) | "" (none) |
       comma-separated layer names.
     validation_images: training images held out for the methods' own choices (sensitivity,
@@ -233,6 +236,7 @@ class Allocation(_Section):
   objective: str = _f("crossbars", **_choice(*OBJECTIVES))
   leave_dense: str = "default"
   candidates: str = ",".join(CANDIDATES)
+  candidate_steps: int = _f(64, **_NON_NEGATIVE)
   validation_images: int = _f(512, **_POSITIVE)
   reorder: bool = True
   dense_layers: tuple[str, ...] | None = _derived()

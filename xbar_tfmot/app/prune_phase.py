@@ -63,10 +63,14 @@ def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
       model, run.spec, candidates, a.reduction, run.config.chip.granularity,
       run.data.validation, gradient_data=_gradient_batches(run, None, "fisher"),
       calibration_images=images,
-      costs=costs or crossbar_costs(model, run.spec, run.config.hardware.hardware_spec))
+      costs=costs or crossbar_costs(model, run.spec, run.config.hardware.hardware_spec),
+      train_data=run.data.train, finetune_steps=a.candidate_steps,
+      learning_rate=run.config.train.learning_rate, batch_size=run.config.train.batch_size,
+      seed=run.config.seed)
+  tuned = f", fine-tuned for {a.candidate_steps} masked steps," if a.candidate_steps else ""
   run.log(f"[prune] allocation chosen on {len(run.data.validation[1])} held-out training "
-          f"images ({training.format_seconds(choice.seconds)}), each candidate cut one-shot "
-          f"after BatchNorm re-estimation on {len(images)} training images:")
+          f"images ({training.format_seconds(choice.seconds)}), each candidate cut one-shot"
+          f"{tuned} scored after BatchNorm re-estimation on {len(images)} training images:")
   for line in choice.table():
     run.log(f"[prune]   {line}")
   result["allocation"] = {"chosen": choice.chosen, "seconds": round(choice.seconds, 1),

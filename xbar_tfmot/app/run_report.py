@@ -245,17 +245,22 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
                    f"{_fmt(o['rejected_accuracy'])} |")
   if m["allocation"]:
     a = m["allocation"]
+    steps = next((r["trajectory"][-1][0] for r in a["candidates"] if "trajectory" in r), 0)
+    tuned = f", fine-tuned for {steps} masked steps on training images," if steps else ""
     lines += ["", "## Allocation chosen on validation", "",
-              f"Each candidate cut one-shot from the prune input, BatchNorm re-estimated on "
-              f"training images, scored on the validation images held out of the training "
+              f"Each candidate cut one-shot from the prune input{tuned} BatchNorm re-estimated "
+              f"on training images, scored on the validation images held out of the training "
               f"images; `{a['chosen']}` was trained.", "",
-              "| candidate | crossbars | chip energy | validation accuracy |", "|---|---|---|---|"]
+              "| candidate | crossbars | chip energy | one-shot | validation accuracy |",
+              "|---|---|---|---|---|"]
     for r in a["candidates"]:
       score = (_fmt(r["validation_accuracy"]) if "validation_accuracy" in r
                else f"infeasible: {r['infeasible']}")
       mark = " (chosen)" if r["name"] == a["chosen"] else ""
       energy = f"{r['energy_nj']:.1f} nJ" if "energy_nj" in r else ""
-      lines.append(f"| {r['name']}{mark} | {r.get('crossbars', '')} | {energy} | {score} |")
+      one_shot = _fmt(r["trajectory"][0][1]) if "trajectory" in r else ""
+      lines.append(f"| {r['name']}{mark} | {r.get('crossbars', '')} | {energy} | {one_shot} | "
+                   f"{score} |")
   chip = m["chip_cost"]
   objective = m.get("objective")
   budget = ([f"The allocation split the crossbars by {objective['objective']} on "
