@@ -18,6 +18,7 @@ from xbar_tfmot.core.cost import estimate_cost
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.hardware import HardwareSpec
 from xbar_tfmot.core.policy import CrossbarPolicy, allocate_by_score, unit_costs
+from xbar_tfmot.models import introspection
 from xbar_tfmot.models.introspection import keras_module
 from xbar_tfmot.models.model_mapping import build_mapping
 from xbar_tfmot.pruning.allocation import crossbar_costs
@@ -413,3 +414,42 @@ def test_the_run_meets_an_energy_budget_and_reports_energy_and_latency(tmp_path,
     chosen = rows[metrics["allocation"]["chosen"]]  # its one-shot cut; training re-splits it
     assert all(r["energy_nj"] <= objective["budget_nj"] * (1 + 1e-9) for r in rows.values())
     assert f"| {chosen['crossbars']} | {chosen['energy_nj']:.1f} nJ |" in report
+
+
+@pytest.mark.parametrize("mode", ["global_score", "validated"])
+def test_an_energy_budget_that_cannot_be_met_is_refused_before_training(mode):
+  """`check_budgets` (run before the baseline trains) refuses an energy reduction whose pool
+  cannot give every pruned layer one crossbar, names the objective, and its bound is the
+  largest reduction whose plan the policy accepts (a brute force over the same grid)."""
+  from _configs import load_config
+
+  from xbar_tfmot.app import configuration, preparation
+  from xbar_tfmot.app.configuration import ConfigError
+  from xbar_tfmot.pruning.allocation import crossbar_costs
+
+  def parsed(reduction: float):
+    return configuration.parse(load_config(
+        allocation__mode=mode, allocation__objective="energy", allocation__reduction=reduction,
+        allocation__candidates="global_score:magnitude"))
+
+  config = parsed(0.5)
+  model = preparation.initial_model(config, preparation.load_data(config), {})
+  preparation.check_budgets(config, model)  # 0.5 fits
+  spec = config.chip.crossbar
+  mapped = [l for l in introspection.iter_layers(model) if introspection.is_mapped(l)]
+  policy = CrossbarPolicy(mode="global_score", objective="energy", layer_costs=crossbar_costs(
+      model, spec, config.hardware.hardware_spec))
+  shapes = [introspection.geometry_of(l, spec) for l in mapped]
+
+  def fits(r: float) -> bool:
+    try:
+      policy.plan(shapes, r)
+      return True
+    except ValueError:
+      return False
+
+  high = max(k / 1000 for k in range(1, 1000) if fits(k / 1000))
+  assert high < 0.999
+  with pytest.raises(ConfigError, match=rf"reduction=0.999: too high .*allocation.objective="
+                                        rf"'energy' on isaac_32nm\); valid: reduction <= {high:g}"):
+    preparation.check_budgets(parsed(0.999), model)

@@ -97,8 +97,9 @@ def check_budgets(config: RunConfig, model) -> None:
   """Every crossbar budget the prune phase will ask for, computed now, before any training.
 
   A budget is a function of the mapped layers' names, kinds and kernel shapes, the spec and
-  the `allocation.*` fields only (`LayerGeometry`, `CrossbarPolicy.plan`, `plan.plan_model`),
-  never of the weights: training and reorder (a permutation) change no shape, and what is
+  the `allocation.*` fields only (`LayerGeometry`, `CrossbarPolicy.plan`, `plan.plan_model`;
+  for `allocation.objective="energy"` also of the layers' output positions and the chip,
+  `crossbar_costs`), never of the weights: training and reorder (a permutation) change no shape, and what is
   weight-dependent (`global_score`'s re-split at every update, `sensitivity`'s curves) only
   splits a model-wide total that `plan` has already checked. So the untrained model fails
   here exactly where the prune phase would fail after training. Raises `ConfigError` naming
@@ -120,8 +121,15 @@ def check_budgets(config: RunConfig, model) -> None:
   # validated: its candidates share two kinds of budget, per layer and one model-wide pool;
   # the run fails here only if neither can be met (a candidate that cannot is skipped).
   modes = ("per_layer", "global_score") if a.mode == "validated" else (a.mode,)
+  by_cost = {}
+  if a.objective != "crossbars":  # a budget in pJ: the costs per crossbar are shapes only
+    from xbar_tfmot.pruning.allocation import crossbar_costs
+    modes = ("global_score",)
+    by_cost = {"objective": a.objective, "layer_costs": crossbar_costs(
+        model, spec, config.hardware.hardware_spec, a.objective)}
   policies = [CrossbarPolicy(leave_dense=a.dense_layers, mode=m, curves=curves,
-                             score=a.score if m == a.mode else "magnitude") for m in modes]
+                             score=a.score if m == a.mode else "magnitude", **by_cost)
+              for m in modes]
 
   def problem(reduction: float) -> str | None:
     """Why the prune phase would refuse `reduction` (as it computes budgets), or None."""
@@ -142,7 +150,9 @@ def check_budgets(config: RunConfig, model) -> None:
     return
   valid = [k / 1000 for k in range(1, 1000) if problem(k / 1000) is None]
   where = (f"for this model ({sum(g.dense_crossbars for g in geometries)} crossbars dense on "
-           f"{spec}, allocation.mode={a.mode!r})")
+           f"{spec}, allocation.mode={a.mode!r}"
+           + (f", allocation.objective={a.objective!r} on {config.hardware.preset}"
+              if by_cost else "") + ")")
   if not valid:
     raise ConfigError(f"config.allocation.reduction={a.reduction!r}: no reduction can be met "
                       f"{where}; valid: smaller crossbars (config.chip.spec) or fewer "

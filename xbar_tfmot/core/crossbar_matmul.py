@@ -113,7 +113,7 @@ class RowGroups:
   def weights(self, weights) -> tf.Tensor:
     """`(n, r, c)` crossbar weights laid out for `products`: `(G, r', slots * c)` grouped,
     `(depth, G * slots * c)` whole."""
-    n, r, c = (int(d) for d in weights.shape)
+    c = int(weights.shape[-1])
     groups, width = self.index.shape
     w = tf.pad(tf.convert_to_tensor(weights), [[0, 1], [0, 1], [0, 0]])
     w = tf.gather(w, self.crossbar)  # (G, slots, r + 1, c)
