@@ -44,6 +44,8 @@ from xbar_tfmot.models.channels import ChannelGraph, ChannelSpace, analyze
 from xbar_tfmot.models.analog_model import analog_accuracy, analog_model, output_positions
 from xbar_tfmot.models.compensation import compensate_chip
 from xbar_tfmot.models.crossbar_model import crossbar_model
+from xbar_tfmot.models.dead_channels import (DeadChannelReport, find_dead_channels,
+                                             remove_dead_channels)
 from xbar_tfmot.models.hardware_sweep import Condition as SweepCondition
 from xbar_tfmot.models.hardware_sweep import conditions as sweep_conditions
 from xbar_tfmot.models.hardware_sweep import cost_summary as hardware_cost_summary
@@ -75,6 +77,7 @@ __all__ = [
     "sweep_conditions", "sweep_hardware", "LayerByLayerError", "LayerOutcome", "StopRules",
     "prune_layer_by_layer", "apply_masks", "one_shot_budgets", "one_shot_masks",
     "AllocationChoice", "candidate_policy", "choose_allocation",
+    "DeadChannelReport", "find_dead_channels", "remove_dead_channels",
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",
     "CrossbarPolicy", "CrossbarPolynomialDecay", "CrossbarPruningSummaries", "CrossbarReport",
     "CrossbarSpec", "CrossbarTemperatureDecay", "DistillationLoss", "ExportError",

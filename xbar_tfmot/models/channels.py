@@ -139,12 +139,14 @@ class _UnionFind:
     self.pins.setdefault(i, []).append(reason)
 
 
-def _key(tensor: Any) -> tuple[str, int, int]:
+def tensor_key(tensor: Any) -> tuple[str, int, int]:
+  """A Keras tensor's (layer name, node, index): one key per tensor in either flavour."""
   layer, node, index = _compat.keras_history(tensor)
   return layer.name, node, index
 
 
-def _flat(value: Any) -> list[Any]:
+def flat(value: Any) -> list[Any]:
+  """A layer's input or output as a list of tensors."""
   return tf.nest.flatten(value)
 
 
@@ -172,23 +174,23 @@ def analyze(model: Any) -> ChannelGraph:
   def fresh(tensor: Any, reason: str | None) -> Layout:
     size = tensor.shape[-1] if len(tensor.shape) else None
     layout = Layout(((uf.new(int(size or 0), reason), int(size or 0)),))
-    layouts[_key(tensor)] = layout
+    layouts[tensor_key(tensor)] = layout
     return layout
 
   def pin_all(layout: Layout, reason: str) -> None:
     for sid, _ in layout.segments:
       uf.pin(sid, reason)
 
-  for tensor in _flat(model.inputs):
+  for tensor in flat(model.inputs):
     fresh(tensor, f"produced by the model input {_compat.keras_history(tensor)[0].name!r}")
 
   for layer in model.layers:
     kind_name = type(layer).__name__
     if kind_name == "InputLayer":
       continue
-    ins = [t for t in _flat(layer.input) if _compat.keras_history(t) is not None]
-    outs = _flat(layer.output)
-    known = [layouts.get(_key(t)) for t in ins]
+    ins = [t for t in flat(layer.input) if _compat.keras_history(t) is not None]
+    outs = flat(layer.output)
+    known = [layouts.get(tensor_key(t)) for t in ins]
     reason = None
     if _compat.inbound_node_count(layer) != 1:
       reason = "is called more than once (shared layer)"
@@ -209,8 +211,8 @@ def analyze(model: Any) -> ChannelGraph:
       for tensor in outs:
         fresh(tensor, f"produced by {layer.name!r}, which {reason}")
 
-  for tensor in _flat(model.outputs):
-    pin_all(layouts[_key(tensor)], "reaches a model output")
+  for tensor in flat(model.outputs):
+    pin_all(layouts[tensor_key(tensor)], "reaches a model output")
 
   return _resolve(uf, inputs, outputs, carriers, unsupported)
 
@@ -218,7 +220,7 @@ def analyze(model: Any) -> ChannelGraph:
 def _propagate(layer, kind_name, kind, known, out, uf, layouts, inputs, outputs,
                carriers) -> str | None:
   """Records one supported layer; returns why not if it is not supported."""
-  key = _key(out)
+  key = tensor_key(out)
   if kind in KERNEL_RANK:
     if layer is not introspection.unwrap(layer):
       return "is a wrapped layer (reorder before pruning)"
