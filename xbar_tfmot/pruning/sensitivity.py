@@ -6,12 +6,16 @@ held-out batches after the one-shot exact projection of that layer to each budge
 model-wide budget to minimise the summed loss increase over these curves (an exact knapsack
 over interpolated curves, `core.policy.allocate_by_curves`). The curves are measured once,
 before pruning; the result says what they cost (model evaluations and seconds).
+
+`perturb` (optional) evaluates each point on perturbed copies of the cut kernel instead, the
+loss averaged over them; `pruning.robustness.chip_perturbation` programs them on a simulated
+chip (issue 27, item 3), so the curves include the chip's weight noise.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,7 +37,9 @@ def _batches(data: Any, batch_size: int) -> list:
 def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
                        granularity: str = "crossbar", reductions: Sequence[float] = REDUCTIONS,
                        loss: Any = None, batch_size: int = 256,
-                       layers: Sequence[str] | None = None) -> dict[str, Any]:
+                       layers: Sequence[str] | None = None,
+                       perturb: Callable[[str, np.ndarray, np.ndarray], Sequence[np.ndarray]]
+                       | None = None) -> dict[str, Any]:
   """Loss against crossbar budget for each mapped layer, pruned alone by the exact projection.
 
   Args:
@@ -46,6 +52,9 @@ def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
       dense count and 1 crossbar are always measured.
     loss: a callable `loss(y, y_pred)`; default the model's compiled loss.
     layers: names to measure (default: every mapped layer).
+    perturb: optional `perturb(layer_name, cut_kernel, mask) -> [kernel, ...]`; each point
+      (the dense one included, with an all-ones mask) is then the mean loss over the returned
+      kernels, each evaluated in place of the layer's kernel.
 
   Returns:
     `{"curves": {layer: [[budget, loss], ...]}, "evaluations": n, "seconds": s}`; pass
@@ -68,7 +77,20 @@ def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
       count += len(x)
     return total / count
 
-  base = evaluate()
+  def point(name: str, cut: np.ndarray, mask: np.ndarray) -> float:
+    if perturb is None:
+      kernel.assign(cut)
+      return evaluate()
+    variants = list(perturb(name, cut, mask))
+    if not variants:
+      raise PruningConfigError(f"sensitivity_curves: perturb returned no kernel for {name}.")
+    losses = []
+    for variant in variants:
+      kernel.assign(np.asarray(variant, saved.dtype).reshape(saved.shape))
+      losses.append(evaluate())
+    return float(np.mean(losses))
+
+  base = evaluate() if perturb is None else None
   curves = {}
   for layer in introspection.iter_layers(model):
     if not introspection.is_mapped(layer) or (layers is not None and layer.name not in layers):
@@ -82,10 +104,11 @@ def sensitivity_curves(model: Any, spec: CrossbarSpec | str, data: Any,
     try:
       for b in budgets:
         if b == g.dense_crossbars:
-          points.append([b, base])
+          points.append([b, base if perturb is None else
+                         point(layer.name, saved, np.ones_like(saved))])
           continue
-        kernel.assign(saved * np.asarray(project(g, saved, b, granularity)))
-        points.append([b, evaluate()])
+        mask = np.asarray(project(g, saved, b, granularity), saved.dtype)
+        points.append([b, point(layer.name, saved * mask, mask)])
     finally:
       kernel.assign(saved)
     curves[layer.name] = points
