@@ -224,3 +224,31 @@ def test_results_file_is_written_under_the_lock_and_keeps_other_runs_cells(tmp_p
   ours.save()  # the holder is gone: its lock is stale and taken over
   assert len(json.loads((tmp_path / "results.json").read_text())["cells"]) == 4
   assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_energy_objective_row_keeps_the_energy_budget_and_every_row_is_costed(tmp_path):
+  """Issue 27: `alloc-energy-objective` (A11) spends no more than `(1 - s)` of the dense
+  model's energy per inference on isaac_32nm, and that energy is the cost model's sum of each
+  layer's crossbars times its energy per crossbar (exact: the chip converts every column);
+  the dense baseline and a crossbar-objective row (A3) carry the same fields."""
+  _fashion_or_skip()
+  out = tmp_path / "bq"
+  run_tool("bench_quality", "--quick", "--out", str(out), "--reductions", "0.5",
+           "--no-finetuned-reference", "--methods", "issue27,alloc-energy")
+  data = json.loads((out / "results.json").read_text())
+  dense = data["baselines"]["fashion_mnist_vgg8_w0.25_s0"]
+  assert dense["chip"] == "isaac_32nm" and dense["chip_crossbars"] == dense["counts"]["dense"]
+  cells = {c["method"]: c for c in data["cells"]}
+  assert sorted(cells) == ["alloc-energy", "alloc-energy-objective"]
+  for c in cells.values():
+    assert c["chip_crossbars"] == c["counts"]["packed"] and c["energy_nj"] > 0
+  ours = cells["alloc-energy-objective"]
+  assert ours["objective"] == "energy"
+  per = ours["crossbar_nj"]
+  assert ours["energy_nj"] == pytest.approx(sum(per[n] * k for n, k in ours["layers"].items()))
+  assert sum(per[n] * k for n, k in cells["alloc-energy"]["layers"].items()) == pytest.approx(
+      cells["alloc-energy"]["energy_nj"])
+  assert ours["energy_budget_nj"] == pytest.approx(0.5 * dense["energy_nj"])
+  assert ours["energy_nj"] <= ours["energy_budget_nj"] * (1 + 1e-9)
+  assert ours["energy_nj"] < cells["alloc-energy"]["energy_nj"]  # A3 counts crossbars, not nJ
+  assert "Energy per inference on `isaac_32nm`" in (out / "bench_quality.md").read_text()

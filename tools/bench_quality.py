@@ -50,7 +50,7 @@ if str(pathlib.Path(__file__).resolve().parent) not in sys.path:  # tools/ is no
 # The parts of the benchmark, also reachable from the driver as before they were split out.
 from quality_bench import Bench, load_cifar10, load_data  # noqa: E402,F401
 from quality_methods import (ALLOCATION, DISTILLED, METHOD_GROUPS, METHODS,  # noqa: E402,F401
-                             equal_count_reduction, run_cell)
+                             chip_cost, equal_count_reduction, run_cell)
 from quality_report import (Results, allocation_reading, choose_allocation,  # noqa: E402,F401
                             render, summarise)
 
@@ -104,6 +104,8 @@ FLAGS: tuple[tuple[str, Any, str, Any], ...] = (
      "(DistillationLoss)", (lambda v: 0.0 <= v <= 1.0, "0 <= w <= 1")),
     ("--distill-temperature", 4.0, "alloc-best-distill: distillation temperature",
      (lambda v: v > 0, "> 0")),
+    ("--candidate-steps", 32, "alloc-validated: masked fine-tuning steps of each candidate "
+     "before it is scored (0: one-shot); recorded in the cell, not a setting", AT_LEAST_0),
     ("--no-finetuned-reference", False, "skip (for now) the 'dense + the same epochs' "
      "reference; a later run without this flag adds it", None),
     ("--bn-recalibration", 5000, "before every evaluation, re-estimate BatchNorm statistics on "
@@ -243,14 +245,16 @@ def main(argv: list[str] | None = None) -> dict:
     if bench is None or (bench.network, bench.seed) != (net, seed):
       bench = None  # one (network, seed) in memory at a time
       bench = Bench(args, net, seed, log, choose=functools.partial(results.choose, net))
-    baseline = {**bench.dense()[1], "network": f"{net[0]}:{net[1]:g}", "seed": seed}
+    baseline = {**bench.dense()[1], "network": f"{net[0]}:{net[1]:g}", "seed": seed,
+                **chip_cost(bench, bench.dense()[0])}  # issue 27: energy per inference
     if results.data["baselines"].get(bench.tag) != baseline:
       results.set_baseline(bench.tag, baseline)
     cell = {"key": key, **run_cell(bench, method, r)}
     results.add_cell(cell)
     counts = cell["counts"]
     log(f"{key}: acc {cell['accuracy']:.4f}, crossbars {counts['packed']}/{counts['dense']} "
-        f"(blocks {counts['blocks']}, budget {cell['budget']}), {cell['seconds']:.0f} s")
+        f"(blocks {counts['blocks']}, budget {cell['budget']}), {cell['energy_nj']:.0f} nJ on "
+        f"{cell['chip']}, {cell['seconds']:.0f} s")
   results.data["seconds_this_run"] = time.perf_counter() - t0
   results.save()
   render(out, results.data, results.data.get("command", command))

@@ -35,6 +35,13 @@ target (shared by the rows), differing only in how the crossbars are split among
                        reduction climbing a 3-step grid up to the target until the validation
                        accuracy falls 2 points below the start (or Tc = 1), each layer then
                        fine-tuned one epoch; it lands on its own crossbar count
+
+Issue 27 (`--methods issue27`): every cell and dense baseline records its energy per inference
+(nJ) and crossbars on the `CHIP` preset (`chip_cost`, the cost model);
+
+  alloc-energy-objective   A3 with `CrossbarPolicy(objective="energy")`, the layers' costs per
+                           crossbar from `crossbar_costs` on `CHIP`: the reduction is then the
+                           share of the dense model's energy per inference not spent
 """
 
 from __future__ import annotations
@@ -174,8 +181,9 @@ def _batches(b: Bench, y) -> list:
 
 def run_validated(b: Bench, reduction: float) -> tuple[Any, dict]:
   """`allocation.mode="validated"` as xbar-prune runs it: every candidate of
-  `xt.choose_allocation` cut one-shot from the reordered baseline, BatchNorm re-estimated on
-  1,024 training images, scored on the validation split; the winner trained as its row."""
+  `xt.choose_allocation` cut one-shot from the reordered baseline, fine-tuned for
+  `--candidate-steps` masked steps (0: none), BatchNorm re-estimated on 1,024 training images,
+  scored on the validation split; the winner trained as its row."""
   from xbar_tfmot.pruning.selection import CANDIDATES
   source, _, _ = reordered(b, reduction)
   model = b.copy(source)
@@ -185,11 +193,15 @@ def run_validated(b: Bench, reduction: float) -> tuple[Any, dict]:
                 for name in CANDIDATES}
   choice = b.xt.choose_allocation(model, b.spec, candidates, reduction, "column",
                                   (b.x_val, b.y_val), gradient_data=_batches(b, b.y),
-                                  calibration_images=b.x[:1024])
+                                  calibration_images=b.x[:1024], train_data=(b.x, b.y),
+                                  finetune_steps=b.args.candidate_steps,
+                                  learning_rate=b.args.finetune_lr, batch_size=b.args.batch,
+                                  seed=b.seed)
   b.log(f"{b.tag}: validated at {reduction:g}: " + "; ".join(choice.table()))
   mode, _, score = choice.chosen.partition(":")
   pruned, extra = run_allocation(b, reduction, mode, score or "magnitude")
   extra.update(chosen=choice.chosen, choice_seconds=choice.seconds,
+               candidate_steps=b.args.candidate_steps,
                candidates=[{k: v for k, v in r.items() if k != "budgets"} for r in choice.rows])
   return pruned, extra
 
@@ -331,6 +343,48 @@ def run_tfmot(b: Bench, reduction: float) -> tuple[Any, dict]:
   return sk.strip_pruning(pruned), {"target_sparsity": sparsity}
 
 
+# Issue 27: the chip every row's energy per inference is costed on (the cost model,
+# `core/cost.py`; docs/hardware.md), and the energy objective's layer costs come from.
+CHIP = "isaac_32nm"
+
+
+def chip(b: Bench) -> Any:
+  """`HardwareSpec.preset(CHIP)`: weight bits, cells and differential pairs left to the
+  mapping's `--spec`, its array's energy scaled to the spec's rows x columns."""
+  return b.remember("chip", lambda: b.xt.HardwareSpec.preset(CHIP))
+
+
+def chip_cost(b: Bench, model) -> dict:
+  """Energy per inference (nJ, arrays + ADCs + DACs) and crossbars of `model` (stripped) on
+  `CHIP`: its column-grain mapping (`build_mapping`, the packed count the cells report) through
+  `hardware_cost_summary` (`core.cost.estimate_cost`)."""
+  mapping = b.xt.build_mapping(model, b.spec, "column")
+  s = b.xt.hardware_cost_summary(model, mapping, chip(b))
+  return {"chip": CHIP, "energy_nj": float(s["energy_nj"]), "chip_crossbars": int(s["crossbars"])}
+
+
+def run_energy_objective(b: Bench, reduction: float,
+                         score: str = "magnitude") -> tuple[Any, dict]:
+  """The A3 row (LGD-RPP column grain on the reordered baseline, `global_score` by `score`)
+  with `CrossbarPolicy(objective="energy", layer_costs=crossbar_costs(model, spec, CHIP))`:
+  `reduction` is then the share of the dense model's energy per inference (every mapped layer,
+  those left dense included) that the pruned model may not spend: at most `(1 - reduction) * E`."""
+  source, reorder_seconds, skipped = reordered(b, reduction)
+  model = b.copy(source)
+  costs = b.xt.crossbar_costs(model, b.spec, chip(b))
+  policy = b.policy(model, mode="global_score", score=score, objective="energy",
+                    layer_costs=costs)
+  dense_pj = sum(costs[g.name] * g.dense_crossbars for g in b.geometries(model))
+  extra = {"mode": "global_score", "score": score, "objective": "energy", "chip": CHIP,
+           "reorder_seconds": reorder_seconds, "reorder_skipped": skipped,
+           "budget": b.model_budget(model, policy, reduction),  # crossbars of the first split
+           "energy_budget_nj": (1 - reduction) * dense_pj / 1e3,
+           "crossbar_nj": {n: c / 1e3 for n, c in costs.items()}}
+  gradients = _batches(b, b.y) if score in ("saliency", "fisher") else None
+  pruned = prune_and_fit(b, model, policy, reduction, allocation_data=gradients)
+  return b.xt.strip_crossbar_pruning(pruned), extra
+
+
 def _lgd(granularity: str, projection: str, regrowth: str, reorder: bool):
   return lambda b, r: run_lgd(b, r, granularity, projection, regrowth, reorder)
 
@@ -372,6 +426,8 @@ METHOD_TABLE: dict[str, Method] = {
                            _alloc("global_score", "fisher")),
     "alloc-validated": Method("A10. chosen one-shot on validation (xbar-prune's default)", "*--",
                               "issue28", run_validated),
+    "alloc-energy-objective": Method("A11. global_score magnitude, objective energy (isaac_32nm)",
+                                     "p-", "issue27", run_energy_objective),
     "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",
                                  "distilled", run_best_distilled),
     "layer-by-layer": Method("A7. layer-by-layer (the paper's procedure)", "h-", "procedure",
@@ -404,7 +460,8 @@ ISSUE8 = LGD_METHODS + BASELINES
 # Method groups `--methods` accepts besides single names.
 METHOD_GROUPS = {"issue8": ISSUE8, "allocation": ALLOCATION + DISTILLED,
                  "issue28": ("alloc-per-layer", "alloc-energy", "alloc-saliency",
-                             "alloc-sensitivity", *family("issue28"))}
+                             "alloc-sensitivity", *family("issue28")),
+                 "issue27": family("issue27")}
 
 
 def run_method(b: Bench, method: str, reduction: float) -> tuple[Any, dict]:
@@ -428,4 +485,4 @@ def run_cell(b: Bench, method: str, reduction: float) -> dict:
           "counts_pruned": b.counts(model, record["pruned_layers"]),
           "layers": b.layer_counts(model), "budget": budget,
           "reduction_measured": 1 - counts["packed"] / counts["dense"], "seconds": seconds,
-          **extra}
+          **chip_cost(b, model), **extra}

@@ -189,6 +189,7 @@ def markdown(data: dict, command: str) -> str:
   lines += reading(data, summary, dense)
   lines += allocation_reading(data, summary)
   lines += issue28_reading(data, summary)
+  lines += energy_table(data)
   return "\n".join(lines) + "\n"
 
 
@@ -301,6 +302,60 @@ def issue28_reading(data: dict, summary: dict, dense_goal: float = 0.01,
       lines.append(text + ".")
   return (["Issue 28 (the validated row A10 against dense and per-layer):", ""] + lines + [""]
           if lines else [])
+
+
+def energy_table(data: dict, saved_goal: float = 0.5, drop_goal: float = 0.01) -> list[str]:
+  """Issue 27: per network, the dense baseline and every (row, target) whose cells carry the
+  chip's energy per inference (`quality_methods.chip_cost`): test and validation accuracy,
+  whole-model crossbars, energy (nJ) and the share saved against dense over the same seeds,
+  and the goal (at least `saved_goal` saved, at most `drop_goal` below dense accuracy)."""
+  cells = [c for c in data["cells"] if "energy_nj" in c]
+  if not cells:
+    return []
+  lines = []
+  for net in sorted({c["network"] for c in cells}):
+    base = {r["seed"]: r for r in data["baselines"].values()
+            if r["network"] == net and "energy_nj" in r}
+    chip = next(c["chip"] for c in cells if c["network"] == net)
+    lines += [f"Energy per inference on `{chip}` (the cost model: arrays, ADCs and DACs), "
+              f"**{net}**; mean ± std over seeds, saved and points against dense on the same "
+              f"seeds; goal: at least {saved_goal:.0%} saved within {100 * drop_goal:.1f} point "
+              "of dense:", "",
+              "| row | target | seeds | test % | validation % | crossbars | energy nJ | saved "
+              "| points vs dense | goal |", "|---|---|---|---|---|---|---|---|---|---|"]
+    if base:
+      b = [base[s] for s in sorted(base)]
+      lines.append(f"| dense | | {','.join(map(str, sorted(base)))} | "
+                   f"{_fmt([r['accuracy'] for r in b])} | "
+                   f"{100 * np.mean([r.get('val_accuracy', np.nan) for r in b]):.2f} | "
+                   f"{np.mean([r['chip_crossbars'] for r in b]):.0f} | "
+                   f"{np.mean([r['energy_nj'] for r in b]):.0f} | | | |")
+    groups: dict = {}
+    for c in cells:
+      if c["network"] == net:
+        groups.setdefault((c["method"], c["reduction"]), []).append(c)
+    order = {m: i for i, m in enumerate(METHODS)}
+    for (m, r), cs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+      cs = sorted(cs, key=lambda c: c["seed"])
+      seeds = [c["seed"] for c in cs]
+      row = (f"| {METHOD_LABELS.get(m, m)} | {r:.0%}"
+             f"{' energy' if any(c.get('objective') == 'energy' for c in cs) else ''} | "
+             f"{','.join(map(str, seeds))} | {_fmt([c['accuracy'] for c in cs])} | "
+             f"{100 * np.mean([c.get('val_accuracy', np.nan) for c in cs]):.2f} | "
+             f"{np.mean([c['chip_crossbars'] for c in cs]):.0f} | "
+             f"{np.mean([c['energy_nj'] for c in cs]):.0f} | ")
+      if all(s in base for s in seeds):
+        saved = 1 - np.mean([c["energy_nj"] for c in cs]) / np.mean(
+            [base[s]["energy_nj"] for s in seeds])
+        drop = np.mean([c["accuracy"] for c in cs]) - np.mean(
+            [base[s]["accuracy"] for s in seeds])
+        met = saved >= saved_goal and drop >= -drop_goal
+        row += f"{saved:.1%} | {100 * drop:+.2f} | {'met' if met else 'missed'} |"
+      else:
+        row += "| | |"
+      lines.append(row)
+    lines.append("")
+  return lines
 
 
 def reading(data: dict, summary: dict, dense: dict, at: float = 0.72) -> list[str]:

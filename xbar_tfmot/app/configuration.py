@@ -236,7 +236,7 @@ class Allocation(_Section):
   objective: str = _f("crossbars", **_choice(*OBJECTIVES))
   leave_dense: str = "default"
   candidates: str = ",".join(CANDIDATES)
-  candidate_steps: int = _f(64, **_NON_NEGATIVE)
+  candidate_steps: int = _f(32, **_NON_NEGATIVE)
   validation_images: int = _f(512, **_POSITIVE)
   reorder: bool = True
   dense_layers: tuple[str, ...] | None = _derived()
