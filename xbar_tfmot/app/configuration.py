@@ -219,8 +219,8 @@ class Allocation(_Section):
       (refused: pruning cannot lower the cost model's latency).
     candidates: validated: comma-separated `mode[:score]` names (`selection.CANDIDATES`).
     candidate_steps: validated: masked fine-tuning steps (batches of `train.batch_size`
-      training images, Adam at `train.learning_rate`) each candidate takes after its cut, before it is scored (0:
-      scored one-shot, as cut).
+      training images, Adam at `train.learning_rate`) each candidate takes after its cut,
+      before it is scored (0: scored one-shot, as cut).
     leave_dense: layers kept whole: default (the first convolution) | "" (none) |
       comma-separated layer names.
     validation_images: training images held out for the methods' own choices (sensitivity,

@@ -97,10 +97,10 @@ def check_budgets(config: RunConfig, model) -> None:
   """Every crossbar budget the prune phase will ask for, computed now, before any training.
 
   A budget is a function of the mapped layers' names, kinds and kernel shapes, the spec and
-  the `allocation.*` fields only (`LayerGeometry`, `CrossbarPolicy.plan`, `plan.plan_model`;
-  for `allocation.objective="energy"` also of the layers' output positions and the chip,
-  `crossbar_costs`), never of the weights: training and reorder (a permutation) change no shape, and what is
-  weight-dependent (`global_score`'s re-split at every update, `sensitivity`'s curves) only
+  the `allocation.*` fields only (`LayerGeometry`, `CrossbarPolicy.plan`,
+  `plan.plan_model`; for `allocation.objective="energy"` also of the layers' output
+  positions and the chip, `crossbar_costs`), never of the weights: training and reorder (a
+  permutation) change no shape, and what is weight-dependent (`global_score`'s re-split at every update, `sensitivity`'s curves) only
   splits a model-wide total that `plan` has already checked. So the untrained model fails
   here exactly where the prune phase would fail after training. Raises `ConfigError` naming
   the field, and for `allocation.reduction` the range that is valid for this model.

@@ -37,8 +37,9 @@ CANDIDATES = ("per_layer", "global_score:magnitude", "global_score:saliency",
 class AllocationChoice:
   """The candidate that won, and every candidate's row: `name`, `validation_accuracy` (the
   score, after the fine-tuning steps), `trajectory` (when steps were taken: `[steps,
-  accuracy]` after 0, a quarter, half and all of them), `crossbars` (whole-model, pruned layers and dense ones), `energy_nj` (per inference,
-  from the costs per crossbar, when given), `budgets`, or `infeasible` (why)."""
+  accuracy]` after 0, a quarter, half and all of them), `crossbars` (whole-model, pruned
+  layers and dense ones), `energy_nj` (per inference, from the costs per crossbar, when
+  given), `budgets`, or `infeasible` (why)."""
   chosen: str
   rows: tuple[dict[str, Any], ...]
   seconds: float
@@ -184,8 +185,8 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
   none); `costs`: each mapped layer's energy (pJ) per crossbar (`allocation.crossbar_costs`),
   for each row's `energy_nj`; `train_data` `(x, y)`, `finetune_steps`, `learning_rate`,
   `batch_size`, `seed`: each cut is fine-tuned by `masked_finetune` on the same
-  `finetune_steps` batches of `train_data` before it is scored (0: scored one-shot). A candidate whose budgets cannot be
-  met is recorded as infeasible."""
+  `finetune_steps` batches of `train_data` before it is scored (0: scored one-shot). A
+  candidate whose budgets cannot be met is recorded as infeasible."""
   from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
   if finetune_steps < 0 or (finetune_steps and train_data is None):
     raise PolicyError(f"choose_allocation: finetune_steps={finetune_steps} needs training data; "
