@@ -42,6 +42,19 @@ def cnn(seed: int = 0, name: str = "digits_cnn", flavour: str = "tf_keras"):
   return keras.Model(inp, out, name=name)
 
 
+def two_branch(flavour: str = "keras3"):
+  """conv1 feeding two parallel convolutions, concatenated, pooled, into one Dense (8x8x1)."""
+  keras = keras_module(flavour)
+  keras.utils.set_random_seed(0)
+  L = keras.layers
+  inp = keras.Input((8, 8, 1))
+  x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
+  a = L.Conv2D(16, 3, padding="same", activation="relu", name="branch_a")(x)
+  b = L.Conv2D(16, 3, padding="same", activation="relu", name="branch_b")(x)
+  x = L.Flatten()(L.MaxPooling2D()(L.Concatenate()([a, b])))
+  return keras.Model(inp, L.Dense(10, name="fc")(x))
+
+
 def compile_model(model, lr: float = 3e-3):
   keras = keras_module(introspection.flavour(model))
   model.compile(keras.optimizers.Adam(lr),

@@ -269,21 +269,9 @@ def test_shared_budget_refuses_several_steps_per_execution(flavour):
 
 # --- sensitivity on a planted case ------------------------------------------------------------
 
-def two_branch(flavour):
-  keras = keras_module(flavour)
-  keras.utils.set_random_seed(0)
-  L = keras.layers
-  inp = keras.Input((8, 8, 1))
-  x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
-  a = L.Conv2D(16, 3, padding="same", activation="relu", name="branch_a")(x)
-  b = L.Conv2D(16, 3, padding="same", activation="relu", name="branch_b")(x)
-  x = L.Flatten()(L.MaxPooling2D()(L.Concatenate()([a, b])))
-  return keras.Model(inp, L.Dense(10, name="fc")(x))
-
-
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_sensitivity_gives_the_cut_to_a_planted_insensitive_layer(flavour):
-  model = pm.compile_model(two_branch(flavour))
+  model = pm.compile_model(pm.two_branch(flavour))
   model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0)
   fc = model.get_layer("fc")
   kernel = np.asarray(fc.kernel).reshape(4, 4, 32, 10)

@@ -51,18 +51,6 @@ def test_chip_perturbation_has_the_chips_noise_by_hand():
   assert np.abs(other - chips[0]).max() > expected  # another layer, another draw
 
 
-def two_branch(flavour: str = "keras3"):
-  keras = keras_module(flavour)
-  keras.utils.set_random_seed(0)
-  L = keras.layers
-  inp = keras.Input((8, 8, 1))
-  x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
-  a = L.Conv2D(16, 3, padding="same", activation="relu", name="branch_a")(x)
-  b = L.Conv2D(16, 3, padding="same", activation="relu", name="branch_b")(x)
-  x = L.Flatten()(L.MaxPooling2D()(L.Concatenate()([a, b])))
-  return keras.Model(inp, L.Dense(10, name="fc")(x))
-
-
 @pytest.mark.parametrize("flavour", ["tf_keras", "keras3"])
 def test_planted_harmless_layer_keeps_the_clean_loss_and_a_live_one_loses(flavour):
   """What follows branch_b is zeroed, so its programmed kernel cannot change the output: its
@@ -70,7 +58,7 @@ def test_planted_harmless_layer_keeps_the_clean_loss_and_a_live_one_loses(flavou
   loses on every chip at 20% variation; each value is the model evaluated with that layer's
   kernel replaced by the chip's kernel (recomputed here; branch_a's pruned, zero columns are
   not on the chip and stay zero), and the kernels are restored."""
-  model = pm.compile_model(two_branch(flavour))
+  model = pm.compile_model(pm.two_branch(flavour))
   model.fit(X, Y, batch_size=32, epochs=3, verbose=0)
   fc = model.get_layer("fc")
   kernel = np.asarray(fc.kernel).reshape(4, 4, 32, 10)
