@@ -271,3 +271,39 @@ def test_puma_preset_charges_what_its_simulator_charges():
   # PUMA's ADC power is 0.225 mW per bit, its area the same at every resolution
   four = estimate_cost(mapping, hw.replace(adc_bits=4), {"fc": 1}).layers[0].pruned
   assert four.energy_adc_pj == pytest.approx(16 * 128 * 0.9) and four.area_mm2 == p.area_mm2
+
+
+def test_mnsim_preset_charges_what_its_simulator_charges():
+  """MNSIM 2.0 (thu-nics/MNSIM-2.0, commit ca39ccb), default SimConfig.ini at behaviour level:
+  one 8-bit MVM of a fully used 256x256 crossbar of 128 differential pairs, half of an MNSIM PE
+  (a positive and a negative crossbar on 128 DACs and 128 ADCs). MNSIM charges each component
+  its power times its latency, over multiple_time = 8 input bits x 2 row steps x 2 column steps."""
+  hw = HardwareSpec.preset("mnsim2_256x256")
+  assert "mnsim2_256x256" in preset_names() and "MNSIM 2.0" in hw.sources[0]
+  assert HardwareSpec.from_dict(hw.to_dict()) == hw
+  assert parse_hardware("mnsim2_256x256") == hw
+  assert (hw.array_rows, hw.array_cols, hw.input_cycles, hw.adc_bits) == (256, 256, 8, 6)
+  assert hw.differential_read == "array" and hw.on_off_ratio == 1e6 / 1e4
+  # the known answer, from SimConfig.ini and the component models, in W, ns and um^2
+  cell_w = (0.9 * 0.0 ** 2 + 0.1 * 0.15 ** 2) * (0.67 / 1e6 + 0.33 / 1e4)  # V^2 / R, Device.py
+  kb = 256 * 256 / 1024 / 8
+  xbar_ns = 3.16 + 0.001 * (0.0002 * kb ** 2 + 5e-6 * kb + 4e-14)  # Crossbar.py read latency
+  adc_ns, dac_ns = (6 + 2) / 1.0, (1 + 2) / 1.0  # (bits + 2) / 1 GS/s, ADC.py and DAC.py
+  steps = 8 * 2 * 2  # PE_latency.py multiple_time
+  pe_xbar_w = 2 * 256 * 256 * cell_w / 2 / 2  # PE.py: 2 polarities / input_demux / output_mux
+  pe_adc_w, pe_dac_w = 256 // 2 * 1.26e-3, 256 // 2 * 0.0039e-3  # ceil(used / 2) converters
+  K = _models.keras_module("keras3")
+  inp = K.layers.Input((256,))
+  model = K.Model(inp, K.layers.Dense(16, name="fc")(inp))
+  spec = CrossbarSpec(rows=256, cols=256, weight_bits=8, cell_bits=1, differential=True)
+  mapping = build_mapping(model, spec, "column")
+  p = estimate_cost(mapping, hw, {"fc": 1}).layers[0].pruned
+  assert p.crossbars == 1 and p.conversions == 8 * 128  # one per pair and cycle, as counted
+  # our crossbar is one of the PE's two: half of what MNSIM charges the PE (W x ns = nJ)
+  assert p.energy_array_pj == pytest.approx(pe_xbar_w * steps * xbar_ns * 1e3 / 2, rel=1e-6)
+  assert p.energy_adc_pj == pytest.approx(pe_adc_w * steps * adc_ns * 1e3 / 2, rel=1e-6)
+  assert p.energy_dac_pj == pytest.approx(pe_dac_w * steps * dac_ns * 1e3 / 2, rel=1e-6)
+  assert p.energy_pj == pytest.approx(8 * 2599.164, rel=1e-6)  # 20.8 nJ, 99% ADC
+  assert p.latency_ns == pytest.approx(steps * (dac_ns + xbar_ns + adc_ns), rel=1e-6)
+  pe_um2 = 2 * (256 * 256 * 1.44 + 1150 * 256) + 128 * 1650 + 128 * 0.166  # PE.py area
+  assert p.area_mm2 == pytest.approx(pe_um2 * 1e-6 / 2, rel=1e-6)
