@@ -11,12 +11,20 @@ training subset of `--train-size` images), a zoo `vgg8` of `--width` is trained 
                   sparsity that leaves exactly the non-zero weights of rpp-column-R (the first
                   `--reductions` value), crossbars counted by us at column grain
 
+and, with `--hwa-variation V`, hardware-aware models trained the same way while the forward
+pass sees the first preset's chip at variation V (issue 27):
+
+  dense-hwa         the dense model fine-tuned `--epochs` more with hardware-aware training
+  rpp-column-R-hwa  rpp-column-R with hardware-aware pruning and fine-tuning
+
 every pruned model getting the same `--epochs` after the dense baseline. For each model: the
 crossbars, and energy, area and latency per inference of the cost model for each `--presets`
 chip, and the test accuracy (mean ± std over `--instances` chip instances, seeds 0..n-1, the
 same for every model) on the first `--presets` chip swept one factor at a time
 (`xbar_tfmot.sweep_hardware`): variation (ADC at the preset's bits), ADC bits (no
-variation), stuck-at cells (half on, half off). BatchNorm statistics of every model are
+variation), stuck-at cells (half on, half off), drift `--times` after programming; each
+condition also with the `--compensation` steps of `compensate_chip` when given (issue 26,
+item 9). BatchNorm statistics of every model are
 re-estimated on training images before it is evaluated. No choice is made from test images;
 the reductions and the training lengths are fixed in advance.
 
@@ -53,7 +61,7 @@ import numpy as np
 
 SETTING_KEYS = ("width", "train_size", "test_size", "dense_epochs", "epochs", "batch", "lr",
                 "finetune_lr", "prune_fraction", "frequency", "spec", "reductions", "seed",
-                "bn_recalibration", "calibration", "instances", "presets", "set")
+                "bn_recalibration", "calibration", "instances", "presets", "set", "hwa_variation")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--variations", default="0,0.02,0.05,0.1", help="variation sweep (of g_max)")
   p.add_argument("--adc-bits", default="4,6,8", help="ADC sweep (no variation)")
   p.add_argument("--stuck", default="0,0.01", help="stuck-at fraction sweep (half on, half off)")
+  p.add_argument("--times", default="", help="drift sweep: seconds after programming, e.g. "
+                 "'86400,3.15e7' (the chip's drift_* fields, no variation)")
+  p.add_argument("--compensation", default="", help="compensate_chip steps, e.g. "
+                 "'adc,column_gain,batchnorm': every condition is measured without and with them")
+  p.add_argument("--hwa-variation", type=float, default=0.0, help="> 0: add hardware-aware "
+                 "models (dense-hwa, rpp-column-R-hwa) trained on the first preset at this "
+                 "variation (of g_max)")
   p.add_argument("--calibration", type=int, default=256, help="training images for DAC/ADC ranges")
   p.add_argument("--bn-recalibration", type=int, default=2000,
                  help="training images to re-estimate BatchNorm statistics on before evaluating")
@@ -94,7 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--quick", action="store_true",
                  help="tiny setting for tests: 300 training / 100 test images, vgg8 width 0.125, "
                       "1 + 1 epochs, reduction 0.72, 2 instances, variation 0,0.05, ADC 4,8, "
-                      "no stuck-at sweep, multi-bit analog inputs (--set bit_serial=false: a "
+                      "no stuck-at sweep, drift at 1 day, column-gain compensation, "
+                      "hardware-aware models at 5%%, multi-bit analog inputs (--set bit_serial=false: a "
                       "bit-serial chip simulates 16 cycles), --speed on 100 images in 2 rounds "
                       "(explicit options still win)")
   p.add_argument("--render-only", action="store_true", help="only rewrite the md and png")
@@ -107,19 +123,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "--epochs": 1, "--reductions": "0.72", "--presets": "isaac_32nm",
              "--instances": 2, "--variations": "0,0.05", "--adc-bits": "4,8", "--stuck": "",
              "--frequency": 2, "--bn-recalibration": 300, "--calibration": 64, "--rounds": 2,
-             "--speed-images": 100, "--set": "bit_serial=false"}
+             "--speed-images": 100, "--set": "bit_serial=false", "--hwa-variation": 0.05,
+             "--times": "86400", "--compensation": "column_gain"}
     for flag, value in quick.items():
       if flag not in given:
         setattr(args, flag[2:].replace("-", "_"), value)
   from xbar_tfmot.core.errors import XbarError
+  from xbar_tfmot.core.hardware import check_compensation
   from xbar_tfmot.models.hardware_sweep import parse_values
   try:
     args.reduction_list = parse_values(args.reductions, "--reductions")
     args.variation_list = parse_values(args.variations, "--variations")
     args.adc_list = parse_values(args.adc_bits, "--adc-bits", int)
     args.stuck_list = parse_values(args.stuck, "--stuck")
+    args.time_list = parse_values(args.times, "--times")
+    args.compensation_steps = check_compensation(args.compensation, "--compensation")
   except XbarError as e:
     p.error(str(e))
+  if not 0 <= args.hwa_variation < 1:
+    p.error(f"--hwa-variation={args.hwa_variation!r}: valid: 0 (no hardware-aware models) or a "
+            f"fraction of g_max below 1")
   if not args.reduction_list or not all(0 < r < 1 for r in args.reduction_list):
     p.error(f"--reductions={args.reductions!r}: valid: numbers 0 < r < 1")
   args.preset_list = [s for s in args.presets.split(",") if s]
@@ -154,8 +177,14 @@ def settings(args) -> dict[str, Any]:
 
 def labels(args) -> list[str]:
   """Model labels in table order."""
-  return (["dense"] + [f"rpp-column-{r:g}" for r in args.reduction_list]
-          + [f"tfmot-{args.reduction_list[0]:g}"])
+  rpp = [f"rpp-column-{r:g}" for r in args.reduction_list]
+  hwa = [f"{m}-hwa" for m in ["dense"] + rpp] if args.hwa_variation else []
+  return ["dense"] + rpp + [f"tfmot-{args.reduction_list[0]:g}"] + hwa
+
+
+def compensations(args) -> list[tuple[str, ...]]:
+  """The compensation settings every condition is measured under: none, and `--compensation`."""
+  return [()] + ([args.compensation_steps] if args.compensation_steps else [])
 
 
 # ---------------------------------------------------------------------------- results file
@@ -236,11 +265,20 @@ class Bench:
       model.load_weights(str(path))
       return model
     start = time.perf_counter()
+    base, hwa, _ = label.partition("-hwa")
+    aware = self.xt.HardwareAware(chip(self.args, self.args.preset_list[0]).replace(
+        variation=self.args.hwa_variation), seed=self.args.seed) if hwa else None
     if label == "dense":
       model = self.compile(self.build(), self.args.lr, self.args.dense_epochs)
       self.fit(model, self.args.dense_epochs)
-    elif label.startswith("rpp-column-"):
-      model = self.prune_rpp(float(label.rpartition("-")[2]))
+    elif label == "dense-hwa":
+      wrapped = self.xt.hardware_aware_model(self.copy(self.model("dense")), self.spec, aware,
+                                             seed=self.args.seed)
+      self.compile(wrapped, self.args.finetune_lr, self.args.epochs)
+      self.fit(wrapped, self.args.epochs, [self.xt.UpdateCrossbarPruning()])
+      model = self.xt.strip_crossbar_pruning(wrapped)
+    elif base.startswith("rpp-column-"):
+      model = self.prune_rpp(float(base.rpartition("-")[2]), aware)
     else:
       model = self.prune_tfmot(f"rpp-column-{label.rpartition('-')[2]}")
     self.xt.recalibrate_batchnorm(model, self.x[:self.args.bn_recalibration], batch_size=500)
@@ -248,12 +286,13 @@ class Bench:
     self.log(f"{label}: trained in {time.perf_counter() - start:.0f} s")
     return self.model(label)
 
-  def prune_rpp(self, reduction: float):
+  def prune_rpp(self, reduction: float, aware=None):
+    """LGD-RPP at column grain from the dense model; `aware`: hardware-aware training."""
     xt = self.xt
     model = self.copy(self.model("dense"))
     end_step = max(1, round(self.args.prune_fraction * self.args.epochs * self.steps_per_epoch))
     pruned = xt.prune_crossbar(
-        model, spec=self.spec, granularity="column", seed=self.args.seed,
+        model, spec=self.spec, granularity="column", seed=self.args.seed, hardware_aware=aware,
         schedule=xt.CrossbarPolynomialDecay(final_reduction=reduction, begin_step=0,
                                             end_step=end_step, frequency=self.args.frequency))
     self.compile(pruned, self.args.finetune_lr, self.args.epochs)
@@ -322,13 +361,23 @@ def _pct(mean: float, std: float) -> str:
   return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def sweep_rows(data: dict, args, label: str) -> list[dict]:
-  """The sweep rows of one model from the stored cells (None where not measured yet)."""
+def _duration(seconds: float) -> str:
+  """`seconds` in the largest whole unit of year, day, hour, second that fits."""
+  for unit, size in (("year", 3.15e7), ("day", 86400.0), ("hour", 3600.0)):
+    if seconds >= size:
+      return f"{seconds / size:.3g} {unit}" + ("" if round(seconds / size, 2) == 1 else "s")
+  return f"{seconds:g} s"
+
+
+def sweep_rows(data: dict, args, label: str, compensation: tuple[str, ...] = ()) -> list[dict]:
+  """The sweep rows of one model under one compensation, from the stored cells (a condition
+  not measured yet has no row)."""
   import xbar_tfmot as xt
   cells = data["cells"].get(label, {})
   rows = []
   nominal = chip(args, args.preset_list[0])
-  for c in xt.sweep_conditions(nominal, args.variation_list, args.adc_list, args.stuck_list):
+  for c in xt.sweep_conditions(nominal, args.variation_list, args.adc_list, args.stuck_list,
+                               args.time_list, compensation):
     accs = cells.get(c.key)
     if accs is not None:
       rows.append({"factor": c.factor, "value": c.value, "mean": float(np.mean(accs)),
@@ -362,9 +411,12 @@ def markdown(data: dict, args, command: str) -> str:
                  f"({1 - r['crossbars'] / r['dense_crossbars']:.0%} fewer) | "
                  f"{r['nonzero_weights']:,} / {r['weights']:,} | {100 * r['float_accuracy']:.2f} | "
                  f"{costs} |")
-  rows = {m: {(r["factor"], r["value"]): r for r in sweep_rows(data, args, m)} for m in names}
+  modes = compensations(args)
+  rows = {(m, comp): {(r["factor"], r["value"]): r for r in sweep_rows(data, args, m, comp)}
+          for m in names for comp in modes}
   points = [(f, v) for f, vals in (("variation", args.variation_list),
-                                   ("adc_bits", args.adc_list), ("stuck", args.stuck_list))
+                                   ("adc_bits", args.adc_list), ("stuck", args.stuck_list),
+                                   ("time", args.time_list))
             for v in vals]
   hw = data.get("hardware", {})
   lines += ["", f"Test accuracy in % on `{first}` chips (mean ± std over {args.instances} chip "
@@ -373,14 +425,25 @@ def markdown(data: dict, args, command: str) -> str:
             f"at the preset's {hw.get('adc_bits')} bits and no faults; ADC bits with no variation "
             f"and no faults; stuck-at cells (half on, half off) with no variation; inputs "
             f"{hw.get('input_bits')} bits; weights, cells and differential pairs as `{s['spec']}` "
-            f"says. A condition without variation or faults programs the same chip for every "
-            f"seed: it is measured once (± 0.00).", "",
+            f"says; drift (`drift_nu` {hw.get('drift_nu')} ± {hw.get('drift_nu_std')}, t0 "
+            f"{hw.get('drift_t0')} s, global drift compensation "
+            f"{'on' if hw.get('drift_compensation') else 'off'}) with no variation. A condition "
+            f"without variation, faults or a drift spread programs the same chip for every "
+            f"seed: it is measured once (± 0.00)."
+            + (f" Each cell: without / with `compensate_chip` steps "
+               f"`{','.join(args.compensation_steps)}` (on the {s['calibration']} calibration "
+               f"images)." if len(modes) > 1 else ""), "",
             "| condition | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   unit = {"variation": lambda v: f"variation {100 * v:g}%", "adc_bits": lambda v: f"ADC {v} bits",
-          "stuck": lambda v: f"stuck-at {100 * v:g}%"}
+          "stuck": lambda v: f"stuck-at {100 * v:g}%", "time": lambda v: f"drift {_duration(v)}"}
+
+  def cell(m: str, point: tuple) -> str:
+    found = [rows[(m, comp)].get(point) for comp in modes]
+    return " / ".join(_pct(r["mean"], r["std"]) if r else "–" for r in found) \
+        if any(found) else ""
+
   for f, v in points:
-    cells = [(_pct(rows[m][(f, v)]["mean"], rows[m][(f, v)]["std"]) if (f, v) in rows[m] else "")
-             for m in names]
+    cells = [cell(m, (f, v)) for m in names]
     lines.append(f"| {unit[f](v)} | " + " | ".join(cells) + " |")
   for sp in data.get("speed", []):
     lines += ["", f"Speed ({sp['model']}, {sp['images']} test images, batch {sp['batch']}, "
@@ -460,11 +523,14 @@ def measure_speed(b: Bench, data: dict, args, log) -> dict[str, Any]:
 
 def sweep_order(args) -> list[dict[str, tuple]]:
   """Single conditions as `sweep` arguments: deterministic chips (no variation, no faults)
-  first, then the random ones, largest variation first, then stuck-at; so an interrupted run
+  first, then the random ones, largest variation first, then stuck-at, then drift (a spread
+  of the exponent makes chips differ); each measured without and then with compensation
+  (`main`); so an interrupted run
   has every model at the same points and the widest span of each factor."""
   points = ([{"variations": (v,)} for v in sorted(args.variation_list, reverse=True)]
             + [{"adc_bits": (b,)} for b in args.adc_list]
-            + [{"stuck": (r,)} for r in args.stuck_list])
+            + [{"stuck": (r,)} for r in args.stuck_list]
+            + [{"times": (t,)} for t in args.time_list])
   return sorted(points, key=lambda p: any(v != 0 for k, vs in p.items() if k != "adc_bits"
                                           for v in vs))
 
@@ -518,19 +584,20 @@ def main(argv: list[str] | None = None) -> dict:
         f"{rec['dense_crossbars']}, non-zero {rec['nonzero_weights']}")
   mappings = {label: b.mapping(m) for label, m in models.items()}
   measured = reused = 0
-  for point in sweep_order(args):  # one condition for every model, the cheapest first
-    for label, model in models.items():
+  for point, comp in ((p, c) for p in sweep_order(args) for c in compensations(args)):
+    for label, model in models.items():  # one condition for every model, the cheapest first
       cells = results.data["cells"].setdefault(label, {})
 
-      def save(key: str, accs: list[float], label=label, point=point) -> None:
+      def save(key: str, accs: list[float], label=label, point=point, comp=comp) -> None:
         results.data["cells"][label][key] = accs
         results.save()
         render(out, results.data, args, command)
-        log(f"{label} {point}: {np.mean(accs):.4f} ± {np.std(accs):.4f} ({len(accs)} chips)")
+        log(f"{label} {point}{' compensated' if comp else ''}: {np.mean(accs):.4f} ± "
+            f"{np.std(accs):.4f} ({len(accs)} chips)")
 
       rows = xt.sweep_hardware(model, mappings[label], hw, b.x_test, b.y_test,
                                b.x[:args.calibration], args.instances, cache=cells,
-                               on_result=save, **point)
+                               on_result=save, compensation=comp, **point)
       measured += sum(r["measured"] for r in rows)
       reused += sum(not r["measured"] for r in rows)
   results.save()
