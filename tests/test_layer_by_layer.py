@@ -44,7 +44,8 @@ def tiny_model(flavour: str):
 
 
 def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int = 0,
-        calls=None, model=None, **options):
+        calls=None, model=None, after_fit=None, **options):
+  """The procedure on 200 digits; `after_fit(model, finetune)` sees every trained model."""
   keras = keras_module(flavour)
   x, y = digits()
   model = tiny_model(flavour) if model is None else model
@@ -56,6 +57,8 @@ def run(flavour: str, rules: StopRules, validate=None, leave_dense=(), seed: int
               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     keras.utils.set_random_seed(seed)
     m.fit(x, y, batch_size=50, epochs=epochs, verbose=0, callbacks=callbacks)
+    if after_fit is not None:
+      after_fit(m, finetune)
 
   return xt.prune_layer_by_layer(  # the public API
       model, SPEC, granularity="crossbar", rules=rules, train=train,
@@ -304,3 +307,77 @@ def test_an_accuracy_drop_exactly_at_the_limit_passes(accuracy, stop):
   else:
     assert (hidden.after, hidden.steps, hidden.rejected_accuracy) == (80, 1, accuracy)
   assert brute_blocks(kernel(model, "hidden")) == hidden.after
+
+
+def linear_model(flavour: str):
+  """`tiny_model` with a linear, bias-free `hidden`: fed the identity, its wrapper outputs the
+  kernel the forward computes with."""
+  keras = keras_module(flavour)
+  keras.utils.set_random_seed(0)
+  return keras.Sequential([keras.Input((64,)),
+                           keras.layers.Dense(40, use_bias=False, name="hidden"),
+                           keras.layers.Dense(10, name="out")])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_hardware_aware_at_zero_variation_prunes_as_without(flavour):
+  """An ideal chip (no variation, no weight levels): the same steps, stops and crossbars, and
+  weights equal to float rounding (the chip's encode and read-back), though every step and
+  fine-tuning trained a model whose every mapped layer was wrapped with the `HardwareAware`."""
+  ideal = xt.HardwareAware(xt.HardwareSpec(variation=0.0, quantize_weights=False))
+  rules = StopRules(max_accuracy_drop=1.0, max_reduction=0.3, step=0.15)
+  plain_calls, calls, wrapped = [], [], []
+
+  def seen(m, finetune):
+    wrapped.append([(w.layer.name, w.hardware_aware) for w in xt.crossbar_wrappers(m)])
+
+  plain, plain_outcomes = run(flavour, rules, calls=plain_calls)
+  aware, outcomes = run(flavour, rules, calls=calls, after_fit=seen, hardware_aware=ideal)
+  assert outcomes == plain_outcomes and calls == plain_calls
+  assert [finetune for finetune, _ in calls] == [False, False, True] * 2
+  assert wrapped == [[("hidden", ideal), ("out", ideal)]] * len(calls)
+  for a, b in zip(aware.get_weights(), plain.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(a == 0, b == 0)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_hardware_aware_steps_and_finetuning_see_the_chip_and_keep_the_zeros(flavour):
+  """With noise, every trained model computes `hidden` with the chip's kernel (fresh noise on
+  every weight it keeps), and wherever its mask is 0, exactly 0: while it is pruned, and as a
+  finished layer during `out`'s steps and fine-tuning, whose wrapper holds its mask."""
+  aware = xt.HardwareAware(xt.HardwareSpec(variation=0.1, on_off_ratio=10.0))
+  eye = np.eye(64, dtype="float32")
+  probes = []
+
+  def probe(m, finetune):
+    wrappers = {w.layer.name: w for w in xt.crossbar_wrappers(m)}
+    assert sorted(wrappers) == ["hidden", "out"]
+    assert all(w.hardware_aware == aware for w in wrappers.values())
+    hidden = wrappers["hidden"]
+    chip = [np.asarray(hidden(eye, training=True)) for _ in range(2)]
+    probes.append((finetune, np.asarray(hidden.mask), chip, np.asarray(hidden(eye))))
+
+  rules = StopRules(max_accuracy_drop=1.0, max_reduction=0.3, step=0.15)
+  model, (hidden, out) = run(flavour, rules, after_fit=probe, hardware_aware=aware,
+                             model=linear_model(flavour))
+  assert [finetune for finetune, *_ in probes] == [False, False, True] * 2
+  final = kernel(model, "hidden")
+  assert brute_blocks(final) == hidden.after == crossbar_budget(80, 0.3)
+  assert brute_blocks(kernel(model, "out")) == out.after == crossbar_budget(15, 0.3)
+  for k, (_, mask, chip, clean) in enumerate(probes):
+    kept = mask == 1
+    assert 0 < kept.mean() < 1, k  # a step's projection, or the finished layer's held mask
+    np.testing.assert_array_equal(clean, np.asarray(clean) * mask)
+    for seen in chip:
+      assert np.all(seen[~kept] == 0), k  # no noise where nothing is programmed
+      assert np.mean(seen[kept] != clean[kept]) > 0.9, k
+    assert np.mean(chip[0][kept] != chip[1][kept]) > 0.9, k  # drawn afresh
+    if k >= 2:  # hidden finished: its wrapper holds the mask it ends with
+      np.testing.assert_array_equal(mask, final != 0)
+
+
+def test_hardware_aware_must_be_a_hardware_aware():
+  with pytest.raises(xt.LayerByLayerError, match="hardware_aware=.*valid: an "
+                                                 "xbar_tfmot.HardwareAware or None"):
+    run("tf_keras", StopRules(), hardware_aware=xt.HardwareSpec())

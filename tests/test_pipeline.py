@@ -664,7 +664,111 @@ def test_int8_export_keeps_the_zeros_and_reports_both_accuracies(tmp_path):
   assert set(accuracy) == {"model", "model_int8"}
   assert accuracy["model"] == pytest.approx(metrics["accuracy"]["pruned"], abs=0.01)
   assert abs(accuracy["model_int8"] - accuracy["model"]) < 0.05
-  assert "`model_int8.tflite`" in (tmp_path / "report" / "report.md").read_text()
+  assert (export["int8"], export["representative_images"]) == ("post_training", 64)
+  report = (tmp_path / "report" / "report.md").read_text()
+  assert "`model_int8.tflite` by post-training quantisation (64 calibration images)" in report
   config.data.name = "none"
   with pytest.raises(ConfigError, match="tflite_int8 calibrates on training images"):
     configuration.parse(config)
+
+
+def test_quantize_aware_int8_export(tmp_path, monkeypatch):
+  """`export.quantize_aware_epochs=2`: the export phase fine-tunes `xt.quantize_aware` of the
+  pruned model 2 epochs on the training images (not the 200 held out for the allocation), and
+  `model_int8.tflite` is converted from it: its weights are the fine-tuned ones, not the float
+  model's; the float files are the pruned model's; xbar-verify passes; the result and the
+  report name the path."""
+  from xbar_tfmot.app import datasets, training
+  from xbar_tfmot.export import exporter, int8
+  fits, exports = [], []
+  real_fit, real_export = training.fit_seeded, exporter.export
+
+  def fit(model, x, y, keras, epochs, batch_size, seed, *args, **kwargs):
+    fits.append((model, x, epochs, batch_size))
+    return real_fit(model, x, y, keras, epochs, batch_size, seed, *args, **kwargs)
+
+  def export(*args, **kwargs):
+    exports.append(kwargs.get("quantized_model"))
+    return real_export(*args, **kwargs)
+
+  monkeypatch.setattr(training, "fit_seeded", fit)
+  monkeypatch.setattr(exporter, "export", export)
+  lines: list[str] = []
+  config = load_config(TINY, workdir=str(tmp_path), train__verbose=0, train__baseline_epochs=2,
+                       allocation__mode="sensitivity", allocation__validation_images=200,
+                       schedule__prune_epochs=0,
+                       schedule__finetune_epochs=0, allocation__reorder=False,
+                       report__plots=False, export__quantize_aware_epochs=2,
+                       export__formats="saved_model,tflite,tflite_int8,json")
+  metrics = pipeline.run(config, log=lines.append)
+  export = metrics["export"]
+  assert (export["int8"], export["quantize_aware_epochs"]) == ("quantize_aware", 2)
+  assert export["verified"] is True
+  assert any(l.startswith("tflite_int8 zeros:") and l.endswith("ok") for l in
+             "\n".join(lines).splitlines())
+  (quantized,) = exports
+  assert int8.is_quantize_aware(quantized)
+  (x_all, _), _ = datasets.load_dataset("digits", seed=config.seed)
+  assert int(quantized.optimizer.iterations) == 2 * -(-(len(x_all) - 200) // 16)
+  folder = tmp_path / "export"
+  load = pipeline.Pipeline(config).context.load
+  pruned, exported = load(tmp_path / "checkpoints" / "pruned.keras"), load(folder / "model.keras")
+  for a, b in zip(exported.get_weights(), pruned.get_weights()):
+    np.testing.assert_array_equal(a, b)  # the float files: the pruned model, untouched
+  wrapper = next(w for w in quantized.layers if getattr(w, "layer", None) is not None
+                 and w.layer.name == "fc2")
+  fine_tuned = next(v for v in wrapper.trainable_weights if v.name.endswith("kernel:0"))
+  kernels = {"fine-tuned": fine_tuned, "float": pruned.get_layer("fc2").kernel}
+  steps = {}
+  for name, kernel in kernels.items():  # fc2 has no BatchNorm folded into its int8 scales
+    weights = int8.match_layers((folder / int8.FILE).read_bytes(), {"fc2": np.asarray(kernel)})[0]
+    w = weights["fc2"]
+    stored = (w.values.astype(np.float64) - w.zero_point) * w.scale
+    steps[name] = np.abs(stored - np.asarray(kernel)) / w.scale  # in quantisation steps
+  assert steps["fine-tuned"].max() <= 0.51
+  assert np.mean(steps["float"] > 1) > 0.2
+  ((_, x, epochs, batch),) = [f for f in fits if f[0] is quantized]
+  np.testing.assert_array_equal(x, x_all[:-200])  # the last 200 stay held out
+  assert (epochs, batch) == (2, 16)
+  accuracy = export["tflite_accuracy"]
+  # 2 baseline epochs leave the float model's BatchNorm statistics unsettled; QAT trains on
+  assert set(accuracy) == {"model", "model_int8"} and accuracy["model_int8"] > 0.5
+  report = (tmp_path / "report" / "report.md").read_text()
+  assert "`model_int8.tflite` by quantisation-aware training (2 epochs)" in report
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(flavour="keras3"), r"config\.export\.quantize_aware_epochs=1 with config\.flavour="
+     r"'keras3': Keras 3 has no quantisation-aware training that keeps pruned zeros .*post-"
+     r"training quantised; valid: 0 \(calibrated on export\.representative_images training "
+     r"images\), or flavour='tf_keras'"),
+    (dict(export__formats="saved_model,tflite"), r"config\.export\.quantize_aware_epochs=1: "
+     r"quantisation-aware training makes the int8 file, and export\.formats has no "
+     r"tflite_int8; valid: 0, or tflite_int8 in export\.formats"),
+    (dict(export__quantize_aware_epochs=-1), r"config\.export\.quantize_aware_epochs=-1: "
+     r"valid: a number >= 0"),
+])
+def test_bad_quantize_aware_epochs(fields, match):
+  config = load_config(TINY, **{"export__formats": "saved_model,tflite,tflite_int8",
+                                "export__quantize_aware_epochs": 1, **fields})
+  with pytest.raises(ConfigError, match=match):
+    configuration.parse(config)
+
+
+def test_a_model_tfmot_cannot_wrap_fails_before_training(tmp_path):
+  """A BatchNormalization after an activated convolution: TFMOT's int8 scheme refuses it, and
+  the run says so while preparing, not after pruning."""
+  import tf_keras
+  L = tf_keras.layers
+  model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), L.Conv2D(8, 3, activation="relu"),
+                               L.BatchNormalization(), L.Flatten(), L.Dense(10)])
+  model.save(tmp_path / "bn_after_relu.keras")
+  config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(
+      tmp_path / "bn_after_relu.keras"), export__formats="saved_model,tflite_int8",
+      export__quantize_aware_epochs=1)
+  with pytest.raises(ConfigError, match=r"config\.export\.quantize_aware_epochs=1: this model "
+                                        r"cannot be wrapped for quantisation-aware training: "
+                                        r".*batch_normalization.*Valid here: export\."
+                                        r"quantize_aware_epochs=0"):
+    pipeline.Pipeline(config).prepare()
+  assert not (tmp_path / "run").exists()

@@ -96,6 +96,35 @@ def test_hardware_aware_training_sees_the_configured_chip(tmp_path, monkeypatch)
   assert not aware.stuck
   assert any("hardware-aware: training sees isaac_32nm (variation 0.07" in l for l in lines)
   assert metrics["export"]["verified"] is True
-  config.schedule.procedure = "layer_by_layer"
-  with pytest.raises(ConfigError, match="train.hardware_aware=True: the layer-by-layer"):
-    configuration.parse(config)
+
+
+def test_hardware_aware_layer_by_layer_trains_every_step_against_the_chip(tmp_path, monkeypatch):
+  """`train.hardware_aware` with `schedule.procedure=layer_by_layer`: the prune phase hands
+  `prune_layer_by_layer` the run's `HardwareAware`, which wraps the layer's step and its
+  fine-tuning with it (fc2 alone is pruned, one step, to stay short)."""
+  from xbar_tfmot.pruning import api
+  seen = []
+  real = api.prune_crossbar
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs.get("hardware_aware"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(api, "prune_crossbar", spy)
+  lines: list[str] = []
+  config = load_config(
+      workdir=str(tmp_path), train__verbose=0, train__baseline_epochs=1, data__train_size=400,
+      report__plots=False, export__enabled=False, allocation__reorder=False,
+      allocation__validation_images=100, schedule__procedure="layer_by_layer",
+      allocation__leave_dense="conv1,conv2,conv3,conv4,conv5,conv6,fc1",
+      layer_by_layer__max_reduction=0.2, layer_by_layer__reduction_step=0.2,
+      layer_by_layer__max_accuracy_drop=1.0, train__hardware_aware=True,
+      train__hardware_aware_variation=0.05)
+  pipeline.run(config, log=lines.append)
+  assert len(seen) == 2  # fc2's one step and its fine-tuning
+  assert all(a is not None and a.hardware.name == config.hardware.preset
+             and a.hardware.variation == 0.05 for a in seen)
+  assert any("hardware-aware: training sees isaac_32nm (variation 0.05" in l for l in lines)
+  state = json.loads((tmp_path / "state.json").read_text())["phases"]["prune"]
+  (fc2,) = state["layer_by_layer"]
+  assert (fc2["layer"], fc2["steps"], fc2["stop"]) == ("fc2", 1, "max_reduction")

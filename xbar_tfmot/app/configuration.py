@@ -342,7 +342,7 @@ class Train(_Section):
     outputs: the loss: auto (a softmax last layer = probabilities) | logits | probabilities.
     baseline_epochs: epochs of the dense model before pruning.
     hardware_aware: pruning and fine-tuning see the chip of `hardware.preset`/`hardware.set`
-      (programming noise, quantisation; `xt.HardwareAware`): joint procedure only.
+      (programming noise, quantisation; `xt.HardwareAware`), in either procedure.
     hardware_aware_variation: > 0: train at this variation (of g_max) instead of the chip's.
     hardware_aware_stuck: the training chip has the spec's stuck cells too.
     verbose: Keras' fit verbosity (1: a progress bar on a terminal, a line per epoch else).
@@ -449,10 +449,15 @@ class Export(_Section):
   Attributes:
     enabled: run the export phase.
     formats: a comma-separated subset of saved_model, tflite, json, tflite_int8 (int8
-      weights and activations by post-training quantisation; its zeros checked against the
+      weights and activations, by post-training quantisation or, with
+      `quantize_aware_epochs`, quantisation-aware training; its zeros checked against the
       mapping, its test accuracy reported beside the float file's).
     verify: check the export with `xbar-verify` (a failed check fails the run).
-    representative_images: tflite_int8: training images that calibrate the quantisation.
+    representative_images: tflite_int8 by post-training quantisation: training images that
+      calibrate it.
+    quantize_aware_epochs: tflite_int8, tf_keras: > 0 fine-tunes the pruned model this many
+      epochs with quantisation-aware training that keeps its zeros (`xt.quantize_aware`) on
+      the training images, and converts the int8 file from it; 0: post-training quantisation.
     kinds: `formats` parsed.
   """
   SECTION: ClassVar[str] = "export"
@@ -460,6 +465,7 @@ class Export(_Section):
   formats: str = "saved_model,tflite,json"
   verify: bool = True
   representative_images: int = _f(500, **_POSITIVE)
+  quantize_aware_epochs: int = _f(0, **_NON_NEGATIVE)
   kinds: tuple[str, ...] = _derived()
 
   def _parse(self) -> None:
@@ -471,6 +477,10 @@ class Export(_Section):
       if tflite in kinds and "saved_model" not in kinds:
         raise self._error("formats", f"{tflite} is converted from the SavedModel; add "
                                      f"saved_model.")
+    if self.quantize_aware_epochs and "tflite_int8" not in kinds:
+      raise self._error("quantize_aware_epochs", "quantisation-aware training makes the int8 "
+                                                 "file, and export.formats has no tflite_int8; "
+                                                 "valid: 0, or tflite_int8 in export.formats.")
     self._set("kinds", kinds)
 
 
@@ -552,6 +562,13 @@ def _check_across(c: RunConfig) -> None:
   if c.export.enabled and "tflite_int8" in c.export.kinds and no_data:
     raise ConfigError("config.export.formats: tflite_int8 calibrates on training images; "
                       "valid: a data.name other than none, or no tflite_int8.")
+  if c.export.quantize_aware_epochs and c.flavour == "keras3":
+    raise ConfigError(f"config.export.quantize_aware_epochs={c.export.quantize_aware_epochs} "
+                      f"with config.flavour='keras3': Keras 3 has no quantisation-aware training "
+                      f"that keeps pruned zeros (TFMOT's pruning-preserving scheme wraps tf_keras "
+                      f"models only; Keras 3's Model.quantize is post-training), so a Keras 3 "
+                      f"model's int8 file is post-training quantised; valid: 0 (calibrated on "
+                      f"export.representative_images training images), or flavour='tf_keras'.")
   if c.hardware.enabled and no_data:
     raise ConfigError("config.hardware.enabled: measuring accuracy needs data; valid: a "
                       "data.name other than none.")
@@ -580,9 +597,6 @@ def _check_across(c: RunConfig) -> None:
     if c.train.distillation_weight:
       raise ConfigError(f"config.train.distillation_weight={c.train.distillation_weight!r}: "
                         f"schedule.procedure='layer_by_layer' trains on the labels; valid: 0.")
-    if c.train.hardware_aware:
-      raise ConfigError("config.train.hardware_aware=True: the layer-by-layer procedure does "
-                        "not train against the chip yet; valid: schedule.procedure='joint'.")
   if no_data:
     if c.train.baseline_epochs or c.schedule.prune_epochs or c.schedule.finetune_epochs:
       raise ConfigError("config.data.name='none' (mapping only) needs train.baseline_epochs, "

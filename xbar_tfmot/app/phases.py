@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from xbar_tfmot.app import run_report, training
+from xbar_tfmot.app import run_context, run_report, training
 from xbar_tfmot.app.run_context import RunContext
 
 
@@ -52,20 +52,28 @@ def reorder(run: RunContext) -> dict[str, Any]:
 def export(run: RunContext) -> dict[str, Any]:
   """Exports the pruned model (`checkpoints/pruned.keras`) and its mapping to `export/` in
   `export.formats` (`tflite_int8` calibrated on `export.representative_images` training
-  images, both TFLite files' test accuracy recorded), then checks the export with
-  `xbar-verify` when `export.verify` is set."""
+  images, or converted from the model fine-tuned `export.quantize_aware_epochs` epochs with
+  quantisation-aware training; both TFLite files' test accuracy recorded), then checks the
+  export with `xbar-verify` when `export.verify` is set."""
   from xbar_tfmot.export.exporter import export as export_model
   from xbar_tfmot.export.verification import verify
   c, folder = run.config, run.workdir / "export"
   run.log(f"[export] {', '.join(c.export.kinds)} to {folder}")
   model, mapping = run.pruned()
   int8 = "tflite_int8" in c.export.kinds
+  quantized = _quantize_aware(run, model) if int8 and c.export.quantize_aware_epochs else None
   export_model(model, folder, run.spec, c.chip.granularity, c.export.kinds, overwrite=True,
                custom_objects=run.custom_objects, mapping=mapping,
                representative_data=run.data.train[0][:c.export.representative_images]
-               if int8 else None)
+               if int8 and quantized is None else None, quantized_model=quantized)
   result: dict[str, Any] = {"enabled": True, "formats": list(c.export.kinds)}
-  if int8:  # what quantisation costs, on the test set (reported only)
+  if int8:  # which path made the int8 file, and what quantisation costs on the test set
+    if quantized is None:
+      result.update(int8="post_training",
+                    representative_images=min(c.export.representative_images,
+                                              len(run.data.train[1])))
+    else:
+      result.update(int8="quantize_aware", quantize_aware_epochs=c.export.quantize_aware_epochs)
     from xbar_tfmot.export.verification import tflite_accuracy
     result["tflite_accuracy"] = {
         name: tflite_accuracy(folder / f"{name}.tflite", *run.data.test)
@@ -77,6 +85,28 @@ def export(run: RunContext) -> dict[str, Any]:
     if not check.ok:
       raise RuntimeError(f"[export] xbar-verify failed for {folder}:\n{check.format()}")
   return result
+
+
+def _quantize_aware(run: RunContext, model):
+  """`model` wrapped by `xt.quantize_aware` (TFMOT's int8 scheme that keeps zeros) and
+  fine-tuned `export.quantize_aware_epochs` epochs as the prune phase fine-tunes: on the
+  training images (the validation images stay held out), `train.batch_size`, `train.optimizer`
+  at `train.finetune_learning_rate`, seeded from the run's seed. `model` is left as it was."""
+  from xbar_tfmot.export.int8 import quantize_aware
+  c, t = run.config, run.config.train
+  epochs = c.export.quantize_aware_epochs
+  x, y = run.data.train
+  run.log(f"[export] quantisation-aware int8: {epochs} epochs on {len(y)} training images at "
+          f"learning rate {t.finetune_learning_rate}")
+  quantized = quantize_aware(model)
+  outputs = t.outputs  # read from the float model: the quantisation wrappers hide a softmax
+  if outputs == "auto":
+    outputs = "probabilities" if training.outputs_probabilities(model) else "logits"
+  training.compile_classifier(quantized, run.keras, t.finetune_learning_rate, t.optimizer,
+                              outputs)
+  training.fit_seeded(quantized, x, y, run.keras, epochs, t.batch_size,
+                      training.epoch_seed(c.seed, run_context.PHASES.index("export"), 0))
+  return quantized
 
 
 def hardware(run: RunContext) -> dict[str, Any]:

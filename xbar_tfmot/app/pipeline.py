@@ -83,12 +83,13 @@ class Pipeline:
     self.strategy = None  # the tf.distribute strategy of the training phases (`_run()`)
 
   def prepare(self) -> None:
-    """Loads the data, checks the model and its budgets, then claims the run folder: config
-    errors surface here, before any training."""
+    """Loads the data, checks the model, its budgets and its quantisation-aware wrapping, then
+    claims the run folder: config errors surface here, before any training."""
     run, config = self.context, self.config
     run.data = preparation.load_data(config)
     run.fresh_model = preparation.initial_model(config, run.data, run.custom_objects)
     preparation.check_budgets(config, run.fresh_model)
+    preparation.check_quantize_aware(config, run.fresh_model)
     flat, shared = config.flat(), run.shared_workdir
     config_file = shared / "config.json"
     if config_file.exists():

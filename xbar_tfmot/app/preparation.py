@@ -93,6 +93,22 @@ def initial_model(config: RunConfig, data: RunData | None, custom_objects: dict)
   return model
 
 
+def check_quantize_aware(config: RunConfig, model) -> None:
+  """`export.quantize_aware_epochs`: TFMOT wraps this model for quantisation-aware training now,
+  before training, not after pruning (its Default8Bit scheme refuses some layer orders, e.g. a
+  BatchNormalization after an activation). Training, reorder and pruning change no layer."""
+  e = config.export
+  if not (e.enabled and e.quantize_aware_epochs):
+    return
+  from xbar_tfmot.export import int8
+  try:
+    int8.quantize_aware(model)
+  except int8.QuantizationError as err:
+    raise ConfigError(f"config.export.quantize_aware_epochs={e.quantize_aware_epochs}: this "
+                      f"model cannot be wrapped for quantisation-aware training: {err} Valid "
+                      f"here: export.quantize_aware_epochs=0 (post-training int8).") from None
+
+
 def check_budgets(config: RunConfig, model) -> None:
   """Every crossbar budget the prune phase will ask for, computed now, before any training.
 

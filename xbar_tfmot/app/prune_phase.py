@@ -195,7 +195,8 @@ def _gradient_batches(run: RunContext, targets: tuple | None, score: str) -> lis
 
 def _layer_by_layer(run: RunContext, model):
   """`schedule.procedure = "layer_by_layer"`: `(stripped model, per-layer outcome dicts)`; the
-  stop rules' accuracy is measured on the validation images held out of the training images.
+  stop rules' accuracy is measured on the validation images held out of the training images;
+  with `train.hardware_aware` every step and fine-tuning trains against the chip.
   After each layer, `checkpoints/prune/layer_by_layer_<k>.keras` and `layer_by_layer.json`
   (the commit point) let a rerun continue from the next layer."""
   from xbar_tfmot.pruning.layer_by_layer import (LayerByLayerError, outcome_rows,
@@ -238,5 +239,6 @@ def _layer_by_layer(run: RunContext, model):
       steps_per_epoch=_steps_per_epoch(run), step_epochs=rules.step_epochs,
       finetune_epochs=s.finetune_epochs, leave_dense=c.allocation.dense_layers, ramp=s.ramp,
       updates_per_epoch=s.updates_per_epoch, projection=s.projection, regrowth=s.regrowth,
-      temperature=s.temperature, seed=c.seed, log=run.log, checkpoint=checkpoint, resume=resume)
+      temperature=s.temperature, seed=c.seed, hardware_aware=_hardware_aware(run), log=run.log,
+      checkpoint=checkpoint, resume=resume)
   return pruned, outcome_rows(outcomes)

@@ -285,8 +285,14 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
               + (f", xbar-verify {'passed' if export.get('verified') else 'FAILED'}"
                  if "verified" in export else "")]
     if export.get("tflite_accuracy"):
+      how = {"quantize_aware": f"quantisation-aware training "
+                               f"({export.get('quantize_aware_epochs')} epochs)",
+             "post_training": f"post-training quantisation "
+                              f"({export.get('representative_images')} calibration images)"}
       lines += ["", "Test accuracy of the TFLite files (TFLite interpreter): " + ", ".join(
-          f"`{name}.tflite` {_fmt(acc)}" for name, acc in export["tflite_accuracy"].items())]
+          f"`{name}.tflite` {_fmt(acc)}" for name, acc in export["tflite_accuracy"].items())
+          + (f"; `model_int8.tflite` by {how[export['int8']]}" if export.get("int8") in how
+             else "")]
   hw = m["hardware"]
   if hw.get("enabled"):
     lines += ["", f"## On {hw['hardware']['name']} crossbars", "",

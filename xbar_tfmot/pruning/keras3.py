@@ -105,7 +105,8 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
     return plan.frozen(self.pruning_schedule, self.pruning_step.value if step is None else step)
 
   def _update(self):
-    """One training step's bookkeeping: step + 1, mask update when due, reset's zeroing."""
+    """One training step's bookkeeping: step + 1, mask update when due (none for a wrapper
+    at its dense budget: `plan.holds_mask`), reset's zeroing."""
     self.pruning_step.assign(self.pruning_step.value + 1)
     step = tf.convert_to_tensor(self.pruning_step.value)
     check = tf.debugging.assert_greater_equal(step, tf.constant(1, tf.int64),
@@ -119,10 +120,11 @@ class CrossbarPrune(adapter.CrossbarWrapperMixin, keras.layers.Wrapper):
         else:
           budget = plan.budget_at(self.pruning_schedule, self.geometry.dense_crossbars,
                                   self.final_budget, step)
-        value = tf.convert_to_tensor(kernel.value)
-        self.mask.assign(plan.mask_at(
-            self.geometry, value, budget, self.granularity, self.projection, self.temperature,
-            self.seed, self.layer_index, step))
+        if not plan.holds_mask(self.geometry, self.final_budget, self.allocation):
+          value = tf.convert_to_tensor(kernel.value)
+          self.mask.assign(plan.mask_at(
+              self.geometry, value, budget, self.granularity, self.projection,
+              self.temperature, self.seed, self.layer_index, step))
         self.budget.assign(budget)
         return tf.constant(True)
 

@@ -17,6 +17,10 @@ stage stops at the first rule that fires:
   passed;
 - `crossbar_threshold`: the layer holds at most `crossbar_threshold` (Tc) crossbars;
 - `max_reduction`: the layer reached `max_reduction` (its budget at that reduction).
+
+With `hardware_aware`, every step and every fine-tuning trains against the chip, as the joint
+procedure does: every mapped layer is wrapped with the `HardwareAware`, and a finished layer's
+wrapper holds that layer's mask, so the chip's kernel keeps its pruned weights at zero.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from xbar_tfmot.core.errors import XbarError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
 from xbar_tfmot.core.projection import GRANULARITIES, crossbar_budget
-from xbar_tfmot.core.schedules import CrossbarPolynomialDecay, ramp_steps
+from xbar_tfmot.core.schedules import CrossbarConstant, CrossbarPolynomialDecay, ramp_steps
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection
+from xbar_tfmot.pruning.hardware_aware import HardwareAware
 
 STOP_REASONS = ("accuracy_drop", "crossbar_threshold", "max_reduction")
 
@@ -127,6 +132,7 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
                          leave_dense: Any = None, ramp: float = 0.75,
                          updates_per_epoch: int = 4, projection: str = "rpp",
                          regrowth: str = "reset", temperature: float = 1.0, seed: int = 0,
+                         hardware_aware: HardwareAware | None = None,
                          log: Callable[[str], None] = lambda line: None,
                          checkpoint: Callable[[Any, dict[str, Any]], None] | None = None,
                          resume: dict[str, Any] | None = None
@@ -154,6 +160,10 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
     leave_dense: layers never pruned, as `CrossbarPolicy.leave_dense` (None: the first conv).
     projection, regrowth, temperature: passed to `prune_crossbar`.
     seed: makes the run deterministic; every step and fine-tuning gets its own seed from it.
+    hardware_aware: a `HardwareAware`: every step and every fine-tuning trains against the
+      chip (`prune_crossbar`'s argument; the fine-tuning wraps the model at its dense budgets,
+      as `hardware_aware_model` does), each finished layer's wrapper holding its mask. None
+      (default): off.
     log: receives one line per step and per layer.
     checkpoint: called after each layer's stage with `(model, progress)`, the model so far
       and a JSON-serialisable dict, before that layer's line is logged.
@@ -178,6 +188,11 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
   if not 0.0 < ramp <= 1.0:
     raise LayerByLayerError(f"prune_layer_by_layer: ramp={ramp!r} is invalid; valid: "
                             f"0 < ramp <= 1.")
+  if hardware_aware is not None:
+    if not isinstance(hardware_aware, HardwareAware):
+      raise LayerByLayerError(f"prune_layer_by_layer: hardware_aware={hardware_aware!r} is "
+                              f"invalid; valid: an xbar_tfmot.HardwareAware or None.")
+    hardware_aware.hardware.cells(spec)  # HardwareError now if the chip and the spec disagree
   geometries = _geometries(model, spec)
   plan = CrossbarPolicy(leave_dense=leave_dense).plan(geometries, 0.5)  # any reduction: only
   # which layers the policy leaves dense (None) is read
@@ -223,7 +238,9 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
         step_seed = _seed(seed, position, k + 1)
         pruned = prune_crossbar(model, spec, granularity=granularity, schedule=schedule,
                                 projection=projection, regrowth=regrowth, policy=policy,
-                                seed=step_seed, temperature=temperature)
+                                seed=step_seed, temperature=temperature,
+                                hardware_aware=hardware_aware)
+        _hold_masks(pruned, masks)
         train(pruned, step_epochs, seed=step_seed, finetune=False,
               callbacks=[UpdateCrossbarPruning(), *fixed_masks(pruned, masks)])
         candidate = strip_crossbar_pruning(pruned)
@@ -248,8 +265,19 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
         break
     masks[g.name] = _kernel_mask(model, g.name)
     if finetune_epochs and current < before:  # a stage that kept nothing has nothing to mend
-      train(model, finetune_epochs, seed=_seed(seed, position, 0), finetune=True,
-            callbacks=fixed_masks(model, masks))
+      finetune_seed = _seed(seed, position, 0)
+      if hardware_aware is None:
+        train(model, finetune_epochs, seed=finetune_seed, finetune=True,
+              callbacks=fixed_masks(model, masks))
+      else:  # every layer wrapped at its dense budget, seeing the chip
+        wrapped = prune_crossbar(model, spec, granularity=granularity,
+                                 schedule=CrossbarConstant(0.0), policy=CrossbarPolicy(
+                                     leave_dense=()), seed=finetune_seed,
+                                 hardware_aware=hardware_aware)
+        _hold_masks(wrapped, masks)
+        train(wrapped, finetune_epochs, seed=finetune_seed, finetune=True,
+              callbacks=[UpdateCrossbarPruning(), *fixed_masks(wrapped, masks)])
+        model = strip_crossbar_pruning(wrapped)
     outcome = LayerOutcome(layer=g.name, dense=g.dense_crossbars, before=before, after=current,
                            steps=steps, stop=stop, accuracy=float(validate(model)),
                            rejected_accuracy=rejected)
@@ -261,6 +289,16 @@ def prune_layer_by_layer(model, spec: CrossbarSpec, *, granularity: str, rules: 
         f"({outcome.reduction:.0%} fewer than dense), stopped by {stop}; validation accuracy "
         f"after fine-tuning {outcome.accuracy:.4f}")
   return model, outcomes
+
+
+def _hold_masks(wrapped, masks: dict[str, np.ndarray]) -> None:
+  """The wrappers of the layers in `masks` (finished layers, wrapped at their dense budget
+  under hardware-aware training) take their masks and keep them (`plan.holds_mask`), so the
+  chip's kernel, re-masked after its noise, keeps their pruned weights at exactly zero."""
+  from xbar_tfmot.pruning.api import crossbar_wrappers
+  for wrapper in crossbar_wrappers(wrapped):
+    if wrapper.layer.name in masks:
+      wrapper.mask.assign(masks[wrapper.layer.name])
 
 
 def _resumed(progress: dict[str, Any], order: list[str]) -> tuple[float, list[LayerOutcome]]:

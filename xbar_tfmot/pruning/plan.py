@@ -64,6 +64,14 @@ def mask_at(geometry: LayerGeometry, kernel, budget, granularity: str, projectio
   return tf.cast(project(geometry, kernel, budget, granularity, t, s), kernel.dtype)
 
 
+def holds_mask(geometry: LayerGeometry, final_budget: int, allocation: dict | None) -> bool:
+  """True for a wrapper at its dense budget outside a shared pool: a projection onto every
+  crossbar keeps everything, so it never projects and its mask stays as set (all ones, unless
+  the caller holds a mask there, as `prune_layer_by_layer` does for a finished layer under
+  hardware-aware training)."""
+  return not allocation and final_budget >= geometry.dense_crossbars
+
+
 def frozen(schedule: CrossbarSchedule, step) -> tf.Tensor:
   """True from the schedule's `end_step` on (never for `end_step=-1`)."""
   if schedule.end_step < 0:

@@ -72,8 +72,12 @@ class CrossbarPruning(_tfmot.pruning_impl.Pruning):
                           self.final_budget, step)
 
   def update_mask(self, weights):
-    """TFMOT's mask-update hook: `(threshold, mask)`, the threshold holding the budget."""
-    step_fn, _, _ = _compat.tfmot_pruning_state(self)
+    """TFMOT's mask-update hook: `(threshold, mask)`, the threshold holding the budget; a
+    wrapper at its dense budget keeps the mask it holds (`plan.holds_mask`)."""
+    step_fn, _, state = _compat.tfmot_pruning_state(self)
+    if plan.holds_mask(self.geometry, self.final_budget, self.allocation):
+      return (tf.constant(self.geometry.dense_crossbars, weights.dtype),
+              tf.convert_to_tensor(state[0][1]))
     step = step_fn()
     budget = self.budget(step)
     mask = plan.mask_at(self.geometry, weights, budget, self.granularity, self.projection,
