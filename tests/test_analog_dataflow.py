@@ -271,3 +271,39 @@ def test_read_noise_per_product_has_the_cell_noise_variance(read):
     out = np.asarray(am.analog_model(model, mapping, hw.replace(**fields), 0, calibration)(x))
     assert np.allclose(out.std(0), formula, rtol=0.06), (fields, out.std(0), formula)
     assert np.allclose(out.std(0), brute.std(0), rtol=0.08)
+
+
+@pytest.mark.parametrize("mode,serial,noise", [("slice", False, 0.0), ("column", True, 0.02),
+                                               ("layer", True, 0.0), ("column", False, 0.02)])
+def test_the_forward_is_the_lines_digitised_in_crossbar_order(mode, serial, noise):
+  """`forward` (ADC and shift-add on each group's product as it comes, in slot order, the
+  dequantisation folded into the shift-add where ranges are shared) equals the plain
+  dataflow: every line's current and read noise in crossbar order, `analog.quantize` with the
+  cycle's ranges, the cycles shift-added, then `combine`."""
+  model, mapping = pruned(SPARE)
+  x = _models.random_inputs(model, n=3)
+  hw = HardwareSpec(input_bits=4, dac_bits=2, bit_serial=serial, adc_bits=5, adc_ranges=mode,
+                    read_noise=noise, on_off_ratio=10.0)
+  chip = am.analog_model(model, mapping, hw, 0, calibration=x)
+  inputs = tf.keras.Model(chip.inputs, [l.input for l in am.analog_layers(chip)])(x)
+  for layer, given in zip(am.analog_layers(chip), inputs):
+    core = layer.core
+    rows = layer.crossbar_inputs(given)
+    start = tf.constant(4, tf.int32)
+    if serial:
+      code, unit = analog.input_code(rows, *core.input_range, hw.input_bits)
+      cycles = [analog.input_slice(code, unit, j, hw.dac_bits) for j in range(hw.input_cycles)]
+      read = tf.cast(code, tf.float32) * unit
+    else:
+      cycles, read = [rows], rows
+    total = 0.0
+    for j, cycle in enumerate(cycles):
+      sums = core.line_sums(cycle)
+      if noise:
+        sigma = noise * (np.sqrt(2.0) if core.pairs else 1.0)
+        sums = sums + sigma * core._read_noise(cycle, list(sums.shape[-3:]), start, j + 1)
+      total = total + 2.0 ** (j * hw.dac_bits) * analog.quantize(
+          sums, core.adc_low[j], core.adc_high[j], hw.adc_bits)
+    want = core.combine(total, read).numpy()
+    got = core.forward(rows, start).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -19,6 +19,7 @@ explicit, chips, Keras, ...); the ratios are of the medians, and their spread ov
 printed. Prints one markdown table.
 
   .venv/bin/python tools/bench_simulation.py --images 2000 --rounds 3
+  .venv/bin/python tools/bench_simulation.py --settings w05 --models multi-bit --images 500
 """
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ def main() -> None:
   p.add_argument("--reduction", type=float, default=0.85)
   p.add_argument("--calibration", type=int, default=256, help="training images calibrating "
                  "the chips' converters")
+  p.add_argument("--models", default="explicit,multi-bit,bit-serial",
+                 help="comma list of the models timed against plain Keras: explicit, multi-bit, "
+                 "bit-serial")
   args = p.parse_args()
+  names = [n for n in args.models.split(",") if n]
+  unknown = sorted(set(names) - {"explicit", "multi-bit", "bit-serial"})
+  if unknown or not names:
+    p.error(f"--models={args.models!r}: unknown {unknown}; valid: a comma list of explicit, "
+            f"multi-bit, bit-serial")
   import numpy as np
   import tensorflow as tf
 
@@ -64,10 +73,13 @@ def main() -> None:
     mapping = xt.build_mapping(model, spec)
     isaac = xt.HardwareSpec.preset("isaac_32nm")
     calibration = x_train[:args.calibration]
-    models = {"plain Keras": model, "explicit": xt.crossbar_model(model, mapping),
-              "chip, multi-bit input": xt.analog_model(
-                  model, mapping, isaac.replace(bit_serial=False), 0, calibration),
-              "chip, bit-serial": xt.analog_model(model, mapping, isaac, 0, calibration)}
+    build = {"explicit": lambda: ("explicit", xt.crossbar_model(model, mapping)),
+             "multi-bit": lambda: ("chip, multi-bit input", xt.analog_model(
+                 model, mapping, isaac.replace(bit_serial=False), 0, calibration)),
+             "bit-serial": lambda: ("chip, bit-serial",
+                                    xt.analog_model(model, mapping, isaac, 0, calibration))}
+    models = {"plain Keras": model}
+    models.update(build[name]() for name in names)
     signature = [tf.TensorSpec((None, *x.shape[1:]), tf.float32)]
     runs = {k: tf.function(lambda t, m=m: m(t, training=False), input_signature=signature)
             for k, m in models.items()}

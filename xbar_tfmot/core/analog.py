@@ -182,11 +182,20 @@ def per_image_normal(key: int, start, shape, stream: int = 0) -> tf.Tensor:
 def quantize(x: tf.Tensor, low, high, bits: int) -> tf.Tensor:
   """Uniform quantiser with `2**bits` levels from `low` to `high` (scalars or arrays that
   broadcast against `x`), clipping outside."""
-  levels = 2 ** bits - 1
+  low, step = quantizer_step(low, high, bits)
+  return low + quantizer_code(x, low, step, bits) * step
+
+
+def quantizer_step(low, high, bits: int) -> tuple[np.ndarray, np.ndarray]:
+  """`(low, step)` float32 of `quantize`'s levels (step 1 where the range is empty)."""
   low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
-  step = np.where(high > low, (high - low) / levels, 1.0).astype(np.float32)
-  code = tf.clip_by_value(tf.round((x - low) / step), 0.0, float(levels))
-  return low + code * step
+  return low, np.where(high > low, (high - low) / (2 ** bits - 1), 1.0).astype(np.float32)
+
+
+def quantizer_code(x: tf.Tensor, low: np.ndarray, step: np.ndarray, bits: int) -> tf.Tensor:
+  """`quantize`'s level, `0 .. 2**bits - 1` as floats: `x` is quantised to `low + code * step`."""
+  return tf.raw_ops.ClipByValue(t=tf.round((x - low) / step), clip_value_min=0.0,
+                                clip_value_max=float(2 ** bits - 1))
 
 
 def input_range(x: np.ndarray, percentile: float) -> tuple[float, float]:

@@ -134,20 +134,34 @@ class RowGroups:
     """The reader of patch rows (`calibrate_adc` samples rows): these groups themselves."""
     return self
 
-  def products(self, inputs: tf.Tensor, laid_out: tf.Tensor) -> tf.Tensor:
+  def products(self, inputs: tf.Tensor, laid_out: tf.Tensor, each=None) -> tf.Tensor:
     """`inputs(...)` times `weights(...)`: every crossbar's columns, `(..., n, c)` in crossbar
-    order."""
-    groups, columns = len(self.index), int(laid_out.shape[-1])
+    order. `each(out, slots)`, if given, maps the `(..., len(slots) * c)` columns of a block of
+    slots (`slots` a slice of the `G * slots` slots, empty ones included) to `(..., len(slots)
+    * c')` before they are put in crossbar order: an elementwise converter and a per-column
+    reduction then run on the product as it comes, with no copy (`(..., n, c')`)."""
+    slots = len(self.index) * self.slots
     if self.whole:
-      return self.split(contract_last(inputs, laid_out, 1), columns // max(groups * self.slots, 1))
-    out = per_crossbar(inputs, laid_out)  # (..., G, slots * c)
-    out = tf.reshape(out, tf.concat([tf.shape(out)[:-2], [groups * columns]], 0))
-    return self.split(out, columns // max(self.slots, 1))
+      out = contract_last(inputs, laid_out, 1)
+    else:
+      out = per_crossbar(inputs, laid_out)  # (..., G, slots * c)
+      width = len(self.index) * int(laid_out.shape[-1])
+      out = tf.reshape(out, tf.concat([tf.shape(out)[:-2], [width]], 0))
+    return self.split(out if each is None else each(out, slice(0, slots)))
 
-  def split(self, out: tf.Tensor, c: int) -> tf.Tensor:
+  def split(self, out: tf.Tensor) -> tf.Tensor:
     """`(..., G * slots * c)` products, group by group -> `(..., n, c)` in crossbar order."""
-    flat = tf.reshape(out, tf.concat([tf.shape(out)[:-1], [len(self.index) * self.slots, c]], 0))
+    slots = len(self.index) * self.slots
+    c = int(out.shape[-1]) // max(slots, 1)
+    flat = tf.reshape(out, tf.concat([tf.shape(out)[:-1], [slots, c]], 0))
     return flat if self.in_place else tf.gather(flat, self.order, axis=-2)
+
+  def slot_order(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """`(n, ...)` per-crossbar values -> `(G * slots, ...)` in slot order, `fill` in the empty
+    slots."""
+    values = np.asarray(values)
+    padded = np.concatenate([values, np.full_like(values[:1], fill)])
+    return padded[self.crossbar.reshape(-1)]
 
   def membership(self) -> np.ndarray:
     """`(depth, G)`: how many times each group reads each input row."""

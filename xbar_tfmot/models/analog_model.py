@@ -137,38 +137,75 @@ class AnalogCore:
 
   def combine(self, sums: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
     """Digital shift-add of slices and polarities, g_min and offset, scale: `(..., n, kout)`."""
-    out = crossbar_matmul.contract_last(sums, tf.constant(self.coef), 2)
+    return self.finish(crossbar_matmul.contract_last(sums, tf.constant(self.coef), 2), inputs)
+
+  def finish(self, out: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
+    """Shift-added lines `(..., n, kout)` -> the columns' values: g_min and offset removed,
+    rescaled (`inputs`: what the lines read, for the inputs' sum)."""
     out = out / (1.0 - self.encoded.g_min)
     if self.sum_coef:
       out = out - self.sum_coef * self.reader.row_sums(inputs)[..., None]
     scale = self.encoded.scale
     return out * tf.constant(scale[..., 0] if scale.ndim else scale)
 
-  def adc(self, sums: tf.Tensor, cycle: int = 0) -> tf.Tensor:
-    if self.hw.adc_bits is None:
-      return sums
-    return analog.quantize(sums, self.adc_low[cycle], self.adc_high[cycle], self.hw.adc_bits)
-
-  def _read_noise(self, inputs: tf.Tensor, like: tf.Tensor, start, stream: int) -> tf.Tensor:
+  def _read_noise(self, inputs: tf.Tensor, lines, start, stream: int) -> tf.Tensor:
     """Read noise of one matrix-vector product per image, position and cycle, as the column
     currents see it: fresh cell noise `s N` on every read adds `s sqrt(sum x**2) N` to a
-    line (`sqrt(2)` that for a pair read in the array)."""
-    norm = tf.sqrt(self.reader.row_sums(tf.square(inputs)))
-    extra = like.shape.rank - norm.shape.rank
-    norm = tf.reshape(norm, tf.concat([tf.shape(norm), [1] * extra], 0))
-    return norm * analog.per_image_normal(self.read_key, start, tf.shape(like), stream)
+    line (`sqrt(2)` that for a pair read in the array). `lines`: the trailing shape after the
+    crossbar axis; `(..., n, *lines)`."""
+    norm = tf.sqrt(self.reader.row_sums(tf.square(inputs)))  # (..., n)
+    shape = tf.concat([tf.shape(norm), lines], 0)
+    norm = tf.reshape(norm, tf.concat([tf.shape(norm), [1] * len(lines)], 0))
+    return norm * analog.per_image_normal(self.read_key, start, shape, stream)
 
-  def convert(self, inputs: tf.Tensor, cycle: int, start=None, conversions=None) -> tf.Tensor:
-    """One input cycle: the lines' currents, read noise, the ADC; counts the conversions."""
-    sums = self.line_sums(inputs)
+  def convert(self, inputs: tf.Tensor, cycle: int, start=None, conversions=None,
+              weight: float = 1.0) -> tf.Tensor:
+    """One input cycle: the lines' currents, read noise, the ADC, the digital shift-add of
+    the slices and polarities times `weight` (the cycle's): `(..., n, kout)` before `finish`.
+    Computed on each group's product as it comes (`products`' `each`, in slot order, so that
+    no line-sized tensor is copied); counts the conversions."""
+    n, _, k, l, q = self.lines.shape
+    slots = self.reader.patches.slot_order
+    noise = None
     if self.hw.read_noise > 0:
       sigma = self.hw.read_noise * (np.sqrt(2.0) if self.pairs else 1.0)
-      sums = sums + sigma * self._read_noise(inputs, sums, start, cycle + 1)
+      noise = sigma * self._read_noise(inputs, [k * l * q], start, cycle + 1)  # (..., n, klq)
+      crossbar = self.reader.patches.crossbar.reshape(-1)
+      noise = tf.gather(noise, np.where(crossbar < n, crossbar, 0), axis=-2)  # slot order
+      noise = tf.reshape(noise, tf.concat([tf.shape(noise)[:-2], [-1]], 0))
+    coef = self.coef.reshape(-1) * np.float32(weight)  # (l * q,)
+    table, offset = tf.constant(coef), 0.0
+    if self.hw.adc_bits is not None:
+      low, step = analog.quantizer_step(self.adc_low[cycle], self.adc_high[cycle],
+                                        self.hw.adc_bits)
+      # ranges shared by every column (per layer or slice): the dequantisation folds into the
+      # shift-add, `sum coef (low + code step) = sum (coef step) code + sum coef low`
+      shared = low.ndim <= 2
+      if shared:
+        low, step = np.broadcast_to(low, (l, q)), np.broadcast_to(step, (l, q))
+        table = tf.constant(coef * step.reshape(-1))
+        offset = float(np.sum(coef * low.reshape(-1), dtype=np.float32))
+      # per line, in slot order, so that they broadcast along the products' last axis
+      low, step = (slots(np.broadcast_to(v, (n, k, l, q)), fill)
+                   for v, fill in ((low, 0.0), (step, 1.0)))
+
+    def each(out: tf.Tensor, block: slice) -> tf.Tensor:  # (..., S * k * l * q) -> (..., S * k)
+      if noise is not None:
+        out = out + noise[..., block.start * k * l * q:block.stop * k * l * q]
+      if self.hw.adc_bits is not None:
+        lows, steps = low[block].reshape(-1), step[block].reshape(-1)
+        out = analog.quantizer_code(out, lows, steps, self.hw.adc_bits)
+        if not shared:
+          out = lows + out * steps
+      width = (block.stop - block.start) * k
+      out = tf.reshape(out, tf.concat([tf.shape(out)[:-1], [width, l * q]], 0))
+      out = crossbar_matmul.contract_last(out, table, 1)
+      return out + offset if offset else out
+
+    out = self.reader.products(inputs, self.grouped_lines, each)  # (..., n, k)
     if conversions is not None:
-      n, _, k, l, q = self.lines.shape
-      mvms = tf.size(sums, out_type=tf.int64) // (n * k * l * q)
-      conversions.assign_add(mvms * self.converted)
-    return self.adc(sums, cycle)
+      conversions.assign_add(tf.size(out, out_type=tf.int64) // (n * k) * self.converted)
+    return out
 
   def forward(self, inputs: tf.Tensor, start=None, conversions=None) -> tf.Tensor:
     """The reader's inputs of the layer input (already DAC-quantised unless bit-serial)
@@ -180,19 +217,21 @@ class AnalogCore:
       if hw.read_noise > 0:
         scale = self.encoded.scale
         gain = hw.read_noise * self.encoded.noise_gain() * (scale[..., 0] if scale.ndim else scale)
-        out = out + tf.constant(gain, tf.float32) * self._read_noise(inputs, out, start, 0)
+        noise = self._read_noise(inputs, [int(out.shape[-1])], start, 0)
+        out = out + tf.constant(gain, tf.float32) * noise
       return out
     if not hw.serial:
-      return self.combine(self.convert(inputs, 0, start, conversions), inputs)
-    # The digital shift-add of the cycles is linear, so it precedes the (linear) combination:
-    # one combination of the weighted conversions, against the quantised input it adds up to.
+      return self.finish(self.convert(inputs, 0, start, conversions), inputs)
+    # The digital shift-add of the cycles is linear, so it precedes the (linear) rest of the
+    # combination: each cycle's conversions are shift-added in `convert`, weighted by the
+    # cycle, and `finish` runs once, against the quantised input they add up to.
     code, unit = analog.input_code(inputs, *self.input_range, hw.input_bits)
     converted = 0.0
     for j in range(hw.input_cycles):
       cycle = analog.input_slice(code, unit, j, hw.dac_bits)
-      converted = converted + float(2 ** (j * hw.dac_bits)) * self.convert(cycle, j, start,
-                                                                          conversions)
-    return self.combine(converted, tf.cast(code, tf.float32) * unit if self.sum_coef else None)
+      converted = converted + self.convert(cycle, j, start, conversions,
+                                           float(2 ** (j * hw.dac_bits)))
+    return self.finish(converted, tf.cast(code, tf.float32) * unit if self.sum_coef else None)
 
   def uncalibrated(self) -> bool:
     """True while a range the hardware needs (DAC or ADC) has not been calibrated."""

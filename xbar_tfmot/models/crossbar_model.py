@@ -135,16 +135,18 @@ class ConvReader:
     self.window = tuple(int(d) for d in kernel_shape[:-2])
     self.cin = int(kernel_shape[-2])
     taps = int(np.prod(self.window, dtype=np.int64))
-    self.parts, self.ones = [], []  # per group: (channels read, kernel row of each group row)
-    for rows in groups.index:
+    self.parts = []  # per group: (channels read, kernel row of each group row)
+    # (taps, cin, G): how many times each group reads each tap and channel (`row_sums`)
+    ones = np.zeros((taps, self.cin, len(groups.index)), np.float32)
+    for g, rows in enumerate(groups.index):
       used = rows < groups.depth
-      channels = np.unique(rows[used] % self.cin)
+      # a group that reads no row reads channel 0 through a zero kernel (no empty tensor)
+      channels = np.unique(rows[used] % self.cin) if used.any() else np.zeros(1, np.int64)
       place = np.where(used, (rows // self.cin) * len(channels)
                        + np.searchsorted(channels, rows % self.cin), -1)
       self.parts.append((channels, place))
-      ones = np.zeros(taps * len(channels), np.float32)
-      np.add.at(ones, place[used], 1.0)
-      self.ones.append(ones.reshape(*self.window, len(channels), 1))
+      np.add.at(ones, (rows[used] // self.cin, rows[used] % self.cin, g), 1.0)
+    self.ones = ones.reshape(*self.window, self.cin, -1)
 
   def waste(self) -> float:
     """Multiply-accumulates of the convolutions over those of the groups' rows (>= 1)."""
@@ -163,19 +165,28 @@ class ConvReader:
       kernels.append(tf.reshape(kernel, (*self.window, len(channels), -1)))
     return kernels
 
-  def _convolve(self, x: tf.Tensor, kernels) -> tf.Tensor:
-    outs = [kernel_forward(x if len(channels) == self.cin else tf.gather(x, channels, axis=-1),
-                           kernel, self.kind, self.conv)
-            for (channels, _), kernel in zip(self.parts, kernels)]
-    return outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
+  def _channels(self, x: tf.Tensor, channels: np.ndarray) -> tf.Tensor:
+    """The channels a group reads: all, a slice where they are contiguous, else a gather."""
+    if len(channels) == self.cin:
+      return x
+    if channels[-1] - channels[0] + 1 == len(channels):
+      return x[..., int(channels[0]):int(channels[-1]) + 1]
+    return tf.gather(x, channels, axis=-1)
 
-  def products(self, inputs: tf.Tensor, kernels) -> tf.Tensor:
-    c = int(kernels[0].shape[-1]) // max(self.patches.slots, 1)
-    return self.patches.split(self._convolve(inputs, kernels), c)
+  def products(self, inputs: tf.Tensor, kernels, each=None) -> tf.Tensor:
+    """As `RowGroups.products`, `each` applied to every group's convolution as it comes."""
+    slots = self.patches.slots
+    outs = []
+    for g, ((channels, _), kernel) in enumerate(zip(self.parts, kernels)):
+      out = kernel_forward(self._channels(inputs, channels), kernel, self.kind, self.conv)
+      outs.append(out if each is None else each(out, slice(g * slots, (g + 1) * slots)))
+    return self.patches.split(outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1))
 
   def row_sums(self, values: tf.Tensor) -> tf.Tensor:
-    ones = [tf.constant(k, values.dtype) for k in self.ones]
-    return tf.gather(self._convolve(values, ones), self.patches.member, axis=-1)
+    """`values` (an image) -> `(..., n)` each crossbar's sum over its rows: one convolution
+    of every channel, whose kernel counts the taps and channels each group reads."""
+    sums = kernel_forward(values, tf.constant(self.ones, values.dtype), self.kind, self.conv)
+    return tf.gather(sums, self.patches.member, axis=-1)
 
 
 # A convolution is read as images (`ConvReader`) where that multiplies at most this many times
