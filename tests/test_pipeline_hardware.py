@@ -72,10 +72,9 @@ def test_bad_hardware_fields(tmp_path, fields, match):
     pipeline.Pipeline(tiny(tmp_path, **fields))
 
 
-def test_hardware_aware_training_sees_the_configured_chip(tmp_path, monkeypatch):
-  """`train.hardware_aware`: the joint prune phase hands `prune_crossbar` a `HardwareAware` of
-  the run's chip at `train.hardware_aware_variation`, and the run trains, exports and
-  verifies through it."""
+@pytest.fixture
+def aware_seen(monkeypatch) -> list:
+  """The `hardware_aware` argument of every `prune_crossbar` call the test makes, in order."""
   from xbar_tfmot.pruning import api
   seen = []
   real = api.prune_crossbar
@@ -85,6 +84,14 @@ def test_hardware_aware_training_sees_the_configured_chip(tmp_path, monkeypatch)
     return real(*args, **kwargs)
 
   monkeypatch.setattr(api, "prune_crossbar", spy)
+  return seen
+
+
+def test_hardware_aware_training_sees_the_configured_chip(tmp_path, aware_seen):
+  """`train.hardware_aware`: the joint prune phase hands `prune_crossbar` a `HardwareAware` of
+  the run's chip at `train.hardware_aware_variation`, and the run trains, exports and
+  verifies through it."""
+  seen = aware_seen
   lines: list[str] = []
   config = tiny(tmp_path)
   config.hardware.enabled = False
@@ -98,19 +105,11 @@ def test_hardware_aware_training_sees_the_configured_chip(tmp_path, monkeypatch)
   assert metrics["export"]["verified"] is True
 
 
-def test_hardware_aware_layer_by_layer_trains_every_step_against_the_chip(tmp_path, monkeypatch):
+def test_hardware_aware_layer_by_layer_trains_every_step_against_the_chip(tmp_path, aware_seen):
   """`train.hardware_aware` with `schedule.procedure=layer_by_layer`: the prune phase hands
   `prune_layer_by_layer` the run's `HardwareAware`, which wraps the layer's step and its
   fine-tuning with it (fc2 alone is pruned, one step, to stay short)."""
-  from xbar_tfmot.pruning import api
-  seen = []
-  real = api.prune_crossbar
-
-  def spy(*args, **kwargs):
-    seen.append(kwargs.get("hardware_aware"))
-    return real(*args, **kwargs)
-
-  monkeypatch.setattr(api, "prune_crossbar", spy)
+  seen = aware_seen
   lines: list[str] = []
   config = load_config(
       workdir=str(tmp_path), train__verbose=0, train__baseline_epochs=1, data__train_size=400,
