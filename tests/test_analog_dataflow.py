@@ -285,7 +285,8 @@ def test_the_forward_is_the_lines_digitised_in_crossbar_order(mode, serial, nois
   hw = HardwareSpec(input_bits=4, dac_bits=2, bit_serial=serial, adc_bits=5, adc_ranges=mode,
                     read_noise=noise, on_off_ratio=10.0)
   chip = am.analog_model(model, mapping, hw, 0, calibration=x)
-  inputs = tf.keras.Model(chip.inputs, [l.input for l in am.analog_layers(chip)])(x)
+  K = _models.keras_module("keras3")  # not tf.keras: TFMOT, once imported, makes that tf_keras
+  inputs = K.Model(chip.inputs, [l.input for l in am.analog_layers(chip)])(x)
   for layer, given in zip(am.analog_layers(chip), inputs):
     core = layer.core
     rows = layer.crossbar_inputs(given)
