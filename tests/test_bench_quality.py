@@ -252,3 +252,40 @@ def test_energy_objective_row_keeps_the_energy_budget_and_every_row_is_costed(tm
   assert ours["energy_nj"] <= ours["energy_budget_nj"] * (1 + 1e-9)
   assert ours["energy_nj"] < cells["alloc-energy"]["energy_nj"]  # A3 counts crossbars, not nJ
   assert "Energy per inference on `isaac_32nm`" in (out / "bench_quality.md").read_text()
+
+
+@pytest.mark.parametrize("method, rate, regrowth", [
+    ("alloc-energy", "finetune_lr", "reset"),
+    ("alloc-energy-rewind", "lr", "reset"),
+    ("alloc-per-layer-rewind", "lr", "reset"),
+    ("alloc-energy-regrow", "finetune_lr", "straight_through")])
+def test_deep_cut_rows_train_from_the_rewound_rate_or_with_regrowth(tmp_path, monkeypatch,
+                                                                   method, rate, regrowth):
+  """Issue 28's deep-cut rows differ from A3/A1 only in how they train: the rewound rows'
+  optimizer starts at the dense baseline's `--lr`, the others at `--finetune-lr`; the regrowth
+  row's wrappers are `straight_through`. Spied on the real run of the row (quick setting, an
+  untrained baseline)."""
+  _fashion_or_skip()
+  tool = load_tool("bench_quality")
+  args = tool.parse_args(["--out", str(tmp_path), "--quick", "--lr", "2e-3",
+                          "--finetune-lr", "3e-4"])
+  b = tool.Bench(args, ("vgg8", 0.25), 0, lambda m: None)
+  b.memo["dense"] = (b.compile(b.build(), args.lr, 1), {})
+  seen, compile_, prune = [], b.compile, b.xt.prune_crossbar
+
+  def spy_compile(model, lr, epochs, distillation=None):
+    model = compile_(model, lr, epochs, distillation)
+    if any(type(l).__name__ == "CrossbarPrune" for l in model.layers):
+      seen.append(("rate", float(model.optimizer.learning_rate)))  # at step 0
+    return model
+
+  def spy_prune(model, **kwargs):
+    seen.append(("regrowth", kwargs["regrowth"]))
+    return prune(model, **kwargs)
+
+  monkeypatch.setattr(b, "compile", spy_compile)
+  monkeypatch.setattr(b.xt, "prune_crossbar", spy_prune)
+  model, extra = load_tool("quality_methods").run_method(b, method, 0.72)
+  assert seen == [("regrowth", regrowth), ("rate", pytest.approx(getattr(args, rate)))]
+  assert extra["regrowth"] == regrowth and extra["learning_rate"] == getattr(args, rate)
+  assert not any(type(l).__name__ == "CrossbarPrune" for l in model.layers)

@@ -36,6 +36,15 @@ target (shared by the rows), differing only in how the crossbars are split among
                        accuracy falls 2 points below the start (or Tc = 1), each layer then
                        fine-tuned one epoch; it lands on its own crossbar count
 
+Issue 28's deep cuts (`--methods deep`): A3 and A1 trained differently, to see whether the
+frontier needs a different fine-tuning rather than a different allocation:
+
+  alloc-energy-rewind      A3 with learning-rate rewinding: from `--lr` (the dense baseline's
+                           initial rate) instead of `--finetune-lr`, cosine over the epochs
+  alloc-energy-regrow      A3 with `regrowth="straight_through"`: pruned columns keep their
+                           weights and gradients until the budget freezes, and can come back
+  alloc-per-layer-rewind   A1 with learning-rate rewinding
+
 Issue 27 (`--methods issue27`): every cell and dense baseline records its energy per inference
 (nJ) and crossbars on the `CHIP` preset (`chip_cost`, the cost model);
 
@@ -85,16 +94,17 @@ def run_lgd(b: Bench, reduction: float, granularity: str, projection: str, regro
 
 def prune_and_fit(b: Bench, model, policy, reduction: float, granularity: str = "column",
                   projection: str = "rpp", regrowth: str = "reset", y=None, distillation=None,
-                  allocation_data=None) -> Any:
+                  allocation_data=None, learning_rate: float | None = None) -> Any:
   """`prune_crossbar` under `policy`, its budget falling over `--prune-fraction` of the
-  method's epochs, trained those epochs (against `y`, with `distillation` when given)."""
+  method's epochs, trained those epochs (against `y`, with `distillation` when given) from
+  `learning_rate` (default `--finetune-lr`) on a cosine decay."""
   xt = b.xt
   pruned = xt.prune_crossbar(
       model, spec=b.spec, granularity=granularity, projection=projection, regrowth=regrowth,
       seed=b.seed, temperature=b.args.temperature, policy=policy,
       schedule=xt.CrossbarPolynomialDecay(final_reduction=reduction, begin_step=0,
                                           end_step=b.end_step, frequency=b.args.frequency))
-  b.compile(pruned, b.args.finetune_lr, b.args.epochs, distillation)
+  b.compile(pruned, learning_rate or b.args.finetune_lr, b.args.epochs, distillation)
   b.fit(pruned, b.args.epochs, [xt.UpdateCrossbarPruning(allocation_data=allocation_data)], y)
   return pruned
 
@@ -149,16 +159,20 @@ def allocation_policy(b: Bench, model, reduction: float, mode: str,
            "curves": m["curves"]})
 
 
-def run_allocation(b: Bench, reduction: float, mode: str, score: str,
-                   distill: bool = False) -> tuple[Any, dict]:
+def run_allocation(b: Bench, reduction: float, mode: str, score: str, distill: bool = False,
+                   rewind: bool = False, regrowth: str = "reset") -> tuple[Any, dict]:
   """LGD-RPP column grain on the reordered baseline, with `CrossbarPolicy(mode, score)`;
-  `distill`: trained against the dense model's logits (`teacher_targets`, `DistillationLoss`)."""
+  `distill`: trained against the dense model's logits (`teacher_targets`, `DistillationLoss`);
+  `rewind`: learning-rate rewinding (Renda et al., ICLR 2020), the row trains from the dense
+  baseline's initial rate `--lr` instead of `--finetune-lr` (the dense schedule restarted and
+  compressed to the row's epochs); `regrowth`: `prune_crossbar`'s, at column grain."""
   source, reorder_seconds, skipped = reordered(b, reduction)
   model = b.copy(source)
   policy, r, extra = allocation_policy(b, model, reduction, mode, score)
   extra.update(mode=mode, score=score if mode == "global_score" else None,
                reorder_seconds=reorder_seconds, reorder_skipped=skipped,
-               budget=b.model_budget(model, policy, r))
+               budget=b.model_budget(model, policy, r), regrowth=regrowth,
+               learning_rate=b.args.lr if rewind else b.args.finetune_lr)
   y, distillation, batch = b.y, None, b.args.batch
   if distill:
     y = b.xt.teacher_targets(b.dense()[0], b.x, b.y, batch_size=1000)
@@ -168,8 +182,8 @@ def run_allocation(b: Bench, reduction: float, mode: str, score: str,
   gradients = None
   if mode == "global_score" and score in ("saliency", "fisher"):  # 4 batches, as xbar-prune
     gradients = _batches(b, y)
-  pruned = prune_and_fit(b, model, policy, r, y=y, distillation=distillation,
-                         allocation_data=gradients)
+  pruned = prune_and_fit(b, model, policy, r, regrowth=regrowth, y=y, distillation=distillation,
+                         allocation_data=gradients, learning_rate=b.args.lr if rewind else None)
   return b.xt.strip_crossbar_pruning(pruned), extra
 
 
@@ -389,8 +403,9 @@ def _lgd(granularity: str, projection: str, regrowth: str, reorder: bool):
   return lambda b, r: run_lgd(b, r, granularity, projection, regrowth, reorder)
 
 
-def _alloc(mode: str, score: str = "magnitude", distill: bool = False):
-  return lambda b, r: run_allocation(b, r, mode, score, distill)
+def _alloc(mode: str, score: str = "magnitude", distill: bool = False, rewind: bool = False,
+           regrowth: str = "reset"):
+  return lambda b, r: run_allocation(b, r, mode, score, distill, rewind, regrowth)
 
 
 # Order: table rows, plot legend and run order within a cell group.
@@ -426,6 +441,13 @@ METHOD_TABLE: dict[str, Method] = {
                            _alloc("global_score", "fisher")),
     "alloc-validated": Method("A10. chosen one-shot on validation (xbar-prune's default)", "*--",
                               "issue28", run_validated),
+    "alloc-energy-rewind": Method("A12. A3 with learning-rate rewinding (from --lr)", "^:",
+                                  "deep", _alloc("global_score", "magnitude", rewind=True)),
+    "alloc-energy-regrow": Method("A13. A3 with column regrowth (straight_through)", "^-.",
+                                  "deep", _alloc("global_score", "magnitude",
+                                                 regrowth="straight_through")),
+    "alloc-per-layer-rewind": Method("A14. A1 with learning-rate rewinding (from --lr)", "s:",
+                                     "deep", _alloc("per_layer", rewind=True)),
     "alloc-energy-objective": Method("A11. global_score magnitude, objective energy (isaac_32nm)",
                                      "p-", "issue27", run_energy_objective),
     "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",
@@ -461,7 +483,7 @@ ISSUE8 = LGD_METHODS + BASELINES
 METHOD_GROUPS = {"issue8": ISSUE8, "allocation": ALLOCATION + DISTILLED,
                  "issue28": ("alloc-per-layer", "alloc-energy", "alloc-saliency",
                              "alloc-sensitivity", *family("issue28")),
-                 "issue27": family("issue27")}
+                 "issue27": family("issue27"), "deep": family("deep")}
 
 
 def run_method(b: Bench, method: str, reduction: float) -> tuple[Any, dict]:
