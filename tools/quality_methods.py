@@ -44,6 +44,7 @@ frontier needs a different fine-tuning rather than a different allocation:
   alloc-energy-regrow      A3 with `regrowth="straight_through"`: pruned columns keep their
                            weights and gradients until the budget freezes, and can come back
   alloc-per-layer-rewind   A1 with learning-rate rewinding
+  alloc-validated-rewind   A10 with learning-rate rewinding (its candidates' steps too)
 
 Issue 27 (`--methods issue27`): every cell and dense baseline records its energy per inference
 (nJ) and crossbars on the `CHIP` preset (`chip_cost`, the cost model);
@@ -193,11 +194,12 @@ def _batches(b: Bench, y) -> list:
   return [(b.x[i:i + batch], y[i:i + batch]) for i in range(0, min(len(b.x), 4 * batch), batch)]
 
 
-def run_validated(b: Bench, reduction: float) -> tuple[Any, dict]:
+def run_validated(b: Bench, reduction: float, rewind: bool = False) -> tuple[Any, dict]:
   """`allocation.mode="validated"` as xbar-prune runs it: every candidate of
   `xt.choose_allocation` cut one-shot from the reordered baseline, fine-tuned for
   `--candidate-steps` masked steps (0: none), BatchNorm re-estimated on 1,024 training images,
-  scored on the validation split; the winner trained as its row."""
+  scored on the validation split; the winner trained as its row. `rewind`: the candidates' steps
+  and the winner's training start from `--lr` (learning-rate rewinding, `run_allocation`)."""
   from xbar_tfmot.pruning.selection import CANDIDATES
   source, _, _ = reordered(b, reduction)
   model = b.copy(source)
@@ -209,11 +211,11 @@ def run_validated(b: Bench, reduction: float) -> tuple[Any, dict]:
                                   (b.x_val, b.y_val), gradient_data=_batches(b, b.y),
                                   calibration_images=b.x[:1024], train_data=(b.x, b.y),
                                   finetune_steps=b.args.candidate_steps,
-                                  learning_rate=b.args.finetune_lr, batch_size=b.args.batch,
-                                  seed=b.seed)
+                                  learning_rate=b.args.lr if rewind else b.args.finetune_lr,
+                                  batch_size=b.args.batch, seed=b.seed)
   b.log(f"{b.tag}: validated at {reduction:g}: " + "; ".join(choice.table()))
   mode, _, score = choice.chosen.partition(":")
-  pruned, extra = run_allocation(b, reduction, mode, score or "magnitude")
+  pruned, extra = run_allocation(b, reduction, mode, score or "magnitude", rewind=rewind)
   extra.update(chosen=choice.chosen, choice_seconds=choice.seconds,
                candidate_steps=b.args.candidate_steps,
                candidates=[{k: v for k, v in r.items() if k != "budgets"} for r in choice.rows])
@@ -448,6 +450,8 @@ METHOD_TABLE: dict[str, Method] = {
                                                  regrowth="straight_through")),
     "alloc-per-layer-rewind": Method("A14. A1 with learning-rate rewinding (from --lr)", "s:",
                                      "deep", _alloc("per_layer", rewind=True)),
+    "alloc-validated-rewind": Method("A15. A10 with learning-rate rewinding (from --lr)", "*:",
+                                     "deep", lambda b, r: run_validated(b, r, rewind=True)),
     "alloc-energy-objective": Method("A11. global_score magnitude, objective energy (isaac_32nm)",
                                      "p-", "issue27", run_energy_objective),
     "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",
