@@ -259,17 +259,19 @@ def test_energy_objective_row_keeps_the_energy_budget_and_every_row_is_costed(tm
     ("alloc-energy-rewind", "lr", "reset"),
     ("alloc-per-layer-rewind", "lr", "reset"),
     ("alloc-energy-regrow", "finetune_lr", "straight_through"),
-    ("alloc-validated-rewind", "lr", "reset")])
+    ("alloc-validated-rewind", "lr", "reset"),
+    ("alloc-validated-ramp", "lr", "reset")])
 def test_deep_cut_rows_train_from_the_rewound_rate_or_with_regrowth(tmp_path, monkeypatch,
                                                                    method, rate, regrowth):
   """Issue 28's deep-cut rows differ from A3/A1 only in how they train: the rewound rows'
   optimizer starts at the dense baseline's `--lr`, the others at `--finetune-lr` (A15's
   candidates take their steps at `--lr` too); the regrowth row's wrappers are
-  `straight_through`. Spied on the real run of the row (quick setting, an untrained baseline)."""
+  `straight_through`; A16's `global_score` candidates are cut along the row's mask updates.
+  Spied on the real run of the row (quick setting, an untrained baseline)."""
   _fashion_or_skip()
   tool = load_tool("bench_quality")
   args = tool.parse_args(["--out", str(tmp_path), "--quick", "--lr", "2e-3",
-                          "--finetune-lr", "3e-4"])
+                          "--finetune-lr", "3e-4", "--prune-fraction", "1", "--frequency", "1"])
   b = tool.Bench(args, ("vgg8", 0.25), 0, lambda m: None)
   b.memo["dense"] = (b.compile(b.build(), args.lr, 1), {})
   seen, compile_, prune, choose = [], b.compile, b.xt.prune_crossbar, b.xt.choose_allocation
@@ -285,7 +287,7 @@ def test_deep_cut_rows_train_from_the_rewound_rate_or_with_regrowth(tmp_path, mo
     return prune(model, **kwargs)
 
   def spy_choose(*args_, **kwargs):
-    seen.append(("candidates", kwargs["learning_rate"]))
+    seen.append(("candidates", kwargs["learning_rate"], kwargs["ramp_steps"]))
     return choose(*args_, **kwargs)
 
   monkeypatch.setattr(b, "compile", spy_compile)
@@ -294,7 +296,8 @@ def test_deep_cut_rows_train_from_the_rewound_rate_or_with_regrowth(tmp_path, mo
   model, extra = load_tool("quality_methods").run_method(b, method, 0.72)
   expected = [("regrowth", regrowth), ("rate", pytest.approx(getattr(args, rate)))]
   if "validated" in method:
-    expected.insert(0, ("candidates", getattr(args, rate)))
-  assert seen == expected
+    ramp = b.end_step if method.endswith("ramp") else 1  # its mask updates, one every step
+    expected.insert(0, ("candidates", getattr(args, rate), ramp))
+  assert seen == expected and b.end_step > 1
   assert extra["regrowth"] == regrowth and extra["learning_rate"] == getattr(args, rate)
   assert not any(type(l).__name__ == "CrossbarPrune" for l in model.layers)

@@ -58,3 +58,58 @@ def test_column_grain_packs_the_kept_columns_into_the_budget(reduction):
   assert np.all(segments.min(axis=1) == segments.max(axis=1))  # whole segments kept or cut
   kept = segments[:, 0, :].sum(axis=1).astype(int)  # kept segments per row of crossbars
   assert sum(-(-k // 4) for k in kept) == max(1, round((1 - reduction) * 80))
+
+
+@pytest.mark.parametrize("steps", [1, 3, 6])
+def test_ramp_reductions_are_the_training_schedules_at_its_mask_updates(steps):
+  """The cut's ramp is `CrossbarPolynomialDecay`'s reduction at each of its `steps` updates."""
+  from xbar_tfmot.pruning.one_shot import ramp_reductions
+  every = 7
+  schedule = xt.CrossbarPolynomialDecay(final_reduction=0.8, begin_step=0,
+                                        end_step=steps * every, frequency=every)
+  want = [float(schedule(k * every)[1]) for k in range(1, steps + 1)]
+  assert ramp_reductions(0.8, steps) == pytest.approx(want)
+  with pytest.raises(ValueError, match="an integer >= 1"):
+    ramp_reductions(0.8, 0)
+
+
+def _gradual_by_hand(kernels: dict, reduction: float, steps: int) -> tuple[dict, dict]:
+  """`global_score` magnitude at crossbar grain along the ramp, by slicing: at each update the
+  pool (the model-wide budget `round((1 - s) * 106)` less `out`'s 6) goes one unit to each of
+  `a` and `b`, then to the blocks of largest energy over their layer's current total."""
+  kernels = {n: k.copy() for n, k in kernels.items()}
+  for k in range(1, steps + 1):
+    s = reduction * (1 - (1 - k / steps) ** 3)
+    pool = max(1, round((1 - s) * 106)) - 6
+    energy = {n: blocks(kernels[n]) for n in kernels}
+    ranked = {n: sorted(e, key=e.get, reverse=True) for n, e in energy.items()}
+    budget = {n: 1 for n in kernels}
+    rest = sorted(((energy[n][ij] / sum(energy[n].values()), i, j, n)
+                   for i, n in enumerate(kernels) for j, ij in enumerate(ranked[n][1:])),
+                  key=lambda t: (-t[0], t[1], t[2]))
+    for _, _, _, n in rest[:pool - len(kernels)]:
+      budget[n] += 1
+    for n, kernel in kernels.items():
+      for (i, j) in ranked[n][budget[n]:]:
+        kernel[i:i + 8, j:j + 4] = 0.0
+  return budget, kernels
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_gradual_cut_re_splits_the_pool_on_the_kernels_each_update_left(steps):
+  """`gradual_cut` equals the ramp computed here by slicing, and it is not the cut at once
+  (the per-layer normalisation favours the small layer `b` at once: the ramp evens it out)."""
+  model = mlp("tf_keras")
+  dense = {n: np.asarray(model.get_layer(n).kernel).copy() for n in ("a", "b")}
+  policy = xt.CrossbarPolicy(leave_dense=["out"], mode="global_score")
+  budgets, masks = xt.gradual_cut(model, SPEC, policy, 0.75, "crossbar", steps=steps)
+  want, kernels = _gradual_by_hand(dense, 0.75, steps)
+  assert {n: budgets[n] for n in ("a", "b")} == want and budgets["out"] is None
+  for n in ("a", "b"):
+    np.testing.assert_array_equal(np.asarray(model.get_layer(n).kernel), kernels[n])
+    np.testing.assert_array_equal(kernels[n] * masks[n], kernels[n])
+  at_once = _gradual_by_hand(dense, 0.75, 1)[0]
+  assert (want == at_once) == (steps == 1), (want, at_once)
+  per_layer = mlp("tf_keras")  # no shared pool: one cut at the target, whatever the steps
+  assert xt.gradual_cut(per_layer, SPEC, xt.CrossbarPolicy(leave_dense=["out"]), 0.75,
+                        steps=steps)[0] == {"a": 20, "b": 5, "out": None}

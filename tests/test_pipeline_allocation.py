@@ -105,7 +105,14 @@ def test_validated_mode_trains_the_best_candidate_and_never_reads_the_test_set(t
     seen.append(x)
     return real(model, x, y, batch_size)
 
+  ramps, cut = [], selection.gradual_cut
+
+  def spy_cut(*args, **kwargs):
+    ramps.append(args[-1])
+    return cut(*args, **kwargs)
+
   monkeypatch.setattr(selection, "accuracy", spy)
+  monkeypatch.setattr(selection, "gradual_cut", spy_cut)
   names = ["per_layer", "global_score:magnitude", "global_score:relative_magnitude"]
   lines: list[str] = []
   config = tiny(tmp_path, mode="validated", validation_images=256, candidates=",".join(names),
@@ -120,6 +127,10 @@ def test_validated_mode_trains_the_best_candidate_and_never_reads_the_test_set(t
   assert metrics["crossbars"]["pruned"] == chosen["crossbars"]
   data = preparation.load_data(configuration.parse(config))
   assert [[s for s, _ in r["trajectory"]] for r in rows] == [[0, 2, 4, 8]] * len(names)
+  steps = -(-len(data.train[1]) // config.train.batch_size)  # the candidates are cut along the
+  sched = config.schedule  # training's own mask updates: its ramp's steps over the frequency
+  updates = round(sched.ramp * sched.prune_epochs * steps) // (steps // sched.updates_per_epoch)
+  assert updates > 1 and ramps == [updates] * len(names)
   assert len(seen) == 4 * len(names)
   assert all(np.array_equal(x, data.validation[0]) for x in seen)
   assert any(f"* {allocation['chosen']}: validation accuracy" in l for l in lines)

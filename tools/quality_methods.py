@@ -45,6 +45,8 @@ frontier needs a different fine-tuning rather than a different allocation:
                            weights and gradients until the budget freezes, and can come back
   alloc-per-layer-rewind   A1 with learning-rate rewinding
   alloc-validated-rewind   A10 with learning-rate rewinding (its candidates' steps too)
+  alloc-validated-ramp     A15 with `global_score` candidates cut along the row's mask updates
+                           (`gradual_cut`), as xbar-prune cuts them
 
 Issue 27 (`--methods issue27`): every cell and dense baseline records its energy per inference
 (nJ) and crossbars on the `CHIP` preset (`chip_cost`, the cost model);
@@ -194,12 +196,14 @@ def _batches(b: Bench, y) -> list:
   return [(b.x[i:i + batch], y[i:i + batch]) for i in range(0, min(len(b.x), 4 * batch), batch)]
 
 
-def run_validated(b: Bench, reduction: float, rewind: bool = False) -> tuple[Any, dict]:
+def run_validated(b: Bench, reduction: float, rewind: bool = False,
+                  ramp: bool = False) -> tuple[Any, dict]:
   """`allocation.mode="validated"` as xbar-prune runs it: every candidate of
   `xt.choose_allocation` cut one-shot from the reordered baseline, fine-tuned for
   `--candidate-steps` masked steps (0: none), BatchNorm re-estimated on 1,024 training images,
   scored on the validation split; the winner trained as its row. `rewind`: the candidates' steps
-  and the winner's training start from `--lr` (learning-rate rewinding, `run_allocation`)."""
+  and the winner's training start from `--lr` (learning-rate rewinding, `run_allocation`);
+  `ramp`: `global_score` candidates are cut along the row's own mask updates (`gradual_cut`)."""
   from xbar_tfmot.pruning.selection import CANDIDATES
   source, _, _ = reordered(b, reduction)
   model = b.copy(source)
@@ -212,7 +216,8 @@ def run_validated(b: Bench, reduction: float, rewind: bool = False) -> tuple[Any
                                   calibration_images=b.x[:1024], train_data=(b.x, b.y),
                                   finetune_steps=b.args.candidate_steps,
                                   learning_rate=b.args.lr if rewind else b.args.finetune_lr,
-                                  batch_size=b.args.batch, seed=b.seed)
+                                  batch_size=b.args.batch, seed=b.seed,
+                                  ramp_steps=max(1, b.end_step // b.args.frequency) if ramp else 1)
   b.log(f"{b.tag}: validated at {reduction:g}: " + "; ".join(choice.table()))
   mode, _, score = choice.chosen.partition(":")
   pruned, extra = run_allocation(b, reduction, mode, score or "magnitude", rewind=rewind)
@@ -452,6 +457,9 @@ METHOD_TABLE: dict[str, Method] = {
                                      "deep", _alloc("per_layer", rewind=True)),
     "alloc-validated-rewind": Method("A15. A10 with learning-rate rewinding (from --lr)", "*:",
                                      "deep", lambda b, r: run_validated(b, r, rewind=True)),
+    "alloc-validated-ramp": Method("A16. A15 with candidates cut along the training's ramp",
+                                   "*-.", "deep",
+                                   lambda b, r: run_validated(b, r, rewind=True, ramp=True)),
     "alloc-energy-objective": Method("A11. global_score magnitude, objective energy (isaac_32nm)",
                                      "p-", "issue27", run_energy_objective),
     "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",

@@ -8,7 +8,7 @@ the application `app` (`xbar-prune`), which the library never imports.
 Every procedure is here, the application only orchestrates them: `prune_crossbar` (LGD-RPP,
 every layer at once), `prune_layer_by_layer` (the paper's procedure, one layer at a time under
 `StopRules`), `one_shot_masks` / `apply_masks` (the exact projection of trained kernels, no
-training; `one_shot_budgets`), `choose_allocation` (candidate policies cut one-shot and scored
+training; `one_shot_budgets`; `gradual_cut` along the schedule's ramp), `choose_allocation` (candidate policies cut one-shot and scored
 on validation images), `compensate_chip` (BatchNorm, output gains and ADC ranges re-estimated
 on a programmed chip) and `sweep_hardware` (accuracy on simulated chips, one non-ideality at a time, over
 `sweep_conditions`; `hardware_cost_summary` for the chip's cost).
@@ -61,7 +61,8 @@ from xbar_tfmot.pruning.distillation import (DistillationLoss, distillation_accu
                                              teacher_targets)
 from xbar_tfmot.pruning.layer_by_layer import (LayerByLayerError, LayerOutcome, StopRules,
                                                prune_layer_by_layer)
-from xbar_tfmot.pruning.one_shot import apply_masks, one_shot_budgets, one_shot_masks
+from xbar_tfmot.pruning.one_shot import (apply_masks, gradual_cut, one_shot_budgets,
+                                         one_shot_masks)
 from xbar_tfmot.pruning.selection import AllocationChoice, candidate_policy, choose_allocation
 from xbar_tfmot.pruning.sensitivity import sensitivity_curves
 
@@ -75,7 +76,7 @@ __all__ = [
     "analog_model", "hardware_aware_model",
     "estimate_cost", "output_positions", "SweepCondition", "hardware_cost_summary",
     "sweep_conditions", "sweep_hardware", "LayerByLayerError", "LayerOutcome", "StopRules",
-    "prune_layer_by_layer", "apply_masks", "one_shot_budgets", "one_shot_masks",
+    "prune_layer_by_layer", "apply_masks", "gradual_cut", "one_shot_budgets", "one_shot_masks",
     "AllocationChoice", "candidate_policy", "choose_allocation",
     "DeadChannelReport", "find_dead_channels", "remove_dead_channels",
     "ChannelGraph", "ChannelSpace", "Counts", "CrossbarConstant", "CrossbarMapping",

@@ -66,7 +66,7 @@ def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
       costs=costs or crossbar_costs(model, run.spec, run.config.hardware.hardware_spec),
       train_data=run.data.train, finetune_steps=a.candidate_steps,
       learning_rate=run.config.train.learning_rate, batch_size=run.config.train.batch_size,
-      seed=run.config.seed)
+      seed=run.config.seed, ramp_steps=_mask_updates(run))
   tuned = f", fine-tuned for {a.candidate_steps} masked steps," if a.candidate_steps else ""
   run.log(f"[prune] allocation chosen on {len(run.data.validation[1])} held-out training "
           f"images ({training.format_seconds(choice.seconds)}), each candidate cut one-shot"
@@ -77,6 +77,18 @@ def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
                           "candidates": [{k: v for k, v in r.items() if k != "budgets"}
                                          for r in choice.rows]}
   return choice.policy
+
+
+def _mask_updates(run: RunContext) -> int:
+  """How many mask updates the joint procedure's budget falls over (1 where the cut is at
+  once: `prune_epochs = 0`, or per layer in `layer_by_layer`): the validated candidates are
+  cut along as many (`selection.choose_allocation`'s `ramp_steps`)."""
+  s = run.config.schedule
+  if s.procedure == "layer_by_layer" or not s.prune_epochs:
+    return 1
+  end_step, frequency = ramp_steps(s.prune_epochs, _steps_per_epoch(run), s.ramp,
+                                   s.updates_per_epoch)
+  return max(1, end_step // frequency)
 
 
 def _costs(run: RunContext, model, result: dict[str, Any]) -> dict[str, float]:

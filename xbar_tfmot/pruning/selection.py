@@ -3,7 +3,8 @@
 No allocation wins on every network: per-layer normalised scores cut a large layer to the
 bone whether or not the network can afford it (docs/design.md, "The policy"). So instead of a
 default that won on one benchmark, `choose_allocation` cuts the trained model to each
-candidate's budgets at once (`one_shot_budgets` and the exact projection), optionally
+candidate's budgets without training (`gradual_cut`: the exact projection, a `global_score`
+pool re-split along the pruning schedule's ramp as training would re-split it), optionally
 fine-tunes it for a few masked steps (`finetune_steps`: at deep cuts every one-shot score is
 near chance and does not rank what training recovers), re-estimates its BatchNorm statistics
 on training images, and measures its accuracy on validation images carved from the training
@@ -23,10 +24,10 @@ import numpy as np
 from xbar_tfmot.core.errors import PolicyError
 from xbar_tfmot.core.geometry import LayerGeometry
 from xbar_tfmot.core.policy import CrossbarPolicy
-from xbar_tfmot.core.projection import crossbar_budget, project
+from xbar_tfmot.core.projection import crossbar_budget
 from xbar_tfmot.core.spec import CrossbarSpec
 from xbar_tfmot.models import introspection
-from xbar_tfmot.pruning.one_shot import apply_masks, one_shot_budgets
+from xbar_tfmot.pruning.one_shot import gradual_cut
 
 # `mode[:score]` names of the candidates; `sensitivity` measures its curves first.
 CANDIDATES = ("per_layer", "global_score:magnitude", "global_score:saliency",
@@ -177,7 +178,8 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
                       costs: Mapping[str, float] | None = None,
                       train_data: tuple[np.ndarray, np.ndarray] | None = None,
                       finetune_steps: int = 0, learning_rate: float = 1e-3,
-                      batch_size: int = 128, seed: int = 0) -> AllocationChoice:
+                      batch_size: int = 128, seed: int = 0,
+                      ramp_steps: int = 1) -> AllocationChoice:
   """Scores each candidate policy on `validation` and returns the best (ties: the earlier
   candidate). `model` (trained, compiled when a gradient score is a candidate or steps are
   taken) is left as it was. `gradient_data`: training batches for the gradient scores;
@@ -185,8 +187,10 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
   none); `costs`: each mapped layer's energy (pJ) per crossbar (`allocation.crossbar_costs`),
   for each row's `energy_nj`; `train_data` `(x, y)`, `finetune_steps`, `learning_rate`,
   `batch_size`, `seed`: each cut is fine-tuned by `masked_finetune` on the same
-  `finetune_steps` batches of `train_data` before it is scored (0: scored one-shot). A
-  candidate whose budgets cannot be met is recorded as infeasible."""
+  `finetune_steps` batches of `train_data` before it is scored (0: scored one-shot);
+  `ramp_steps`: a `global_score` candidate is cut along that many mask updates of the pruning
+  schedule's ramp (`gradual_cut`; pass the training's own count), 1: at once. A candidate
+  whose budgets cannot be met is recorded as infeasible."""
   from xbar_tfmot.models.batchnorm import recalibrate_batchnorm
   if finetune_steps < 0 or (finetune_steps and train_data is None):
     raise PolicyError(f"choose_allocation: finetune_steps={finetune_steps} needs training data; "
@@ -208,13 +212,12 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
       try:
         policy = scored_policies[name] = equal_count(policy, list(geometries.values()),
                                                      reduction)
-        budgets = one_shot_budgets(model, spec, policy, reduction, granularity, gradient_data)
+        budgets, masks = gradual_cut(model, spec, policy, reduction, granularity,
+                                     gradient_data, ramp_steps)
       except ValueError as e:
+        model.set_weights(weights)
         rows.append({"name": name, "infeasible": str(e)})
         continue
-      masks = {n: np.asarray(project(geometries[n], introspection.mapped_kernel(mapped[n]), b,
-                                     granularity)) for n, b in budgets.items() if b is not None}
-      apply_masks(model, masks)
       row: dict[str, Any] = {"name": name}
       if batches:
         trajectory = row["trajectory"] = [[0, score()]]
