@@ -1,4 +1,4 @@
-"""`choose_allocation`: candidates cut one-shot, scored on validation, the best one wins."""
+"""`choose_allocation`: candidates cut without training, scored on validation, the best one wins."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
   curves = _curves(run, model) if "sensitivity" in a.candidate_names else None
   candidates = {n: candidate_policy(n, a.dense_layers, curves, a.objective, costs)
                 for n in a.candidate_names}
-  images = run.data.train[0][:CALIBRATION_IMAGES]
+  images, updates = run.data.train[0][:CALIBRATION_IMAGES], _mask_updates(run)
   choice = choose_allocation(
       model, run.spec, candidates, a.reduction, run.config.chip.granularity,
       run.data.validation, gradient_data=_gradient_batches(run, None, "fisher"),
@@ -66,10 +66,11 @@ def policy(run: RunContext, model, result: dict[str, Any]) -> CrossbarPolicy:
       costs=costs or crossbar_costs(model, run.spec, run.config.hardware.hardware_spec),
       train_data=run.data.train, finetune_steps=a.candidate_steps,
       learning_rate=run.config.train.learning_rate, batch_size=run.config.train.batch_size,
-      seed=run.config.seed, ramp_steps=_mask_updates(run))
+      seed=run.config.seed, ramp_steps=updates)
   tuned = f", fine-tuned for {a.candidate_steps} masked steps," if a.candidate_steps else ""
   run.log(f"[prune] allocation chosen on {len(run.data.validation[1])} held-out training "
-          f"images ({training.format_seconds(choice.seconds)}), each candidate cut one-shot"
+          f"images ({training.format_seconds(choice.seconds)}), each candidate cut without "
+          f"training (a global_score pool along the schedule's {updates} mask updates)"
           f"{tuned} scored after BatchNorm re-estimation on {len(images)} training images:")
   for line in choice.table():
     run.log(f"[prune]   {line}")

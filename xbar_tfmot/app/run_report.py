@@ -248,7 +248,9 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
     steps = next((r["trajectory"][-1][0] for r in a["candidates"] if "trajectory" in r), 0)
     tuned = f", fine-tuned for {steps} masked steps on training images," if steps else ""
     lines += ["", "## Allocation chosen on validation", "",
-              f"Each candidate cut one-shot from the prune input{tuned} BatchNorm re-estimated "
+              f"Each candidate cut from the prune input without training (a `global_score` "
+              f"pool re-split along the pruning schedule's mask updates){tuned} BatchNorm "
+              f"re-estimated "
               f"on training images, scored on the validation images held out of the training "
               f"images; `{a['chosen']}` was trained.", "",
               "| candidate | crossbars | chip energy | one-shot | validation accuracy |",
