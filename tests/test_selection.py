@@ -273,7 +273,7 @@ def test_fine_tuned_scores_equal_a_cut_fine_tuned_by_hand_on_the_same_batches(tr
     assert t["trajectory"][2][1] == at_half
   heavy = {r["name"]: r for r in tuned.rows}["heavy"]
   assert heavy["validation_accuracy"] > heavy["trajectory"][0][1]  # the steps recover the cut
-  assert f"(one-shot {tuned.rows[0]['trajectory'][0][1]:.4f})" in tuned.table()[0]
+  assert f"(as cut {tuned.rows[0]['trajectory'][0][1]:.4f})" in tuned.table()[0]
   with pytest.raises(ValueError, match="needs training data"):
     xt.choose_allocation(trained, pm.SPEC, candidates, 0.5, "column", VALIDATION,
                          finetune_steps=3)

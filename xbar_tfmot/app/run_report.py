@@ -253,7 +253,7 @@ def _markdown(m: dict[str, Any], spec: CrossbarSpec, images: list[tuple[str, str
               f"re-estimated "
               f"on training images, scored on the validation images held out of the training "
               f"images; `{a['chosen']}` was trained.", "",
-              "| candidate | crossbars | chip energy | one-shot | validation accuracy |",
+              "| candidate | crossbars | chip energy | as cut | validation accuracy |",
               "|---|---|---|---|---|"]
     for r in a["candidates"]:
       score = (_fmt(r["validation_accuracy"]) if "validation_accuracy" in r

@@ -52,8 +52,8 @@ class AllocationChoice:
     for r in self.rows:
       mark = "*" if r["name"] == self.chosen else " "
       energy = f", {r['energy_nj']:.1f} nJ" if "energy_nj" in r else ""
-      one_shot = f" (one-shot {r['trajectory'][0][1]:.4f})" if "trajectory" in r else ""
-      what = (f"validation accuracy {r['validation_accuracy']:.4f}{one_shot}, {r['crossbars']} "
+      as_cut = f" (as cut {r['trajectory'][0][1]:.4f})" if "trajectory" in r else ""
+      what = (f"validation accuracy {r['validation_accuracy']:.4f}{as_cut}, {r['crossbars']} "
               f"crossbars{energy}" if "validation_accuracy" in r
               else f"infeasible: {r['infeasible']}")
       out.append(f"{mark} {r['name']}: {what}")
