@@ -110,6 +110,9 @@ def test_gradual_cut_re_splits_the_pool_on_the_kernels_each_update_left(steps):
     np.testing.assert_array_equal(kernels[n] * masks[n], kernels[n])
   at_once = _gradual_by_hand(dense, 0.75, 1)[0]
   assert (want == at_once) == (steps == 1), (want, at_once)
+  default = xt.gradual_cut(mlp("tf_keras"), SPEC, policy, 0.75, "crossbar")[0]  # at once
+  assert default == xt.one_shot_budgets(mlp("tf_keras"), SPEC, policy, 0.75, "crossbar")
+  assert {n: default[n] for n in ("a", "b")} == at_once
   per_layer = mlp("tf_keras")  # no shared pool: one cut at the target, whatever the steps
   assert xt.gradual_cut(per_layer, SPEC, xt.CrossbarPolicy(leave_dense=["out"]), 0.75,
                         steps=steps)[0] == {"a": 20, "b": 5, "out": None}

@@ -214,8 +214,7 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
                                                      reduction)
         budgets, masks = gradual_cut(model, spec, policy, reduction, granularity,
                                      gradient_data, ramp_steps)
-      except ValueError as e:
-        model.set_weights(weights)
+      except ValueError as e:  # raised before any cut: the target's plan is checked first
         rows.append({"name": name, "infeasible": str(e)})
         continue
       row: dict[str, Any] = {"name": name}
