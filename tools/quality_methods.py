@@ -198,8 +198,8 @@ def _batches(b: Bench, y) -> list:
 
 def run_validated(b: Bench, reduction: float, rewind: bool = False,
                   ramp: bool = False) -> tuple[Any, dict]:
-  """`allocation.mode="validated"` as xbar-prune runs it: every candidate of
-  `xt.choose_allocation` cut one-shot from the reordered baseline, fine-tuned for
+  """`allocation.mode="validated"`: every candidate of `xt.choose_allocation` cut at once
+  from the reordered baseline (or along the ramp, `ramp`), fine-tuned for
   `--candidate-steps` masked steps (0: none), BatchNorm re-estimated on 1,024 training images,
   scored on the validation split; the winner trained as its row. `rewind`: the candidates' steps
   and the winner's training start from `--lr` (learning-rate rewinding, `run_allocation`);
@@ -446,7 +446,7 @@ METHOD_TABLE: dict[str, Method] = {
                              "issue28", _alloc("global_score", "relative_magnitude")),
     "alloc-fisher": Method("A9. global_score fisher (OBD, no size bias)", ">-", "issue28",
                            _alloc("global_score", "fisher")),
-    "alloc-validated": Method("A10. chosen one-shot on validation (xbar-prune's default)", "*--",
+    "alloc-validated": Method("A10. chosen on validation (candidates cut at once)", "*--",
                               "issue28", run_validated),
     "alloc-energy-rewind": Method("A12. A3 with learning-rate rewinding (from --lr)", "^:",
                                   "deep", _alloc("global_score", "magnitude", rewind=True)),

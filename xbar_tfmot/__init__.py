@@ -8,9 +8,10 @@ the application `app` (`xbar-prune`), which the library never imports.
 Every procedure is here, the application only orchestrates them: `prune_crossbar` (LGD-RPP,
 every layer at once), `prune_layer_by_layer` (the paper's procedure, one layer at a time under
 `StopRules`), `one_shot_masks` / `apply_masks` (the exact projection of trained kernels, no
-training; `one_shot_budgets`; `gradual_cut` along the schedule's ramp), `choose_allocation` (candidate policies cut one-shot and scored
-on validation images), `compensate_chip` (BatchNorm, output gains and ADC ranges re-estimated
-on a programmed chip) and `sweep_hardware` (accuracy on simulated chips, one non-ideality at a time, over
+training; `one_shot_budgets`; `gradual_cut` along the schedule's ramp), `choose_allocation`
+(candidate policies cut without training and scored on validation images),
+`compensate_chip` (BatchNorm, output gains and ADC ranges re-estimated on a programmed chip)
+and `sweep_hardware` (accuracy on simulated chips, one non-ideality at a time, over
 `sweep_conditions`; `hardware_cost_summary` for the chip's cost).
 
 Importing this package never imports TFMOT: the tf_keras adapter loads it on first use, so a
