@@ -197,8 +197,8 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
                       f"valid: finetune_steps >= 0, and train_data=(x, y) when it is > 0.")
   started = time.perf_counter()
   weights = model.get_weights()
-  mapped = {l.name: l for l in introspection.iter_layers(model) if introspection.is_mapped(l)}
-  geometries = {n: introspection.geometry_of(l, spec) for n, l in mapped.items()}
+  geometries = {l.name: introspection.geometry_of(l, spec)
+                for l in introspection.iter_layers(model) if introspection.is_mapped(l)}
   batches = finetune_batches(train_data, finetune_steps, batch_size, seed) if train_data else []
 
   def score() -> float:
