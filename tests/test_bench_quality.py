@@ -260,13 +260,15 @@ def test_energy_objective_row_keeps_the_energy_budget_and_every_row_is_costed(tm
     ("alloc-per-layer-rewind", "lr", "reset"),
     ("alloc-energy-regrow", "finetune_lr", "straight_through"),
     ("alloc-validated-rewind", "lr", "reset"),
-    ("alloc-validated-ramp", "lr", "reset")])
+    ("alloc-validated-ramp", "lr", "reset"),
+    ("alloc-validated-ramp-kd", "lr", "reset")])
 def test_deep_cut_rows_train_from_the_rewound_rate_or_with_regrowth(tmp_path, monkeypatch,
                                                                    method, rate, regrowth):
   """Issue 28's deep-cut rows differ from A3/A1 only in how they train: the rewound rows'
   optimizer starts at the dense baseline's `--lr`, the others at `--finetune-lr` (A15's
   candidates take their steps at `--lr` too); the regrowth row's wrappers are
-  `straight_through`; A16's `global_score` candidates are cut along the row's mask updates.
+  `straight_through`; A16's `global_score` candidates are cut along the row's mask updates;
+  A17 trains its winner (only) against the dense model's logits.
   Spied on the real run of the row (quick setting, an untrained baseline)."""
   _fashion_or_skip()
   tool = load_tool("bench_quality")
@@ -279,7 +281,7 @@ def test_deep_cut_rows_train_from_the_rewound_rate_or_with_regrowth(tmp_path, mo
   def spy_compile(model, lr, epochs, distillation=None):
     model = compile_(model, lr, epochs, distillation)
     if any(type(l).__name__ == "CrossbarPrune" for l in model.layers):
-      seen.append(("rate", float(model.optimizer.learning_rate)))  # at step 0
+      seen.append(("rate", float(model.optimizer.learning_rate), distillation))  # at step 0
     return model
 
   def spy_prune(model, **kwargs):
@@ -287,17 +289,20 @@ def test_deep_cut_rows_train_from_the_rewound_rate_or_with_regrowth(tmp_path, mo
     return prune(model, **kwargs)
 
   def spy_choose(*args_, **kwargs):
-    seen.append(("candidates", kwargs["learning_rate"], kwargs["ramp_steps"]))
+    seen.append(("candidates", kwargs["learning_rate"], kwargs["ramp_steps"],
+                 kwargs["train_data"][1] is b.y))  # the labels, never the teacher's logits
     return choose(*args_, **kwargs)
 
   monkeypatch.setattr(b, "compile", spy_compile)
   monkeypatch.setattr(b.xt, "prune_crossbar", spy_prune)
   monkeypatch.setattr(b.xt, "choose_allocation", spy_choose)
   model, extra = load_tool("quality_methods").run_method(b, method, 0.72)
-  expected = [("regrowth", regrowth), ("rate", pytest.approx(getattr(args, rate)))]
+  distilled = ((args.distill_temperature, args.distill_weight) if method.endswith("-kd")
+               else None)
+  expected = [("regrowth", regrowth), ("rate", pytest.approx(getattr(args, rate)), distilled)]
   if "validated" in method:
-    ramp = b.end_step if method.endswith("ramp") else 1  # its mask updates, one every step
-    expected.insert(0, ("candidates", getattr(args, rate), ramp))
+    ramp = b.end_step if "ramp" in method else 1  # its mask updates, one every step
+    expected.insert(0, ("candidates", getattr(args, rate), ramp, True))
   assert seen == expected and b.end_step > 1
   assert extra["regrowth"] == regrowth and extra["learning_rate"] == getattr(args, rate)
   assert not any(type(l).__name__ == "CrossbarPrune" for l in model.layers)

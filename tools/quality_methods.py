@@ -46,7 +46,10 @@ frontier needs a different fine-tuning rather than a different allocation:
   alloc-per-layer-rewind   A1 with learning-rate rewinding
   alloc-validated-rewind   A10 with learning-rate rewinding (its candidates' steps too)
   alloc-validated-ramp     A15 with `global_score` candidates cut along the row's mask updates
-                           (`gradual_cut`), as xbar-prune cuts them
+                           (`gradual_cut`), as xbar-prune cuts them: the default
+  alloc-validated-ramp-kd  A16 with the winner trained against the dense model's logits
+                           (`train.distillation_weight` in xbar-prune; its candidates' steps
+                           stay on the labels, as there)
 
 Issue 27 (`--methods issue27`): every cell and dense baseline records its energy per inference
 (nJ) and crossbars on the `CHIP` preset (`chip_cost`, the cost model);
@@ -196,14 +199,16 @@ def _batches(b: Bench, y) -> list:
   return [(b.x[i:i + batch], y[i:i + batch]) for i in range(0, min(len(b.x), 4 * batch), batch)]
 
 
-def run_validated(b: Bench, reduction: float, rewind: bool = False,
-                  ramp: bool = False) -> tuple[Any, dict]:
+def run_validated(b: Bench, reduction: float, rewind: bool = False, ramp: bool = False,
+                  distill: bool = False) -> tuple[Any, dict]:
   """`allocation.mode="validated"`: every candidate of `xt.choose_allocation` cut at once
   from the reordered baseline (or along the ramp, `ramp`), fine-tuned for
   `--candidate-steps` masked steps (0: none), BatchNorm re-estimated on 1,024 training images,
   scored on the validation split; the winner trained as its row. `rewind`: the candidates' steps
   and the winner's training start from `--lr` (learning-rate rewinding, `run_allocation`);
-  `ramp`: `global_score` candidates are cut along the row's own mask updates (`gradual_cut`)."""
+  `ramp`: `global_score` candidates are cut along the row's own mask updates (`gradual_cut`);
+  `distill`: the winner (not the candidates' steps, as in xbar-prune) trains against the dense
+  model's logits."""
   from xbar_tfmot.pruning.selection import CANDIDATES
   source, _, _ = reordered(b, reduction)
   model = b.copy(source)
@@ -220,7 +225,7 @@ def run_validated(b: Bench, reduction: float, rewind: bool = False,
                                   ramp_steps=max(1, b.end_step // b.args.frequency) if ramp else 1)
   b.log(f"{b.tag}: validated at {reduction:g}: " + "; ".join(choice.table()))
   mode, _, score = choice.chosen.partition(":")
-  pruned, extra = run_allocation(b, reduction, mode, score or "magnitude", rewind=rewind)
+  pruned, extra = run_allocation(b, reduction, mode, score or "magnitude", distill, rewind)
   extra.update(chosen=choice.chosen, choice_seconds=choice.seconds,
                candidate_steps=b.args.candidate_steps,
                candidates=[{k: v for k, v in r.items() if k != "budgets"} for r in choice.rows])
@@ -460,6 +465,8 @@ METHOD_TABLE: dict[str, Method] = {
     "alloc-validated-ramp": Method("A16. A15 with candidates cut along the training's ramp",
                                    "*-.", "deep",
                                    lambda b, r: run_validated(b, r, rewind=True, ramp=True)),
+    "alloc-validated-ramp-kd": Method("A17. A16 (the default) + distillation", "X:", "deep",
+                                      lambda b, r: run_validated(b, r, True, True, True)),
     "alloc-energy-objective": Method("A11. global_score magnitude, objective energy (isaac_32nm)",
                                      "p-", "issue27", run_energy_objective),
     "alloc-best-distill": Method("A6. best of A1-A5 on validation, + distillation", "*-",
