@@ -408,8 +408,16 @@ def plot(data: dict, path: pathlib.Path) -> None:
   nets = sorted(summary)
   if not nets:
     return
-  fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.8), squeeze=False)
-  for ax, net in zip(axes[0], nets):
+  shown = [m for m in METHODS if any(m in summary[net] for net in nets)]
+  # One colour per row across panels: tab20's ten dark colours first, then its light ones.
+  colours = {m: plt.cm.tab20((2 * i + i // 10) % 20) for i, m in enumerate(shown)}
+  cols = min(3, len(nets))  # rows of three panels
+  rows = -(-len(nets) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
+  axes = axes.ravel()
+  for ax in axes[len(nets):]:
+    ax.set_visible(False)
+  for ax, net in zip(axes, nets):
     for method in [m for m in METHODS if m in summary[net]]:
       style = METHOD_TABLE[method].style
       if method in PROCEDURE:  # each seed where it stopped (the seeds' counts differ)
@@ -421,7 +429,8 @@ def plot(data: dict, path: pathlib.Path) -> None:
                      for v in summary[net][method].values())
       xs, ys, es = (np.array(t) for t in zip(*pts))
       ax.errorbar(100 * xs, 100 * ys, yerr=100 * es, fmt=style, capsize=2,
-                  label=METHOD_LABELS[method], markersize=5)
+                  label=METHOD_LABELS[method], markersize=5,
+                  color=colours[method])
     if net in dense:
       ax.axhline(100 * dense[net][0], color="k", lw=1,
                  label=f"dense (seeds {','.join(map(str, dense[net][2]))})")
@@ -435,7 +444,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     lows = [100 * np.mean(v["acc"]) for m in summary[net].values() for v in m.values()]
     top = 100 * max(dense[net][:2]) if net in dense else max(lows)
     ax.set_ylim(max(min(lows) - 1, top - 25), top + 1.5)
-  for ax in axes[0]:  # each panel has its own rows
+  for ax in axes[:len(nets)]:  # each panel has its own rows
     ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
