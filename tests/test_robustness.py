@@ -49,6 +49,8 @@ def test_chip_perturbation_has_the_chips_noise_by_hand():
   assert np.abs(chips[0] - chips[1]).max() > expected
   other = robustness.chip_perturbation(CHIP, SPEC, [0])("fc2", kernel, mask)[0]
   assert np.abs(other - chips[0]).max() > expected  # another layer, another draw
+  names = ["fc", "fc2", "conv1", "conv2", "dense"]
+  assert len({tuple(robustness.chip_seed(0, n).numpy()) for n in names}) == len(names)
 
 
 @pytest.mark.parametrize("flavour", ["tf_keras", "keras3"])
