@@ -526,6 +526,27 @@ def test_budget_check_agrees_with_the_prune_phase(tmp_path, mode, prune_epochs, 
   assert refused_by_check == refused_by_prune == expected
 
 
+def test_validated_budget_check_refuses_only_what_both_of_its_budget_kinds_refuse(tmp_path):
+  """`allocation.mode="validated"`: its candidates take per-layer budgets or one model-wide
+  pool, so the check refuses a reduction only where `per_layer` and `global_score` both do."""
+  path = _mlp_file(tmp_path)
+  pipe = pipeline.Pipeline(load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),
+                                       chip__spec="16x16", schedule__prune_epochs=1))
+  model = pipe.context.load(path)
+  refused = {}
+  for mode in ("per_layer", "global_score", "validated"):
+    refused[mode] = set()
+    for reduction in (0.01, 0.05, 0.3, 0.8, 0.95):
+      config = dataclasses.replace(pipe.config, allocation=dataclasses.replace(
+          pipe.config.allocation, mode=mode, reduction=reduction))
+      try:
+        preparation.check_budgets(config, model)
+      except ConfigError:
+        refused[mode].add(reduction)
+  assert refused["per_layer"] and refused["global_score"]  # each refuses some
+  assert refused["validated"] == refused["per_layer"] & refused["global_score"]
+
+
 def test_budget_message_names_the_valid_side(tmp_path):
   path = _mlp_file(tmp_path)
   config = load_config(TINY, workdir=str(tmp_path / "run"), model__file=str(path),

@@ -151,3 +151,22 @@ def test_a_model_that_does_not_fit_the_data_is_refused(tmp_path):
   with pytest.raises(ConfigError, match="takes inputs \\(8, 8, 1\\) but npz images are "
                                         "\\(6, 5, 1\\)"):
     pipeline.Pipeline(config).prepare()
+
+
+@pytest.mark.parametrize("outputs", [2, 3])
+def test_a_model_needs_one_output_per_label_up_to_the_largest(tmp_path, outputs):
+  """Labels 0..2 need three outputs: two are refused, naming both counts; three are taken."""
+  import keras
+  write_npz(tmp_path / "d.npz")
+  model = keras.Sequential([keras.Input((6, 5, 1)), keras.layers.Conv2D(4, 3),
+                            keras.layers.Flatten(), keras.layers.Dense(outputs)])
+  model.save(tmp_path / "m.keras")
+  config = config_for(tmp_path, "npz", tmp_path / "d.npz", model__file=str(tmp_path / "m.keras"))
+  config.flavour = "keras3"
+  run = pipeline.Pipeline(config)
+  if outputs == 2:
+    with pytest.raises(ConfigError, match="has 2 outputs but npz has labels up to 2"):
+      run.prepare()
+  else:
+    run.prepare()
+    assert run.context.fresh_model.output_shape[-1] == 3
