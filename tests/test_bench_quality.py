@@ -1,6 +1,7 @@
 """tools/bench_quality.py: a --quick run on real Fashion-MNIST writes the expected cells, the
 LGD-RPP cells respect their crossbar budget, the layer-by-layer cell its stop rules, a rerun
-resumes (skips finished cells), runs sharing an --out write results.json under its lock, and
+resumes (skips finished cells) and skips, naming why, a cell whose reduction the network
+cannot reach, runs sharing an --out write results.json under its lock, and
 `--dataset cifar10` without a local copy fails naming the missing path."""
 
 import json
@@ -43,6 +44,12 @@ def test_quick_run_cells_budget_and_resume(tmp_path):
   again = _run(out)
   assert "4 cells planned, 4 done" in again.stdout
   assert json.loads((out / "results.json").read_text())["cells"] == data["cells"]
+  deep = run_tool("bench_quality", "--quick", "--out", str(out), "--methods", "alloc-energy",
+                  "--reductions", "0.999,0.72")  # 0.999 leaves 1 crossbar for 6 pruned layers
+  assert "vgg8:0.25|0|alloc-energy|0.999: skipped: CrossbarPolicy" in deep.stdout, deep.stdout
+  assert "vgg8:0.25|0|alloc-energy|0.72: acc " in deep.stdout, deep.stdout  # the next cell ran
+  assert {c["key"] for c in json.loads((out / "results.json").read_text())["cells"]} == {
+      *keys, "vgg8:0.25|0|alloc-energy|0.72"}
 
 
 def _check_layer_by_layer(data: dict) -> None:

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
   import tensorflow as tf
+  from xbar_tfmot.core.errors import PolicyError
   cells = plan(args)
   log(f"tf {tf.__version__}, python {platform.python_version()}; out {out}; "
       f"{len(cells)} cells planned, {len(results.done())} done")
@@ -249,7 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
                 **chip_cost(bench, bench.dense()[0])}  # issue 27: energy per inference
     if results.data["baselines"].get(bench.tag) != baseline:
       results.set_baseline(bench.tag, baseline)
-    cell = {"key": key, **run_cell(bench, method, r)}
+    try:
+      cell = {"key": key, **run_cell(bench, method, r)}
+    except PolicyError as e:  # this network cannot be cut so deep: no cell, the others run
+      log(f"{key}: skipped: {e}")
+      continue
     results.add_cell(cell)
     counts = cell["counts"]
     log(f"{key}: acc {cell['accuracy']:.4f}, crossbars {counts['packed']}/{counts['dense']} "
