@@ -19,7 +19,9 @@ grain with output recombination, equal to the block count for crossbar-grain mas
 also keep the count over the pruned layers (`counts_pruned`), which the issue-8 tables used.
 Each finished cell is added to `<out>/results.json` at once, under its lock file (runs on
 different (network, seed) pairs may share an `--out`); a rerun skips finished cells (and
-refuses an `--out` holding another setting). Writes `<out>/bench_quality.md` and
+refuses an `--out` holding another setting). A reduction a network cannot reach (its layers
+left dense and one crossbar per pruned layer exceed the whole-model total) is logged with the
+library's reason and left out; the other cells run. Writes `<out>/bench_quality.md` and
 `<out>/bench_quality.png`.
 
   python tools/bench_quality.py --cpu --out out/bench_quality
