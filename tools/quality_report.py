@@ -429,8 +429,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
                      for v in summary[net][method].values())
       xs, ys, es = (np.array(t) for t in zip(*pts))
       ax.errorbar(100 * xs, 100 * ys, yerr=100 * es, fmt=style, capsize=2,
-                  label=METHOD_LABELS[method], markersize=5,
-                  color=colours[method])
+                  label=METHOD_LABELS[method], markersize=5, color=colours[method])
     if net in dense:
       ax.axhline(100 * dense[net][0], color="k", lw=1,
                  label=f"dense (seeds {','.join(map(str, dense[net][2]))})")
