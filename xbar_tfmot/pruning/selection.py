@@ -209,12 +209,13 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
   rows, scored_policies = [], {}
   try:
     for name, policy in candidates.items():
+      model.set_weights(weights)  # every candidate is cut from the model as given
       try:
         policy = scored_policies[name] = equal_count(policy, list(geometries.values()),
                                                      reduction)
         budgets, masks = gradual_cut(model, spec, policy, reduction, granularity,
                                      gradient_data, ramp_steps)
-      except ValueError as e:  # raised before any cut: the target's plan is checked first
+      except ValueError as e:
         rows.append({"name": name, "infeasible": str(e)})
         continue
       row: dict[str, Any] = {"name": name}
@@ -235,7 +236,6 @@ def choose_allocation(model: Any, spec: CrossbarSpec, candidates: Mapping[str, C
                                for n, b in budgets.items()) / 1e3
       rows.append(row)
       log(f"{name}: validation accuracy {row['validation_accuracy']:.4f}")
-      model.set_weights(weights)
   finally:
     model.set_weights(weights)
   scored = [r for r in rows if "validation_accuracy" in r]
