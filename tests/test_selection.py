@@ -239,6 +239,37 @@ def test_masked_finetune_takes_adams_first_step_and_keeps_the_zeros(flavour):
   assert float(tf.reduce_mean(loss_fn(y, model(x, training=False)))) < float(loss)
 
 
+def test_masked_finetune_takes_adams_second_step_with_its_moments():
+  """Two steps equal Adam by hand (beta1 0.9, beta2 0.999, bias-corrected moments): the first
+  step alone cannot tell beta1, the second can."""
+  import tensorflow as tf
+  model = pm.compile_model(pm.cnn(seed=3, flavour="keras3"))
+  x, y = TRAIN[0][:32], TRAIN[1][:32]
+  variables = list(model.trainable_variables)
+  loss_fn = introspection.compiled_loss(model, "test")
+  start = [np.asarray(v).copy() for v in variables]
+
+  def grads():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+    return [np.asarray(g, np.float64) for g in tape.gradient(loss, variables)]
+
+  w = [np.asarray(v, np.float64) for v in start]
+  m, v2 = [0 * a for a in w], [0 * a for a in w]
+  for t in (1, 2):
+    for var, a in zip(variables, w):
+      var.assign(a.astype(np.float32))
+    for i, g in enumerate(grads()):
+      m[i] = 0.9 * m[i] + 0.1 * g
+      v2[i] = 0.999 * v2[i] + 0.001 * g * g
+      w[i] = w[i] - 0.01 * (m[i] / (1 - 0.9**t)) / (np.sqrt(v2[i] / (1 - 0.999**t)) + 1e-7)
+  for var, a in zip(variables, start):
+    var.assign(a)
+  selection.masked_finetune(model, {}, [(x, y)] * 2, learning_rate=0.01)
+  for var, want in zip(variables, w):
+    np.testing.assert_allclose(np.asarray(var), want, atol=1e-4)  # float32 against float64
+
+
 def test_fine_tuned_scores_equal_a_cut_fine_tuned_by_hand_on_the_same_batches(trained):
   """With `finetune_steps`, each row's score is its cut after `masked_finetune` on the seeded
   batches (every candidate the same ones), its trajectory starts at the score without steps
